@@ -1,0 +1,198 @@
+"""Artefacts on disk: atomic writes, metadata JSON beside every output, and the workspace layout.
+
+Every artefact `foo.ext` gets a `foo.ext.meta.json` saying how it was made: command,
+config, seed, data, package versions and time. Writes go to a temporary file in the
+same directory and are renamed into place, so a kill never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+DEFAULT_WORKSPACE = Path("runs")
+META_SUFFIX = ".meta.json"
+
+
+# --- atomic writes -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary name keeps the final extension (Keras insists on `.keras`, NumPy on `.npz`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix if suffix is not None else "".join(path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+    return Path(path)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if hasattr(obj, "model_dump"):  # pydantic models
+        return _jsonable(obj.model_dump(mode="json"))
+    return obj
+
+
+# --- metadata -----------------------------------------------------------------------
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("invkeras", "keras", "tensorflow", "tensorflow-probability", "tensorflow-datasets", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    with contextlib.suppress(Exception):
+        import keras
+
+        versions["keras_backend"] = keras.backend.backend()
+    return versions
+
+
+def current_command() -> str:
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
+
+
+def metadata_path(artifact: str | os.PathLike) -> Path:
+    artifact = Path(artifact)
+    return artifact.parent / (artifact.name + META_SUFFIX)
+
+
+def write_metadata(
+    artifact: str | os.PathLike,
+    *,
+    kind: str,
+    config: Any = None,
+    seed: int | None = None,
+    data: Any = None,
+    results: Any = None,
+    command: str | None = None,
+    **extra: Any,
+) -> Path:
+    """Write `<artifact>.meta.json`: what the artefact is and exactly how it was made."""
+    meta = {
+        "artifact": Path(artifact).name,
+        "kind": kind,
+        "command": command if command is not None else current_command(),
+        "config": config,
+        "seed": seed,
+        "data": data,
+        "results": results,
+        "versions": package_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+    return write_json_atomic(metadata_path(artifact), meta)
+
+
+def read_metadata(artifact: str | os.PathLike) -> dict[str, Any] | None:
+    path = metadata_path(artifact)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def is_complete(artifact: str | os.PathLike) -> bool:
+    """An artefact is complete when it and its metadata exist (metadata is written last)."""
+    artifact = Path(artifact)
+    return artifact.exists() and metadata_path(artifact).exists()
+
+
+# --- workspace layout ---------------------------------------------------------------
+
+
+def dataset_slug(spec: str) -> str:
+    """A directory name for a dataset spec: 'idx:../shared/data/mnist' -> 'idx-mnist'."""
+    kind, _, rest = spec.partition(":")
+    if not rest:
+        name = kind
+    else:
+        stem = Path(rest.rstrip("/")).name
+        stem = re.sub(r"\.(npz|gz)$", "", stem)
+        name = f"{kind}-{stem}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "dataset"
+
+
+def run_dir(dataset: str, arch: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
+    """`runs/<dataset>/<arch>`: where a classifier and everything built on it live."""
+    return Path(workspace) / dataset_slug(dataset) / arch
+
+
+def classifier_path(dataset: str, arch: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
+    return run_dir(dataset, arch, workspace) / "classifier" / "model.keras"
+
+
+def features_dir(
+    dataset: str, arch: str, layer: str, split: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE
+) -> Path:
+    return run_dir(dataset, arch, workspace) / "features" / layer / split
+
+
+def inverter_dir(dataset: str, arch: str, layer: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
+    return run_dir(dataset, arch, workspace) / "inverters" / layer
