@@ -8,6 +8,7 @@ same directory and are renamed into place, so a kill never leaves half a file be
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -93,6 +94,8 @@ def _jsonable(obj: Any) -> Any:
         return obj.tolist()
     if hasattr(obj, "model_dump"):  # pydantic models
         return _jsonable(obj.model_dump(mode="json"))
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
     return obj
 
 

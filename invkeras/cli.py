@@ -1,0 +1,267 @@
+"""The `invkeras` command line: a thin Typer layer over the library API.
+
+Every command turns bad input (an `InvkerasError`, or a config that fails validation)
+into one red line on stderr and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from invkeras import __version__
+from invkeras.errors import InvkerasError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="invkeras",
+    help="Inversion models for Keras classifiers: what does a layer keep, and what does it throw away?",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _examples(*lines: str) -> str:
+    return "[bold]Examples[/bold]\n\n" + "\n\n".join(f"  [cyan]$ {line}[/cyan]" for line in lines)
+
+
+def user_errors(command: Callable) -> Callable:
+    """Report bad input as one line and exit 2; everything else is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        _quiet_tensorflow_import()
+        try:
+            return command(*args, **kwargs)
+        except InvkerasError as exc:
+            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=exc.exit_code) from None
+        except ValidationError as exc:
+            from invkeras.recipes import describe_validation_error
+
+            err_console.print(f"[bold red]error:[/bold red] {describe_validation_error(exc)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/yellow]: rerun the same command to resume from the last checkpoint")
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+def _quiet_tensorflow_import() -> None:
+    """Import TensorFlow with stderr silenced: its C++ start-up lines would bury our one-line messages."""
+    if "tensorflow" in sys.modules:
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _table(title: str, columns: list[str], rows: list[list]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
+    return table
+
+
+def _parse_steps(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise InvkerasError(f"--save-at {text!r}: expected comma-separated step counts, e.g. 0,100,1000") from None
+
+
+# --- commands -----------------------------------------------------------------------
+
+
+@app.command(epilog=_examples("invkeras datasets"))
+@user_errors
+def datasets() -> None:
+    """List the dataset sources invkeras can load, and where each loads from."""
+    from invkeras.datasets import list_sources
+
+    rows = list_sources()
+    columns = list(rows[0].keys()) if rows else []
+    console.print(_table("Dataset sources", columns, [[row.get(c, "") for c in columns] for row in rows]))
+
+
+@app.command(
+    "train-classifier",
+    epilog=_examples(
+        "invkeras train-classifier --dataset procedural --arch conv --epochs 3",
+        "invkeras train-classifier --dataset idx:../shared/data/mnist --arch conv --save-at 0,100,1000",
+        "invkeras train-classifier --dataset mnist --train-examples 100 --no-dropout   # overfitted regime",
+    ),
+)
+@user_errors
+def train_classifier(
+    dataset: str = typer.Option("procedural", help="Dataset spec (see `invkeras datasets`)."),
+    arch: str = typer.Option("conv", help="conv | conv-gpool | fc (Nash et al. 2019)."),
+    epochs: int = typer.Option(20, help="Maximum epochs (early stopping on validation accuracy)."),
+    batch_size: int = typer.Option(128),
+    learning_rate: float = typer.Option(3e-4, help="Adam learning rate."),
+    patience: int = typer.Option(3, help="Early-stopping patience in epochs."),
+    save_at: str = typer.Option("", help="Comma-separated global steps at which to save checkpoints, e.g. 0,100,1000."),
+    train_examples: Optional[int] = typer.Option(None, help="Train on only the first N examples."),
+    dropout: bool = typer.Option(True, "--dropout/--no-dropout", help="Dropout at every layer."),
+    seed: int = typer.Option(0),
+    strategy: str = typer.Option("auto", help="auto | mirrored | default."),
+    data_dir: Optional[str] = typer.Option(None, help="TFDS data directory holding prepared datasets."),
+    workspace: str = typer.Option("runs", help="Root of runs/<dataset>/<arch>/..."),
+    out: Optional[str] = typer.Option(None, help="Model path (default runs/<dataset>/<arch>/classifier/model.keras)."),
+) -> None:
+    """Train one of the paper's classifiers (layers conv1, conv2, fc3, logits)."""
+    from invkeras.train_classifier import ClassifierConfig
+    from invkeras.train_classifier import train_classifier as train
+
+    config = ClassifierConfig(
+        dataset=dataset,
+        arch=arch,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        patience=patience,
+        save_at=_parse_steps(save_at),
+        train_examples=train_examples,
+        dropout=dropout,
+        seed=seed,
+        strategy=strategy,
+        data_dir=data_dir,
+        workspace=workspace,
+        out=out,
+    )
+    result = train(config)
+    rows = [
+        ["model", result.model_path],
+        ["test accuracy", f"{result.test_accuracy:.4f}"],
+        ["best validation accuracy", f"{result.best_val_accuracy:.4f}"],
+        ["epochs", result.epochs],
+        ["steps", result.steps],
+        ["checkpoints", len(result.checkpoints)],
+        ["wall time", f"{result.seconds:.1f} s"],
+    ]
+    console.print(_table(f"Classifier {arch} on {dataset}", ["", "value"], rows))
+
+
+@app.command(
+    epilog=_examples(
+        "invkeras extract --dataset procedural --layer conv1 --layer fc3",
+        "invkeras extract --model my_model.keras --layer dense_1 --dataset mnist --split test --out feats/",
+    ),
+)
+@user_errors
+def extract(
+    layer: List[str] = typer.Option(..., "--layer", "-l", help="Layer name (repeatable)."),
+    dataset: str = typer.Option("procedural", help="Dataset spec (see `invkeras datasets`)."),
+    model: Optional[str] = typer.Option(None, help="A .keras file or run directory (default: the run for --dataset/--arch)."),
+    arch: str = typer.Option("conv", help="Which default run to use when --model is not given."),
+    split: List[str] = typer.Option(["train", "validation", "test"], "--split", "-s", help="Split (repeatable)."),
+    out: Optional[str] = typer.Option(None, help="Root directory (default runs/<dataset>/<arch>/features)."),
+    batch_size: int = typer.Option(256),
+    shard_size: int = typer.Option(4096, help="Examples per .npz shard."),
+    limit: Optional[int] = typer.Option(None, help="At most N examples per split."),
+    seed: int = typer.Option(0, help="Seed for carving splits the source lacks."),
+    data_dir: Optional[str] = typer.Option(None),
+    workspace: str = typer.Option("runs"),
+) -> None:
+    """Stream (image, representation) pairs from named layers into .npz shards plus a manifest."""
+    import json
+
+    from invkeras.features import ExtractConfig, extract_features
+
+    config = ExtractConfig(
+        dataset=dataset,
+        model=model,
+        arch=arch,
+        layers=layer,
+        splits=split,
+        out=out,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        limit=limit,
+        seed=seed,
+        data_dir=data_dir,
+        workspace=workspace,
+    )
+    written = extract_features(config)
+    rows = []
+    for name, splits in written.items():
+        for split_name, manifest_path in splits.items():
+            manifest = json.loads(Path(manifest_path).read_text())
+            rows.append([name, split_name, manifest["num_examples"], tuple(manifest["h_shape"]), Path(manifest_path).parent])
+    console.print(_table("Extracted features", ["layer", "split", "examples", "h shape", "directory"], rows))
+
+
+@app.command(
+    "run",
+    epilog=_examples(
+        "invkeras run recipes/quickstart.yaml",
+        "invkeras run recipes/quickstart.yaml --set steps.classifier.epochs=1 --set seed=3",
+    ),
+)
+@user_errors
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    set_: List[str] = typer.Option([], "--set", help="Override a key: dotted.path=value (repeatable)."),
+) -> None:
+    """Run a YAML recipe; finished steps are skipped, interrupted ones resume."""
+    from invkeras.recipes import load_recipe, run_recipe
+
+    parsed = load_recipe(recipe, set_)
+    console.print(f"[bold]recipe[/bold] {parsed.name}: {len(parsed.steps)} step(s)")
+    results = run_recipe(
+        parsed, source=recipe, on_step=lambda name, step: console.rule(f"step {name} ({step.command})")
+    )
+    rows = [[r.name, r.command, r.status, f"{r.seconds:.1f} s", r.summary] for r in results]
+    console.print(_table(f"Recipe {parsed.name}", ["step", "command", "status", "time", "result"], rows))
+
+
+@app.command(
+    epilog=_examples("invkeras export --model runs/procedural/conv --out exported/procedural-conv"),
+)
+@user_errors
+def export(
+    model: str = typer.Option(..., help="A .keras file or run directory."),
+    out: str = typer.Option(..., help="Directory for the TF SavedModel."),
+) -> None:
+    """Export a Keras model as a TensorFlow SavedModel (for TF Serving and friends)."""
+    from invkeras.export import export_saved_model
+    from invkeras.features import resolve_model_path
+
+    path = export_saved_model(resolve_model_path(model), out)
+    console.print(_table("Export", ["", "value"], [["model", resolve_model_path(model)], ["SavedModel", path]]))
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        console.print(f"invkeras {__version__}")
+        raise typer.Exit()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

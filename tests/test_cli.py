@@ -1,0 +1,69 @@
+"""The CLI via typer's CliRunner: bad input is one line and exit code 2; good input prints tables."""
+
+import pytest
+from typer.testing import CliRunner
+
+from invkeras.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("command", ["train-classifier", "extract", "run", "datasets", "export"])
+def test_help_has_examples(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0 and "Examples" in result.output and f"invkeras {command}" in result.output
+
+
+def test_wrong_dataset(tmp_path):
+    result = invoke("train-classifier", "--dataset", "nosuchdata", "--workspace", tmp_path)
+    assert_one_line_error(result, "nosuchdata")
+
+
+def test_wrong_path(tmp_path):
+    result = invoke("extract", "--model", tmp_path / "missing.keras", "--layer", "fc3")
+    assert_one_line_error(result, "missing.keras", "not found")
+    result = invoke("train-classifier", "--dataset", f"idx:{tmp_path}/nodir", "--workspace", tmp_path)
+    assert_one_line_error(result, "nodir")
+
+
+def test_wrong_layer(tiny_classifier):
+    result = invoke("extract", "--workspace", tiny_classifier, "--layer", "conv7", "--split", "test", "--limit", 8)
+    assert_one_line_error(result, "conv7", "conv1", "fc3")
+
+
+def test_malformed_recipe(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("name: bad\nsteps:\n  clf: {command: train-classifier, epochz: 3}\n")
+    assert_one_line_error(invoke("run", recipe), str(recipe), "steps.clf.epochz", "unknown key")
+    assert_one_line_error(invoke("run", tmp_path / "absent.yaml"), "absent.yaml", "not found")
+
+
+def test_bad_option_value(tmp_path):
+    assert_one_line_error(invoke("train-classifier", "--arch", "resnet", "--workspace", tmp_path), "resnet")
+    assert_one_line_error(invoke("train-classifier", "--save-at", "1,x", "--workspace", tmp_path), "--save-at")
+
+
+def test_datasets_table():
+    result = invoke("datasets")
+    assert result.exit_code == 0
+    for name in ("procedural", "mnist", "affnist", "idx:", "npz:", "folder:"):
+        assert name in result.output
+
+
+def test_extract_prints_table(tiny_classifier):
+    result = invoke("extract", "--workspace", tiny_classifier, "--layer", "fc3", "--split", "test", "--limit", 16)
+    assert result.exit_code == 0, result.output
+    assert "Extracted features" in result.output and "(256,)" in result.output
