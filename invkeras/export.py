@@ -15,23 +15,7 @@ import keras
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError
-
-
-def load_keras_model(path: str | os.PathLike) -> keras.Model:
-    """Load a `.keras` model, turning a missing or unreadable file into a one-line user error."""
-    import invkeras.classifiers  # noqa: F401  (registers ConvBlock for deserialisation)
-
-    path = Path(path)
-    if path.is_dir():
-        raise InvkerasError(f"{path}: is a directory; pass the .keras model file inside it")
-    if not path.exists():
-        raise InvkerasError(f"{path}: no such model file")
-    if path.suffix != ".keras":
-        raise InvkerasError(f"{path}: expected a Keras 3 .keras model file")
-    try:
-        return keras.models.load_model(path)
-    except Exception as exc:  # zip/JSON/deserialisation errors all mean "not a usable model"
-        raise InvkerasError(f"{path}: cannot load Keras model ({type(exc).__name__}: {exc})") from None
+from invkeras.features import load_model
 
 
 def export_saved_model(model_or_path: keras.Model | str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -45,7 +29,7 @@ def export_saved_model(model_or_path: keras.Model | str | os.PathLike, out_dir: 
         model = model_or_path
     else:
         source = Path(model_or_path)
-        model = load_keras_model(source)
+        model = load_model(source)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InvkerasError(f"{out_dir}: exists and is not a directory")

@@ -45,7 +45,7 @@ def resolve_model_path(model: str | Path) -> Path:
         raise InvkerasError(f"--model {model}: directory has no model.keras or classifier/model.keras")
     if not path.exists():
         raise InvkerasError(f"--model {model}: file not found")
-    if path.suffix not in (".keras", ".h5"):
+    if path.suffix != ".keras":
         raise InvkerasError(f"--model {model}: expected a .keras file or a run directory")
     return path
 

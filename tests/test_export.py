@@ -42,13 +42,13 @@ def test_export_accepts_an_in_memory_model(tmp_path):
 
 
 def test_bad_model_paths_are_user_errors(tmp_path):
-    with pytest.raises(InvkerasError, match="no such model file"):
+    with pytest.raises(InvkerasError, match="file not found"):
         export_saved_model(tmp_path / "missing.keras", tmp_path / "out")
     broken = tmp_path / "broken.keras"
     broken.write_text("not a zip")
-    with pytest.raises(InvkerasError, match="cannot load Keras model"):
+    with pytest.raises(InvkerasError, match="could not load Keras model"):
         export_saved_model(broken, tmp_path / "out")
     (tmp_path / "model.h5").touch()
-    with pytest.raises(InvkerasError, match="expected a Keras 3 .keras"):
+    with pytest.raises(InvkerasError, match=r"expected a \.keras file"):
         export_saved_model(tmp_path / "model.h5", tmp_path / "out")
     assert not (tmp_path / "out").exists()
