@@ -68,7 +68,9 @@ def _quiet_tensorflow_import() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()  # device discovery prints the "cuInit failed" line
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -78,7 +80,7 @@ def _quiet_tensorflow_import() -> None:
 def _table(title: str, columns: list[str], rows: list[list]) -> Table:
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*[str(v) for v in row])
     return table
