@@ -1,0 +1,76 @@
+"""Write the tiny dummy files that tests/test_affnist.py feeds to the `affnist` TFDS builder.
+
+Run from the repository root: `.venv/bin/python tests/dummy_data/make_affnist_dummy.py`.
+The output is a few kilobytes and committed; rerunning reproduces it byte for byte.
+
+official/   affNIST-layout .mat files (struct `affNISTdata`, `image` uint8 [1600, N], one
+            40x40 row-major image per column, `label_int` [1, N], `label_one_of_n` [10, N]):
+            training_batches/1.mat, 2.mat (3 images each), validation_batches/1.mat (2),
+            and the all-in-one form test.mat (3).
+generated/  MNIST IDX files: train-* (12 digits) and t10k-* (4 digits), gzipped.
+
+Images are random blobs confined to the middle of the frame (as MNIST digits are to
+their central 20x20 box), so that every split's images differ and the affine transform
+always fits them on the 40x40 canvas.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from invkeras.datasets.local import write_idx_file  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "affnist"
+MAT_HEADER_BYTES = 116  # MATLAB 5 files start with 116 bytes of free text (scipy writes a timestamp there)
+
+
+def blobs(rng: np.random.Generator, n: int, size: int, margin: int) -> np.ndarray:
+    """n uint8 images [size, size] that are zero outside a central box."""
+    images = np.zeros((n, size, size), dtype=np.uint8)
+    inner = size - 2 * margin
+    images[:, margin:-margin, margin:-margin] = rng.integers(0, 256, size=(n, inner, inner)) * (
+        rng.random((n, inner, inner)) < 0.3
+    )
+    return images
+
+
+def write_affnist_mat(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Save images [N, 40, 40] and labels [N] in the official affNIST .mat layout, reproducibly."""
+    one_hot = np.zeros((10, len(labels)), dtype=np.uint8)
+    one_hot[labels, np.arange(len(labels))] = 1
+    struct = {
+        "image": images.reshape(len(images), -1).T.copy(),  # [1600, N]: column n = image n, row-major
+        "label_int": labels.astype(np.uint8)[None, :],
+        "label_one_of_n": one_hot,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(path, {"affNISTdata": struct})
+    data = bytearray(path.read_bytes())
+    data[:MAT_HEADER_BYTES] = b"MATLAB 5.0 MAT-file, invkeras affNIST dummy data".ljust(MAT_HEADER_BYTES)
+    path.write_bytes(bytes(data))
+
+
+def main() -> None:
+    rng = np.random.default_rng(20240601)
+    official = OUT / "official"
+    for relative, n in [("training_batches/1.mat", 3), ("training_batches/2.mat", 3),
+                        ("validation_batches/1.mat", 2), ("test.mat", 3)]:
+        write_affnist_mat(official / relative, blobs(rng, n, 40, 10), rng.integers(0, 10, size=n))
+
+    generated = OUT / "generated"
+    generated.mkdir(parents=True, exist_ok=True)
+    for prefix, n in [("train", 12), ("t10k", 4)]:
+        write_idx_file(generated / f"{prefix}-images-idx3-ubyte.gz", blobs(rng, n, 28, 6))
+        write_idx_file(generated / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, size=n).astype(np.uint8))
+    print(f"wrote dummy affNIST data under {OUT}")
+
+
+if __name__ == "__main__":
+    main()
