@@ -254,6 +254,133 @@ def export(
     console.print(_table("Export", ["", "value"], [["model", resolve_model_path(model)], ["SavedModel", path]]))
 
 
+@app.command(
+    "train-inverter",
+    epilog=_examples(
+        "invkeras train-inverter --dataset procedural --layer fc3 --scale tiny",
+        "invkeras train-inverter --dataset affnist --layer fc3          # finds runs/affnist/conv/classifier",
+        "invkeras train-inverter --dataset idx:../shared/data/mnist --layer none --scale small   # estimates H(x)",
+        "invkeras train-inverter --features my_features.npz --out runs/mine/fc --scale small",
+    ),
+)
+@user_errors
+def train_inverter(
+    layer: str = typer.Option("fc3", help="Layer to invert, or 'none' for the unconditional model p(x)."),
+    dataset: str = typer.Option("procedural", help="Dataset spec (see `invkeras datasets`)."),
+    arch: str = typer.Option("conv", help="Classifier run to use when --model is not given."),
+    model: Optional[str] = typer.Option(None, help="Classifier .keras file or run directory."),
+    features: Optional[str] = typer.Option(None, help="Extract directory or a .npz with arrays x and h."),
+    scale: str = typer.Option("small", help="tiny (tests) | small (CPU) | paper (the appendix settings)."),
+    filters: Optional[int] = typer.Option(None, help="Override the preset's filter count."),
+    nr_resnet: Optional[int] = typer.Option(None, help="Override the preset's gated resnet layers per block."),
+    dropout_rate: Optional[float] = typer.Option(None),
+    h_dropout: Optional[float] = typer.Option(None, help="Dropout on the conditioning projection (paper: 0.2 for CIFAR FC3)."),
+    likelihood: str = typer.Option("auto", help="auto | categorical | logistic_mixture (auto: categorical for grey)."),
+    num_mixtures: int = typer.Option(10),
+    batch_size: int = typer.Option(16),
+    learning_rate: float = typer.Option(1e-3),
+    lr_decay: float = typer.Option(0.9999, help="Per-step learning-rate decay."),
+    max_steps: int = typer.Option(2000),
+    steps_per_checkpoint: int = typer.Option(200, help="Steps between checkpoints (and validation)."),
+    patience: int = typer.Option(5, help="Checkpoint intervals without validation improvement before stopping."),
+    train_examples: Optional[int] = typer.Option(None),
+    eval_examples: Optional[int] = typer.Option(None, help="Cap on validation/test images evaluated."),
+    jit_compile: str = typer.Option("auto", help="auto | true | false (XLA)."),
+    mixed_precision: bool = typer.Option(False, "--mixed-precision/--no-mixed-precision"),
+    strategy: str = typer.Option("auto"),
+    seed: int = typer.Option(0),
+    data_dir: Optional[str] = typer.Option(None),
+    workspace: str = typer.Option("runs"),
+    out: Optional[str] = typer.Option(None, help="Output directory (default runs/<dataset>/<arch>/inverters/<layer>)."),
+) -> None:
+    """Train a conditional PixelCNN++ p(x|h) on one layer's representation (Nash et al. 2019)."""
+    options = dict(locals())  # every option is an InverterConfig field of the same name
+    from invkeras.train_inverter import InverterConfig
+    from invkeras.train_inverter import train_inverter as train
+
+    result = train(InverterConfig(**options))
+    rows = [["model", result.model_path], ["steps", result.steps], ["wall time", f"{result.seconds:.1f} s"]]
+    for name, summary in (("validation", result.validation), ("test", result.test)):
+        if summary:
+            rows.append([f"{name} NLL", f"{summary['nll_nats']:.2f} ± {summary['se_nats']:.2f} nats "
+                                        f"({summary['bits_per_dim']:.4f} bits/dim, n={summary['n']})"])
+    console.print(_table(f"Inverter for {layer}", ["", "value"], rows))
+
+
+@app.command(
+    epilog=_examples(
+        "invkeras sample --inverter runs/procedural/conv/inverters/fc3 --num-inputs 8 --num-samples 8",
+        "invkeras sample --inverter runs/procedural/conv/inverters/none --num-samples 16 --seed 1",
+    ),
+)
+@user_errors
+def sample(
+    inverter: str = typer.Option(..., help="Inverter directory or inverter.keras."),
+    num_inputs: int = typer.Option(8, help="Held-out inputs N (rows of the grid)."),
+    num_samples: int = typer.Option(8, help="Samples K per input."),
+    split: str = typer.Option("test", help="validation | test."),
+    seed: int = typer.Option(0, help="Same seed, same samples."),
+    batch_size: int = typer.Option(64, help="Images sampled in parallel."),
+    method: str = typer.Option("cached", help="cached (row caches, fast) | full (one forward pass per pixel)."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
+) -> None:
+    """Draw K samples of p(x|h(x)) for N held-out images: a PNG grid and an .npz."""
+    from invkeras.invert import draw_inversions
+
+    result = draw_inversions(inverter, num_inputs=num_inputs, num_samples=num_samples, split=split, seed=seed,
+                             batch_size=batch_size, method=method, out=out)
+    rows = [["grid", result.grid_path], ["arrays", result.arrays_path], ["samples", "x".join(map(str, result.samples.shape[:2]))],
+            ["wall time", f"{result.seconds:.1f} s"]]
+    if result.mean_l1_to_original is not None:
+        rows.append(["mean L1 |h(sample) - h(x)|", f"{result.mean_l1_to_original:.4f}"])
+    console.print(_table("Samples", ["", "value"], rows))
+
+
+@app.command(
+    "estimate-mi",
+    epilog=_examples(
+        "invkeras estimate-mi --inverter runs/procedural/conv/inverters/conv1 --inverter runs/procedural/conv/inverters/fc3 "
+        "--unconditional runs/procedural/conv/inverters/none --reference conv1",
+    ),
+)
+@user_errors
+def estimate_mi(
+    inverter: List[str] = typer.Option(..., help="Inverter directory (repeatable)."),
+    unconditional: Optional[str] = typer.Option(None, help="Unconditional inverter, for H*(x) - H*(x|h)."),
+    reference: Optional[str] = typer.Option(None, help="Layer whose NCE the others are compared with."),
+    split: str = typer.Option("test", help="validation | test."),
+    eval_examples: Optional[int] = typer.Option(None, help="Evaluate on the first N held-out images."),
+    out: Optional[str] = typer.Option(None, help="JSON path (a CSV twin is written beside it)."),
+) -> None:
+    """Held-out NLL per inverter, the NCE bound on I(x;h), and MI estimates, as a table, JSON and CSV."""
+    from invkeras.mi import estimate_mi as estimate
+
+    report, path = estimate(inverter, split=split, unconditional=unconditional, reference_layer=reference,
+                            eval_examples=eval_examples, out=out)
+    console.print(mi_table(report))
+    console.print(f"written: {path} and {path.with_suffix('.csv')}")
+
+
+def mi_table(report) -> Table:
+    def fmt(value, digits=2):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    rows = []
+    for r in report.rows:
+        rows.append([
+            r["layer"], r["n_images"], f"{r['H*(x|h) nats']:.2f} ± {r['se nats']:.2f}", fmt(r["bits/dim"], 4),
+            fmt(r["NCE nats"]),
+            "" if r["NCE - NCE(ref)"] is None else f"{r['NCE - NCE(ref)']:.2f} ± {r['se (paired)']:.2f}",
+            fmt(r["H*(x) - H*(x|h) [estimate]"]), fmt(r["H(x) - H*(x|h) [lower bound on I]"]),
+        ])
+    title = f"Information in each layer ({report.dataset}, {report.split} split, nats per image)"
+    if report.entropy_nats is not None:
+        title += f"; H(x) = {report.entropy_nats:.3f} exactly"
+    columns = ["layer", "n", "H*(x|h)", "bits/dim", "NCE", "NCE - NCE(ref)", "H*(x) - H*(x|h) estimate",
+               "H(x) - H*(x|h) bound on I"]
+    return _table(title, columns, rows)
+
+
 @app.callback(invoke_without_command=True)
 def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
     if version:

@@ -33,9 +33,10 @@ from invkeras import artifacts
 from invkeras.errors import InvkerasError
 from invkeras.features import ExtractConfig
 from invkeras.train_classifier import ClassifierConfig
+from invkeras.train_inverter import InverterConfig
 
 # Keys a recipe sets once at the top and every step inherits unless it sets its own.
-SHARED_KEYS = ("dataset", "data_dir", "seed", "workspace")
+SHARED_KEYS = ("dataset", "data_dir", "seed", "workspace", "arch", "scale")
 
 
 # --- step schemas -------------------------------------------------------------------
@@ -56,7 +57,54 @@ class ExportStep(BaseModel):
     out: str
 
 
-Step = Annotated[Union[TrainClassifierStep, ExtractStep, ExportStep], Field(discriminator="command")]
+class TrainInverterStep(InverterConfig):
+    command: Literal["train-inverter"]
+
+
+class SampleStep(BaseModel):
+    """Sample grids for inverters in the default workspace layout, one per layer."""
+
+    model_config = ConfigDict(extra="forbid")
+    command: Literal["sample"]
+    dataset: str = "procedural"
+    arch: str = "conv"
+    workspace: str = str(artifacts.DEFAULT_WORKSPACE)
+    layers: list[str] = Field(min_length=1)
+    num_inputs: int = Field(8, gt=0)
+    num_samples: int = Field(8, gt=0)
+    split: Literal["validation", "test"] = "test"
+    seed: int = 0
+    method: Literal["cached", "full"] = "cached"
+
+    def inverter(self, layer: str) -> Path:
+        return artifacts.inverter_dir(self.dataset, self.arch, layer, self.workspace)
+
+
+class EstimateMIStep(BaseModel):
+    """The information table over inverters in the default workspace layout."""
+
+    model_config = ConfigDict(extra="forbid")
+    command: Literal["estimate-mi"]
+    dataset: str = "procedural"
+    arch: str = "conv"
+    workspace: str = str(artifacts.DEFAULT_WORKSPACE)
+    layers: list[str] = Field(min_length=1)
+    unconditional: bool = Field(True, description="also use the 'none' inverter for H*(x) - H*(x|h)")
+    reference: Optional[str] = None
+    split: Literal["validation", "test"] = "test"
+    eval_examples: Optional[int] = Field(None, gt=0)
+
+    def inverter(self, layer: str) -> Path:
+        return artifacts.inverter_dir(self.dataset, self.arch, layer, self.workspace)
+
+    def out(self) -> Path:
+        return artifacts.run_dir(self.dataset, self.arch, self.workspace) / "mi" / f"{self.split}.json"
+
+
+Step = Annotated[
+    Union[TrainClassifierStep, ExtractStep, ExportStep, TrainInverterStep, SampleStep, EstimateMIStep],
+    Field(discriminator="command"),
+]
 
 
 class Recipe(BaseModel):
@@ -68,6 +116,8 @@ class Recipe(BaseModel):
     data_dir: Optional[str] = None
     seed: int = 0
     workspace: str = str(artifacts.DEFAULT_WORKSPACE)
+    arch: Optional[str] = None
+    scale: Optional[Literal["tiny", "small", "paper"]] = None
     steps: dict[str, Step] = Field(min_length=1)
 
     @model_validator(mode="before")
@@ -83,7 +133,7 @@ class Recipe(BaseModel):
                 step = dict(step)
                 model = _STEP_MODELS.get(step.get("command"))
                 for key in SHARED_KEYS:
-                    if model is not None and key in model.model_fields and key not in step and key in raw:
+                    if model is not None and key in model.model_fields and key not in step and raw.get(key) is not None:
                         step[key] = raw[key]
             steps[name] = step
         raw["steps"] = steps
@@ -94,6 +144,9 @@ _STEP_MODELS: dict[str, type[BaseModel]] = {
     "train-classifier": TrainClassifierStep,
     "extract": ExtractStep,
     "export": ExportStep,
+    "train-inverter": TrainInverterStep,
+    "sample": SampleStep,
+    "estimate-mi": EstimateMIStep,
 }
 
 
@@ -187,6 +240,12 @@ def step_outputs(step: BaseModel) -> list[Path]:
         return [step.split_dir(layer, split) / MANIFEST for layer in step.layers for split in step.splits]
     if isinstance(step, ExportStep):
         return [Path(step.out)]  # export writes <out>.meta.json beside the directory
+    if isinstance(step, TrainInverterStep):
+        return [step.model_path()]
+    if isinstance(step, SampleStep):
+        return [step.inverter(layer) / "samples.png" for layer in step.layers]
+    if isinstance(step, EstimateMIStep):
+        return [step.out()]
     raise TypeError(type(step))
 
 
@@ -211,10 +270,44 @@ def _run_export(step: ExportStep) -> str:
     return f"SavedModel at {export_saved_model(step.model, step.out)}"
 
 
+def _run_train_inverter(step: TrainInverterStep) -> str:
+    from invkeras.train_inverter import train_inverter
+
+    result = train_inverter(InverterConfig(**step.model_dump(exclude={"command"})))
+    held_out = result.test or result.validation
+    return f"{step.layer}: {held_out['nll_nats']:.2f} nats ({held_out['bits_per_dim']:.4f} bits/dim), {result.steps} steps"
+
+
+def _run_sample(step: SampleStep) -> str:
+    from invkeras.invert import draw_inversions
+
+    for layer in step.layers:
+        draw_inversions(step.inverter(layer), num_inputs=step.num_inputs, num_samples=step.num_samples,
+                        split=step.split, seed=step.seed, method=step.method)
+    return f"grids for {', '.join(step.layers)}"
+
+
+def _run_estimate_mi(step: EstimateMIStep) -> str:
+    from invkeras.mi import estimate_mi
+
+    report, path = estimate_mi(
+        [step.inverter(layer) for layer in step.layers],
+        split=step.split,
+        unconditional=step.inverter("none") if step.unconditional else None,
+        reference_layer=step.reference,
+        eval_examples=step.eval_examples,
+        out=step.out(),
+    )
+    return "; ".join(f"{r['layer']} {r['H*(x|h) nats']:.1f}" for r in report.rows) + " nats"
+
+
 _RUNNERS: dict[str, Callable[[Any], str]] = {
     "train-classifier": _run_train_classifier,
     "extract": _run_extract,
     "export": _run_export,
+    "train-inverter": _run_train_inverter,
+    "sample": _run_sample,
+    "estimate-mi": _run_estimate_mi,
 }
 
 

@@ -25,3 +25,19 @@ def tiny_classifier(tmp_path_factory) -> Path:
         )
     )
     return workspace
+
+
+@pytest.fixture(scope="session")
+def tiny_inverters(tiny_classifier) -> dict:
+    """fc3 and unconditional inverters, tiny and briefly trained, in the tiny classifier's workspace."""
+    from invkeras.train_inverter import InverterConfig, train_inverter
+
+    results = {}
+    for layer in ("fc3", "none"):
+        results[layer] = train_inverter(
+            InverterConfig(
+                dataset="procedural", layer=layer, scale="tiny", workspace=str(tiny_classifier), max_steps=40,
+                steps_per_checkpoint=20, train_examples=512, eval_examples=48, jit_compile="false",
+            )
+        )
+    return results

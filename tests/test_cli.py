@@ -67,3 +67,31 @@ def test_extract_prints_table(tiny_classifier):
     result = invoke("extract", "--workspace", tiny_classifier, "--layer", "fc3", "--split", "test", "--limit", 16)
     assert result.exit_code == 0, result.output
     assert "Extracted features" in result.output and "(256,)" in result.output
+
+
+@pytest.mark.parametrize("command", ["train-inverter", "sample", "estimate-mi"])
+def test_inversion_commands_have_examples(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0 and "Examples" in result.output and f"invkeras {command}" in result.output
+
+
+def test_train_inverter_bad_inputs(tiny_classifier, tmp_path):
+    result = invoke("train-inverter", "--workspace", tiny_classifier, "--layer", "conv7", "--max-steps", 1)
+    assert_one_line_error(result, "conv7")
+    assert_one_line_error(invoke("train-inverter", "--features", tmp_path / "nope.npz"), "nope.npz", "not found")
+    assert_one_line_error(invoke("train-inverter", "--scale", "huge", "--workspace", tmp_path), "scale")
+
+
+def test_sample_and_estimate_mi_commands(tiny_inverters, tmp_path):
+    fc3 = tiny_inverters["fc3"].model_path.parent
+    none = tiny_inverters["none"].model_path.parent
+    result = invoke("sample", "--inverter", fc3, "--num-inputs", 2, "--num-samples", 2, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "samples.png").exists() and "Samples" in result.output
+    result = invoke("estimate-mi", "--inverter", fc3, "--unconditional", none, "--reference", "fc3",
+                    "--out", tmp_path / "mi.json")
+    assert result.exit_code == 0, result.output
+    assert "H(x) = 8.841" in result.output and (tmp_path / "mi.csv").exists()
+    assert_one_line_error(invoke("sample", "--inverter", tmp_path / "missing"), "missing", "not found")
+    assert_one_line_error(invoke("estimate-mi", "--inverter", fc3, "--reference", "conv9", "--out", tmp_path / "x.json"),
+                          "conv9")
