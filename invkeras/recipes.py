@@ -61,41 +61,38 @@ class TrainInverterStep(InverterConfig):
     command: Literal["train-inverter"]
 
 
-class SampleStep(BaseModel):
-    """Sample grids for inverters in the default workspace layout, one per layer."""
+class _InvertersInWorkspace(BaseModel):
+    """Steps that act on inverters found by the default layout runs/<dataset>/<arch>/inverters/<layer>."""
 
     model_config = ConfigDict(extra="forbid")
-    command: Literal["sample"]
     dataset: str = "procedural"
     arch: str = "conv"
     workspace: str = str(artifacts.DEFAULT_WORKSPACE)
     layers: list[str] = Field(min_length=1)
+
+    def inverter(self, layer: str) -> Path:
+        return artifacts.inverter_dir(self.dataset, self.arch, layer, self.workspace)
+
+
+class SampleStep(_InvertersInWorkspace):
+    """Sample grids, one per layer."""
+
+    command: Literal["sample"]
     num_inputs: int = Field(8, gt=0)
     num_samples: int = Field(8, gt=0)
     split: Literal["validation", "test"] = "test"
     seed: int = 0
     method: Literal["cached", "full"] = "cached"
 
-    def inverter(self, layer: str) -> Path:
-        return artifacts.inverter_dir(self.dataset, self.arch, layer, self.workspace)
 
+class EstimateMIStep(_InvertersInWorkspace):
+    """The information table over the layers' inverters."""
 
-class EstimateMIStep(BaseModel):
-    """The information table over inverters in the default workspace layout."""
-
-    model_config = ConfigDict(extra="forbid")
     command: Literal["estimate-mi"]
-    dataset: str = "procedural"
-    arch: str = "conv"
-    workspace: str = str(artifacts.DEFAULT_WORKSPACE)
-    layers: list[str] = Field(min_length=1)
     unconditional: bool = Field(True, description="also use the 'none' inverter for H*(x) - H*(x|h)")
     reference: Optional[str] = None
     split: Literal["validation", "test"] = "test"
     eval_examples: Optional[int] = Field(None, gt=0)
-
-    def inverter(self, layer: str) -> Path:
-        return artifacts.inverter_dir(self.dataset, self.arch, layer, self.workspace)
 
     def out(self) -> Path:
         return artifacts.run_dir(self.dataset, self.arch, self.workspace) / "mi" / f"{self.split}.json"
