@@ -19,8 +19,10 @@ def write(tmp_path, text, name="r.yaml"):
 
 def test_quickstart_recipe_is_valid():
     recipe = load_recipe(Path(__file__).resolve().parents[1] / QUICKSTART)
-    assert list(recipe.steps) == ["classifier", "features"]
+    assert [step.command for step in recipe.steps.values()] == [
+        "train-classifier", "extract", "train-inverter", "train-inverter", "train-inverter", "sample", "estimate-mi"]
     assert recipe.steps["classifier"].dataset == "procedural"  # inherited from the top level
+    assert recipe.steps["inverter_fc3"].scale == "tiny" and recipe.steps["inverter_fc3"].arch == "conv"
 
 
 def test_overrides_reach_steps_and_shared_keys(tmp_path):
