@@ -227,6 +227,7 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="Override a key: dotted.path=value (repeatable)."),
 ) -> None:
     """Run a YAML recipe; finished steps are skipped, interrupted ones resume."""
+    from invkeras.mi import MIReport
     from invkeras.recipes import load_recipe, run_recipe
 
     parsed = load_recipe(recipe, set_)
@@ -236,6 +237,9 @@ def run(
     )
     rows = [[r.name, r.command, r.status, f"{r.seconds:.1f} s", r.summary] for r in results]
     console.print(_table(f"Recipe {parsed.name}", ["step", "command", "status", "time", "result"], rows))
+    for step in parsed.steps.values():
+        if step.command == "estimate-mi":  # the result people run the recipe for
+            console.print(mi_table(MIReport.from_json(step.out())))
 
 
 @app.command(
@@ -292,9 +296,12 @@ def train_inverter(
     data_dir: Optional[str] = typer.Option(None),
     workspace: str = typer.Option("runs"),
     out: Optional[str] = typer.Option(None, help="Output directory (default runs/<dataset>/<arch>/inverters/<layer>)."),
+    kind: str = typer.Option("pixelcnn", help="pixelcnn | mse (a point-estimate MSE decoder baseline, in .../decoders/<layer>)."),
 ) -> None:
     """Train a conditional PixelCNN++ p(x|h) on one layer's representation (Nash et al. 2019)."""
     options = dict(locals())  # every option is an InverterConfig field of the same name
+    if options.pop("kind") != "pixelcnn":
+        return _train_mse_decoder(kind, options)
     from invkeras.train_inverter import InverterConfig
     from invkeras.train_inverter import train_inverter as train
 
@@ -373,12 +380,107 @@ def mi_table(report) -> Table:
             "" if r["NCE - NCE(ref)"] is None else f"{r['NCE - NCE(ref)']:.2f} ± {r['se (paired)']:.2f}",
             fmt(r["H*(x) - H*(x|h) [estimate]"]), fmt(r["H(x) - H*(x|h) [lower bound on I]"]),
         ])
-    title = f"Information in each layer ({report.dataset}, {report.split} split, nats per image)"
+    title = f"Information per layer, nats/image ({report.dataset}, {report.split})"
     if report.entropy_nats is not None:
-        title += f"; H(x) = {report.entropy_nats:.3f} exactly"
-    columns = ["layer", "n", "H*(x|h)", "bits/dim", "NCE", "NCE - NCE(ref)", "H*(x) - H*(x|h) estimate",
-               "H(x) - H*(x|h) bound on I"]
+        title += f", H(x) = {report.entropy_nats:.3f}"
+    # Short headers keep the table readable at 80 columns; the JSON/CSV spell them out.
+    columns = ["layer", "n", "H*(x|h) ± se", "bits/dim", "NCE", "NCE-ref ± se", "I est.", "I ≥"]
     return _table(title, columns, rows)
+
+
+@app.command(
+    epilog=_examples(
+        "invkeras report runs                           # writes runs/report/report.html (+ .md)",
+        "invkeras report runs/procedural/conv           # one run",
+        "invkeras report runs --out reports/all.html    # + reports/all.md, reports/all-*.png",
+    ),
+)
+@user_errors
+def report(
+    run_dir: str = typer.Argument(..., help="A workspace (runs/) or one run (runs/<dataset>/<arch>)."),
+    out: Optional[str] = typer.Option(None, help="HTML path (default <RUN_DIR>/report/report.html); the .md twin and plots go beside it."),
+) -> None:
+    """One self-contained HTML report (and a Markdown twin) of every artefact in a run directory."""
+    from invkeras.report import write_report
+
+    html_path, md_path = write_report(run_dir, out)
+    console.print(f"written: {html_path} and {md_path}")
+
+
+def _train_mse_decoder(kind: str, options: dict) -> None:
+    """`train-inverter --kind mse`: the point-estimate baseline; PixelCNN-only options are ignored."""
+    from invkeras.decoders import MSEDecoderConfig, train_mse_decoder
+
+    if kind != "mse":
+        raise InvkerasError(f"--kind {kind}: choose pixelcnn or mse")
+    result = train_mse_decoder(MSEDecoderConfig.from_options(options))
+    rows = [["model", result.model_path], ["steps", result.steps], ["wall time", f"{result.seconds:.1f} s"]]
+    for name, summary in (("validation", result.validation), ("test", result.test)):
+        if summary:
+            rows.append([f"{name} MSE per pixel", f"{summary['mse_per_pixel']:.1f} ± {summary['se']:.1f} "
+                         f"(RMSE {summary['rmse']:.2f}; mean image {summary['mean_image_mse_per_pixel']:.1f}; n={summary['n']})"])
+    console.print(_table(f"MSE decoder for {result.layer}", ["", "value"], rows))
+
+
+@app.command(
+    epilog=_examples(
+        "invkeras compare --inverter runs/procedural/conv/inverters/fc3",
+        "invkeras compare --inverter runs/procedural/conv/inverters/conv1 --num-images 100 --num-samples 10 --grid-samples 256",
+        "invkeras compare --inverter runs/procedural/conv/inverters/fc3 --decoder runs/procedural/conv/decoders/fc3",
+    ),
+)
+@user_errors
+def compare(
+    inverter: str = typer.Option(..., help="Inverter directory or inverter.keras (needs its classifier run)."),
+    num_images: int = typer.Option(500, help="Held-out images N."),
+    num_samples: int = typer.Option(10, help="Samples K per image: IM-S uses one, IM-NN the closest."),
+    split: str = typer.Option("test", help="validation | test."),
+    seed: int = typer.Option(0, help="Same seed, same samples."),
+    top_k: int = typer.Option(8, help="Samples and training neighbours shown per grid row."),
+    grid_samples: int = typer.Option(64, help="Samples K' drawn per grid row, of which the top-k are shown."),
+    grid_inputs: int = typer.Option(4, help="Grid rows (0: no grid)."),
+    batch_size: int = typer.Option(64, help="Images sampled in parallel."),
+    max_train_examples: Optional[int] = typer.Option(None, help="Search only the first N training images (default all)."),
+    decoder: Optional[str] = typer.Option(None, help="An MSE decoder of the same layer: adds a row for its reconstruction."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
+) -> None:
+    """L1 distance in the layer's space to 1NN, IM-S and IM-NN (Nash et al. 2019 Table 1), plus a top-k grid."""
+    from invkeras.compare import compare_representations
+
+    result = compare_representations(inverter, num_images=num_images, num_samples=num_samples, split=split, seed=seed,
+                                     top_k=top_k, grid_samples=grid_samples, grid_inputs=grid_inputs,
+                                     batch_size=batch_size, max_train_examples=max_train_examples, decoder=decoder,
+                                     out=out)
+    rows = [[r["method"], r["n"], f"{r['mean_l1']:.3f} ± {r['se']:.3f}", f"{r['mean_l1_per_dim']:.5f}"] for r in result.rows]
+    console.print(_table(f"L1 distance to h(x) at {result.layer} ({result.split} split, mean ± s.e.)",
+                         ["x'", "n", "||h(x) - h(x')||_1", "per dimension"], rows))
+    written = [result.json_path, result.csv_path, result.arrays_path, result.grid_path]
+    console.print("written: " + ", ".join(str(p) for p in written if p is not None))
+
+
+@app.command(
+    "sample-grid",
+    epilog=_examples(
+        "invkeras sample-grid --inverter runs/procedural/conv/inverters/fc3 --decoder runs/procedural/conv/decoders/fc3",
+    ),
+)
+@user_errors
+def sample_grid(
+    inverter: str = typer.Option(..., help="Inverter directory or inverter.keras."),
+    decoder: str = typer.Option(..., help="MSE decoder directory of the same layer (`train-inverter --kind mse`)."),
+    num_inputs: int = typer.Option(8, help="Held-out inputs N (rows of the grid)."),
+    num_samples: int = typer.Option(8, help="Samples K per input."),
+    split: str = typer.Option("test", help="validation | test."),
+    seed: int = typer.Option(0, help="Same seed, same samples."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
+) -> None:
+    """Write samples_mse.png: original | MSE reconstruction | K samples, as in Nash et al. (2019) Figs. 1 and 4."""
+    from invkeras.decoders import save_samples_with_reconstruction
+
+    result = save_samples_with_reconstruction(inverter, decoder, out, num_inputs, num_samples, seed, split=split)
+    rows = [["grid", result.grid_path], ["reconstruction MSE per pixel", f"{result.mse_per_pixel:.1f}"],
+            ["wall time", f"{result.seconds:.1f} s"]]
+    console.print(_table("Samples with MSE reconstruction", ["", "value"], rows))
 
 
 @app.callback(invoke_without_command=True)

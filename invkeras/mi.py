@@ -53,6 +53,14 @@ class MIReport:
     entropy_nats: float | None
     rows: list[dict] = field(default_factory=list)
 
+    @classmethod
+    def from_json(cls, path: str | Path) -> "MIReport":
+        import json
+
+        payload = json.loads(Path(path).read_text())
+        return cls(split=payload["split"], dataset=payload["dataset"], entropy_nats=payload["entropy_nats"],
+                   rows=payload["rows"])
+
     def to_csv(self) -> str:
         buffer = io.StringIO()
         columns = list(self.rows[0].keys()) if self.rows else []
