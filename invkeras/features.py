@@ -98,7 +98,21 @@ class ExtractConfig(BaseModel):
         return Path(self.model) if self.model else artifacts.classifier_path(self.dataset, self.arch, self.workspace)
 
     def out_root(self) -> Path:
-        return Path(self.out) if self.out else artifacts.run_dir(self.dataset, self.arch, self.workspace) / "features"
+        """Where features go: --out, else beside a non-default model, else the run's features dir.
+
+        A checkpoint or user model gets its own cache (`<model stem>-features/` beside it), so
+        features of different models are never mixed up under one run directory.
+        """
+        if self.out:
+            return Path(self.out)
+        default_model = artifacts.classifier_path(self.dataset, self.arch, self.workspace)
+        if self.model:
+            model = Path(self.model)
+            if model.is_dir():
+                model = model / "classifier" / "model.keras"
+            if model.resolve() != default_model.resolve():
+                return model.parent / f"{model.stem}-features"
+        return artifacts.run_dir(self.dataset, self.arch, self.workspace) / "features"
 
     def split_dir(self, layer: str, split: str) -> Path:
         return self.out_root() / layer / split
@@ -126,7 +140,7 @@ def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[st
 
     results: dict[str, dict[str, Path]] = {layer: {} for layer in config.layers}
     for split in config.splits:
-        todo = [layer for layer in config.layers if not artifacts.is_complete(config.split_dir(layer, split) / MANIFEST)]
+        todo = [layer for layer in config.layers if not _complete_for(config.split_dir(layer, split) / MANIFEST, model_path)]
         for layer in set(config.layers) - set(todo):
             results[layer][split] = config.split_dir(layer, split) / MANIFEST
         if not todo:
@@ -157,6 +171,14 @@ def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[st
         for layer, path in manifests.items():
             results[layer][split] = path
     return results
+
+
+def _complete_for(manifest_path: Path, model_path: Path) -> bool:
+    """A finished extraction counts only if it was made from this very model file."""
+    if not artifacts.is_complete(manifest_path):
+        return False
+    recorded = json.loads(manifest_path.read_text()).get("model")
+    return recorded is not None and Path(recorded).resolve() == Path(model_path).resolve()
 
 
 def _write_split(batches, extractor, layers, out_dirs, *, shard_size, total, description, progress, provenance):

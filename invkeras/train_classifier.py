@@ -387,6 +387,7 @@ def train_classifier(
         "replicas": num_replicas(strategy),
         "resumed_from_epoch": resumed_from,
         "checkpoints": [p.name for p in checkpoints],
+        "seconds": time.monotonic() - start,  # this call's wall time (a resumed run counts only itself)
     }
     with artifacts.atomic_path(out) as tmp:
         model.save(tmp)
@@ -401,6 +402,6 @@ def train_classifier(
         epochs=epochs_done,
         steps=steps,
         checkpoints=checkpoints,
-        seconds=time.monotonic() - start,
+        seconds=results["seconds"],
         resumed_from_epoch=resumed_from,
     )

@@ -105,3 +105,24 @@ def test_model_input_shape_must_match_dataset(tmp_path):
                            out=str(tmp_path / "f"))
     with pytest.raises(InvkerasError, match=r"expects images of shape \(28, 28, 1\)"):
         extract_features(config, progress=False)
+
+
+def test_features_of_different_models_never_mix(tiny_classifier):
+    """A checkpoint gets its own feature cache, and a cache made from another model is redone."""
+    checkpoint = tiny_classifier / "procedural/conv/classifier/checkpoints/step-000000.keras"
+    import shutil
+
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_classifier / "procedural/conv/classifier/model.keras", checkpoint)
+    config = ExtractConfig(dataset="procedural", model=str(checkpoint), layers=["fc3"], splits=["test"],
+                           workspace=str(tiny_classifier), limit=16)
+    assert config.out_root() == checkpoint.parent / "step-000000-features"
+    default = ExtractConfig(dataset="procedural", layers=["fc3"], splits=["test"], workspace=str(tiny_classifier), limit=16)
+    assert default.out_root() == tiny_classifier / "procedural/conv/features"
+
+    # Same output directory, different model: the finished extraction is not reused.
+    shared = default.model_copy(update={"out": str(tiny_classifier / "shared")})
+    first = extract_features(shared, progress=False)["fc3"]["test"]
+    assert json.loads(first.read_text())["model"].endswith("classifier/model.keras")
+    again = extract_features(shared.model_copy(update={"model": str(checkpoint)}), progress=False)["fc3"]["test"]
+    assert json.loads(again.read_text())["model"] == str(checkpoint)
