@@ -289,7 +289,7 @@ def train_inverter(
     patience: int = typer.Option(5, help="Checkpoint intervals without validation improvement before stopping."),
     train_examples: Optional[int] = typer.Option(None),
     eval_examples: Optional[int] = typer.Option(None, help="Cap on validation/test images evaluated."),
-    jit_compile: str = typer.Option("auto", help="auto | true | false (XLA)."),
+    jit_compile: str = typer.Option("false", help="false | true | auto: XLA for training (slower on CPU, see make bench)."),
     mixed_precision: bool = typer.Option(False, "--mixed-precision/--no-mixed-precision"),
     strategy: str = typer.Option("auto"),
     seed: int = typer.Option(0),

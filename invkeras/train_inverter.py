@@ -61,7 +61,9 @@ class InverterConfig(BaseModel):
     train_examples: Optional[int] = Field(None, gt=0)
     eval_examples: Optional[int] = Field(None, gt=0, description="cap on validation/test images evaluated")
     # Execution.
-    jit_compile: Literal["auto", "true", "false"] = "auto"
+    # Off by default: `make bench` measured XLA training 2.5x *slower* on 2 CPU cores (and slow
+    # to compile); try "true" on a GPU. Sampling always uses XLA (its row caches need it).
+    jit_compile: Literal["auto", "true", "false"] = "false"
     mixed_precision: bool = False
     strategy: str = "auto"
     seed: int = 0
@@ -255,7 +257,7 @@ def pixelcnn_config_for(config: InverterConfig, image_shape, h_shape):
     return PixelCNNConfig(**{**net.model_dump(), **overrides})  # re-validated
 
 
-def build_inverter(net_config, *, learning_rate: float, lr_decay: float, jit_compile="auto"):
+def build_inverter(net_config, *, learning_rate: float, lr_decay: float, jit_compile="false"):
     """The PixelCNN++ compiled with the exact NLL loss (nats per image) and the paper's optimiser."""
     import keras
 
