@@ -140,12 +140,15 @@ def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[st
 
     results: dict[str, dict[str, Path]] = {layer: {} for layer in config.layers}
     for split in config.splits:
-        todo = [layer for layer in config.layers if not _complete_for(config.split_dir(layer, split) / MANIFEST, model_path)]
+        total = info.split_sizes[split] if config.limit is None else min(config.limit, info.split_sizes[split])
+        todo = [
+            layer for layer in config.layers
+            if not _complete_for(config.split_dir(layer, split) / MANIFEST, model_path, total)
+        ]
         for layer in set(config.layers) - set(todo):
             results[layer][split] = config.split_dir(layer, split) / MANIFEST
         if not todo:
             continue
-        total = info.split_sizes[split] if config.limit is None else min(config.limit, info.split_sizes[split])
         data = load(config.dataset, split, data_dir=config.data_dir, seed=config.seed)
         if config.limit is not None:
             data = data.take(config.limit)
@@ -173,12 +176,15 @@ def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[st
     return results
 
 
-def _complete_for(manifest_path: Path, model_path: Path) -> bool:
-    """A finished extraction counts only if it was made from this very model file."""
+def _complete_for(manifest_path: Path, model_path: Path, num_examples: int) -> bool:
+    """A finished extraction is reused only if it came from this very model file and holds
+    exactly the examples asked for (a `--limit` run must not stand in for a whole split)."""
     if not artifacts.is_complete(manifest_path):
         return False
-    recorded = json.loads(manifest_path.read_text()).get("model")
-    return recorded is not None and Path(recorded).resolve() == Path(model_path).resolve()
+    manifest = json.loads(manifest_path.read_text())
+    recorded = manifest.get("model")
+    same_model = recorded is not None and Path(recorded).resolve() == Path(model_path).resolve()
+    return same_model and manifest.get("num_examples") == num_examples
 
 
 def _write_split(batches, extractor, layers, out_dirs, *, shard_size, total, description, progress, provenance):

@@ -97,7 +97,8 @@ def draw_inversions(
 
     from invkeras.grids import originals_and_samples, save_grid
 
-    grid_path = save_grid(out_dir / "samples.png", originals_and_samples(originals, samples))
+    grid_path = save_grid(out_dir / "samples.png", originals_and_samples(originals, samples),
+                          separator_after=None if originals is None else 1)
     arrays = {"samples": samples}
     if originals is not None:
         arrays.update(x=originals, h=h)

@@ -126,3 +126,11 @@ def test_features_of_different_models_never_mix(tiny_classifier):
     assert json.loads(first.read_text())["model"].endswith("classifier/model.keras")
     again = extract_features(shared.model_copy(update={"model": str(checkpoint)}), progress=False)["fc3"]["test"]
     assert json.loads(again.read_text())["model"] == str(checkpoint)
+
+
+def test_a_limited_extraction_never_stands_in_for_the_whole_split(tiny_classifier, tmp_path):
+    config = ExtractConfig(dataset="procedural", layers=["fc3"], splits=["validation"], workspace=str(tiny_classifier),
+                           out=str(tmp_path / "f"), limit=40)
+    extract_features(config, progress=False)
+    bigger = extract_features(config.model_copy(update={"limit": 70}), progress=False)["fc3"]["validation"]
+    assert open_features(bigger.parent).num_examples == 70
