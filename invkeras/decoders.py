@@ -26,10 +26,11 @@ from typing import Optional
 
 import keras
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError, NonFiniteLossError
+from invkeras.train_inverter import PairedDataConfig
 
 DECODER_FILE = "decoder.keras"
 DEFAULT_FILTERS = 32
@@ -137,27 +138,15 @@ def _h_statistics(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --- config -------------------------------------------------------------------------
 
 
-class MSEDecoderConfig(BaseModel):
-    """Every setting of an MSE-decoder run; the data fields mean what they mean for an inverter."""
+class MSEDecoderConfig(PairedDataConfig):
+    """Every setting of an MSE-decoder run; the data fields are exactly an inverter's."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: str = "procedural"
-    data_dir: Optional[str] = None
-    arch: str = "conv"
-    layer: str = Field("fc3", description="layer whose representation is decoded")
-    model: Optional[str] = Field(None, description="classifier .keras or run dir; default the run for dataset+arch")
-    features: Optional[str] = Field(None, description="extract directory or user .npz with x and h")
     filters: int = Field(DEFAULT_FILTERS, gt=0)
-    seed: int = 0
     batch_size: int = Field(32, gt=0)
     learning_rate: float = Field(1e-3, gt=0)
     max_steps: int = Field(2000, gt=0)
     steps_per_checkpoint: int = Field(200, gt=0)
     patience: int = Field(5, ge=0, description="checkpoint intervals without validation improvement")
-    train_examples: Optional[int] = Field(None, gt=0)
-    eval_examples: Optional[int] = Field(None, gt=0, description="cap on validation/test images evaluated")
-    workspace: str = str(artifacts.DEFAULT_WORKSPACE)
     out: Optional[str] = Field(None, description="output dir; default runs/<dataset>/<arch>/decoders/<layer>")
 
     @classmethod
@@ -175,9 +164,7 @@ class MSEDecoderConfig(BaseModel):
 
         if self.layer == UNCONDITIONAL:
             raise InvkerasError("--kind mse --layer none: an MSE decoder needs a representation h to decode")
-        shared = {k: getattr(self, k) for k in ("dataset", "data_dir", "arch", "layer", "model", "features", "seed",
-                                                "batch_size", "train_examples", "eval_examples", "workspace")}
-        return InverterConfig(**shared)
+        return InverterConfig(**self.model_dump(include=set(PairedDataConfig.model_fields)), batch_size=self.batch_size)
 
     def out_dir(self) -> Path:
         if self.out:

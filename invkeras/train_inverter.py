@@ -31,18 +31,34 @@ UNCONDITIONAL = "none"
 VECTOR_LAYERS_HINT = "vector h (fc3, logits) or spatial h (conv1, conv2)"
 
 
-class InverterConfig(BaseModel):
-    """Every hyper-parameter of an inverter run; also the `train-inverter` recipe step."""
+class PairedDataConfig(BaseModel):
+    """Where the (x, h) pairs come from. Inverters and MSE decoders share it, so both see
+    exactly the same pairs, splits and order."""
 
     model_config = ConfigDict(extra="forbid")
 
-    # What to invert.
     dataset: str = "procedural"
     data_dir: Optional[str] = None
     arch: str = "conv"
     layer: str = Field("fc3", description="layer name, or 'none' for the unconditional model")
     model: Optional[str] = Field(None, description="classifier .keras or run dir; default the run for dataset+arch")
     features: Optional[str] = Field(None, description="extract directory or user .npz with x and h")
+    train_examples: Optional[int] = Field(None, gt=0)
+    eval_examples: Optional[int] = Field(None, gt=0, description="cap on validation/test images evaluated")
+    seed: int = 0
+    workspace: str = str(artifacts.DEFAULT_WORKSPACE)
+
+    @field_validator("layer")
+    @classmethod
+    def _layer_not_empty(cls, layer: str) -> str:
+        if not layer.strip():
+            raise ValueError("layer name is empty")
+        return layer
+
+
+class InverterConfig(PairedDataConfig):
+    """Every hyper-parameter of an inverter run; also the `train-inverter` recipe step."""
+
     # Network (None = take the value from the --scale preset).
     scale: Literal["tiny", "small", "paper"] = "small"
     filters: Optional[int] = Field(None, gt=0)
@@ -58,24 +74,13 @@ class InverterConfig(BaseModel):
     max_steps: int = Field(2000, gt=0)
     steps_per_checkpoint: int = Field(200, gt=0)
     patience: int = Field(5, ge=0, description="checkpoint intervals without validation improvement")
-    train_examples: Optional[int] = Field(None, gt=0)
-    eval_examples: Optional[int] = Field(None, gt=0, description="cap on validation/test images evaluated")
     # Execution.
     # Off by default: `make bench` measured XLA training 2.5x *slower* on 2 CPU cores (and slow
     # to compile); try "true" on a GPU. Sampling always uses XLA (its row caches need it).
     jit_compile: Literal["auto", "true", "false"] = "false"
     mixed_precision: bool = False
     strategy: str = "auto"
-    seed: int = 0
-    workspace: str = str(artifacts.DEFAULT_WORKSPACE)
     out: Optional[str] = Field(None, description="output dir; default runs/<dataset>/<arch>/inverters/<layer>")
-
-    @field_validator("layer")
-    @classmethod
-    def _layer_not_empty(cls, layer: str) -> str:
-        if not layer.strip():
-            raise ValueError("layer name is empty")
-        return layer
 
     @property
     def conditional(self) -> bool:
