@@ -30,7 +30,7 @@ from pydantic import Field
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError, NonFiniteLossError
-from invkeras.train_inverter import PairedDataConfig
+from invkeras.train_inverter import InverterResult, PairedDataConfig
 
 DECODER_FILE = "decoder.keras"
 DEFAULT_FILTERS = 32
@@ -216,16 +216,8 @@ def _evaluate(model, arrays: dict, mean_image: np.ndarray) -> dict:
 # --- training -----------------------------------------------------------------------
 
 
-@dataclass
-class DecoderResult:
-    model_path: Path
-    layer: str
-    steps: int
-    validation: dict
-    test: dict | None
-    seconds: float
-    stopped_early: bool
-    resumed_from_step: int = 0
+# A decoder run reports exactly what an inverter run does: model, steps, held-out summaries, timing.
+DecoderResult = InverterResult
 
 
 def _prepare_backup(backup_dir: Path, config: MSEDecoderConfig) -> None:
