@@ -199,3 +199,7 @@ def features_dir(
 
 def inverter_dir(dataset: str, arch: str, layer: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
     return run_dir(dataset, arch, workspace) / "inverters" / layer
+
+
+def decoder_dir(dataset: str, arch: str, layer: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
+    return run_dir(dataset, arch, workspace) / "decoders" / layer

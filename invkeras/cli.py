@@ -7,6 +7,7 @@ into one red line on stderr and exit code 2, with no traceback.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -112,7 +113,8 @@ def datasets() -> None:
     epilog=_examples(
         "invkeras train-classifier --dataset procedural --arch conv --epochs 3",
         "invkeras train-classifier --dataset idx:../shared/data/mnist --arch conv --save-at 0,100,1000",
-        "invkeras train-classifier --dataset mnist --train-examples 100 --no-dropout   # overfitted regime",
+        "invkeras train-classifier --dataset mnist --train-examples 100 --no-dropout --batch-size 100 "
+        "--steps-per-epoch 1000 --epochs 100 --save-at 0,100,1000,10000,100000   # overfitted regime",
     ),
 )
 @user_errors
@@ -120,6 +122,8 @@ def train_classifier(
     dataset: str = typer.Option("procedural", help="Dataset spec (see `invkeras datasets`)."),
     arch: str = typer.Option("conv", help="conv | conv-gpool | fc (Nash et al. 2019)."),
     epochs: int = typer.Option(20, help="Maximum epochs (early stopping on validation accuracy)."),
+    steps_per_epoch: Optional[int] = typer.Option(
+        None, help="Make an epoch N steps of the repeated training set (validation every N steps)."),
     batch_size: int = typer.Option(128),
     learning_rate: float = typer.Option(3e-4, help="Adam learning rate."),
     patience: int = typer.Option(3, help="Early-stopping patience in epochs."),
@@ -140,6 +144,7 @@ def train_classifier(
         dataset=dataset,
         arch=arch,
         epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
         batch_size=batch_size,
         learning_rate=learning_rate,
         patience=patience,
@@ -231,7 +236,8 @@ def run(
     from invkeras.recipes import load_recipe, run_recipe
 
     parsed = load_recipe(recipe, set_)
-    console.print(f"[bold]recipe[/bold] {parsed.name}: {len(parsed.steps)} step(s)")
+    variant = f", variant '{parsed.scale}'" if parsed.scale in parsed.variants else ""
+    console.print(f"[bold]recipe[/bold] {parsed.name}: {len(parsed.steps)} step(s), scale {parsed.scale}{variant}")
     results = run_recipe(
         parsed, source=recipe, on_step=lambda name, step: console.rule(f"step {name} ({step.command})")
     )
@@ -240,6 +246,20 @@ def run(
     for step in parsed.steps.values():
         if step.command == "estimate-mi":  # the result people run the recipe for
             console.print(mi_table(MIReport.from_json(step.out())))
+        if step.command == "compare":
+            console.print(_distance_table([step.inverter(layer) / "compare.json" for layer in step.layers]))
+
+
+def _distance_table(paths: list[Path]) -> Table:
+    """Table 1 of Nash et al. (2019): one row per layer, one column per kind of x'."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    methods = list(dict.fromkeys(r["method"] for report in reports for r in report["rows"]))
+    rows = []
+    for report in reports:
+        by_method = {r["method"]: r for r in report["rows"]}
+        rows.append([report["layer"], report["n_images"]] + [
+            f"{by_method[m]['mean_l1']:.2f} ± {by_method[m]['se']:.2f}" if m in by_method else "" for m in methods])
+    return _table("Mean L1 distance ||h(x) - h(x')||_1 in each layer's space (± s.e.)", ["layer", "n", *methods], rows)
 
 
 @app.command(

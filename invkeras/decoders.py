@@ -169,7 +169,7 @@ class MSEDecoderConfig(PairedDataConfig):
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        return artifacts.run_dir(self.dataset, self.arch, self.workspace) / "decoders" / self.layer
+        return artifacts.decoder_dir(self.dataset, self.arch, self.layer, self.workspace)
 
     def model_path(self) -> Path:
         return self.out_dir() / DECODER_FILE

@@ -17,19 +17,33 @@ Each step's keys are exactly the options of its command's config (extra keys are
 A step whose outputs are all complete (artefact plus metadata) is skipped on a rerun, and
 long steps resume from their own checkpoints, so `invkeras run` can simply be run again
 after a kill.
+
+Two sections keep long recipes short and give each one a cheap variant:
+
+    defaults:                    # per command; a step's own keys win
+      train-inverter: {learning_rate: 0.001, max_steps: 100000}
+    variants:                    # applied when the recipe's scale is `small`
+      small:                     # (e.g. `--set scale=small`); dotted keys, like --set
+        dataset: idx:../shared/data/mnist
+        defaults.train-inverter.max_steps: 500
+        steps.inverter_unconditional: null     # null drops a step
+
+The user's own --set keys are applied last, so they win over a variant.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from invkeras import artifacts
+from invkeras.decoders import MSEDecoderConfig
 from invkeras.errors import InvkerasError
 from invkeras.features import ExtractConfig
 from invkeras.train_classifier import ClassifierConfig
@@ -59,6 +73,14 @@ class ExportStep(BaseModel):
 
 class TrainInverterStep(InverterConfig):
     command: Literal["train-inverter"]
+    kind: Literal["pixelcnn"] = "pixelcnn"
+
+
+class TrainMSEDecoderStep(MSEDecoderConfig):
+    """`train-inverter` with `kind: mse`, as on the command line: the point-estimate baseline."""
+
+    command: Literal["train-inverter"]
+    kind: Literal["mse"]
 
 
 class _InvertersInWorkspace(BaseModel):
@@ -73,6 +95,9 @@ class _InvertersInWorkspace(BaseModel):
     def inverter(self, layer: str) -> Path:
         return artifacts.inverter_dir(self.dataset, self.arch, layer, self.workspace)
 
+    def decoder(self, layer: str) -> Path:
+        return artifacts.decoder_dir(self.dataset, self.arch, layer, self.workspace)
+
 
 class SampleStep(_InvertersInWorkspace):
     """Sample grids, one per layer."""
@@ -83,6 +108,23 @@ class SampleStep(_InvertersInWorkspace):
     split: Literal["validation", "test"] = "test"
     seed: int = 0
     method: Literal["cached", "full"] = "cached"
+    with_decoder: bool = Field(False, description="also write samples_mse.png with the layer's MSE decoder")
+
+
+class CompareStep(_InvertersInWorkspace):
+    """Table 1 / Fig. 2 distances in representation space, one comparison per layer."""
+
+    command: Literal["compare"]
+    num_images: int = Field(500, gt=0)
+    num_samples: int = Field(10, gt=0)
+    split: Literal["validation", "test"] = "test"
+    seed: int = 0
+    top_k: int = Field(8, gt=0)
+    grid_samples: int = Field(64, gt=0)
+    grid_inputs: int = Field(4, ge=0)
+    batch_size: int = Field(64, gt=0)
+    max_train_examples: Optional[int] = Field(None, gt=0)
+    with_decoder: bool = Field(False, description="add a row for the layer's MSE decoder reconstruction")
 
 
 class EstimateMIStep(_InvertersInWorkspace):
@@ -98,9 +140,31 @@ class EstimateMIStep(_InvertersInWorkspace):
         return artifacts.run_dir(self.dataset, self.arch, self.workspace) / "mi" / f"{self.split}.json"
 
 
+def _step_tag(step: Any) -> Optional[str]:
+    """The schema of a step: its command, except that `train-inverter` with `kind: mse` is a decoder."""
+    if isinstance(step, dict):
+        command, kind = step.get("command"), step.get("kind")
+    else:
+        command, kind = getattr(step, "command", None), getattr(step, "kind", None)
+    if command == "train-inverter" and kind == "mse":
+        return MSE_TAG
+    return command
+
+
+MSE_TAG = "train-inverter (kind mse)"
+
 Step = Annotated[
-    Union[TrainClassifierStep, ExtractStep, ExportStep, TrainInverterStep, SampleStep, EstimateMIStep],
-    Field(discriminator="command"),
+    Union[
+        Annotated[TrainClassifierStep, Tag("train-classifier")],
+        Annotated[ExtractStep, Tag("extract")],
+        Annotated[ExportStep, Tag("export")],
+        Annotated[TrainInverterStep, Tag("train-inverter")],
+        Annotated[TrainMSEDecoderStep, Tag(MSE_TAG)],
+        Annotated[SampleStep, Tag("sample")],
+        Annotated[CompareStep, Tag("compare")],
+        Annotated[EstimateMIStep, Tag("estimate-mi")],
+    ],
+    Discriminator(_step_tag),
 ]
 
 
@@ -115,23 +179,39 @@ class Recipe(BaseModel):
     workspace: str = str(artifacts.DEFAULT_WORKSPACE)
     arch: Optional[str] = None
     scale: Optional[Literal["tiny", "small", "paper"]] = None
+    defaults: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-command step defaults")
+    variants: dict[Literal["tiny", "small", "paper"], dict[str, Any]] = Field(
+        default_factory=dict, description="dotted-key overrides applied when `scale` is the variant's name"
+    )
     steps: dict[str, Step] = Field(min_length=1)
 
     @model_validator(mode="before")
     @classmethod
     def _inherit_shared_keys(cls, raw: Any) -> Any:
-        """Copy top-level dataset/seed/... into each step that has such a field and did not set it."""
+        """Fill each step's unset keys from `defaults` for its command, else the top-level dataset/seed/...
+
+        A key is copied only into steps whose schema has it (so `train-inverter` defaults such
+        as lr_decay skip `kind: mse` steps), and never over a key the step sets itself.
+        """
         if not isinstance(raw, dict) or not isinstance(raw.get("steps"), dict):
             return raw
         raw = dict(raw)
+        defaults = raw.get("defaults") or {}
+        if isinstance(defaults, dict):
+            _check_defaults(defaults)
         steps = {}
         for name, step in raw["steps"].items():
+            if step is None:
+                continue  # dropped by a variant or --set steps.NAME=null
             if isinstance(step, dict):
                 step = dict(step)
-                model = _STEP_MODELS.get(step.get("command"))
-                for key in SHARED_KEYS:
-                    if model is not None and key in model.model_fields and key not in step and raw.get(key) is not None:
-                        step[key] = raw[key]
+                model = _STEP_MODELS.get(_step_tag(step))
+                # The more specific source wins: the step, then its command's defaults, then the top level.
+                inherited = {k: raw[k] for k in SHARED_KEYS if raw.get(k) is not None}
+                inherited.update(dict(defaults.get(step.get("command")) or {}) if isinstance(defaults, dict) else {})
+                for key, value in inherited.items():
+                    if model is not None and key in model.model_fields and key not in step:
+                        step[key] = value
             steps[name] = step
         raw["steps"] = steps
         return raw
@@ -142,9 +222,25 @@ _STEP_MODELS: dict[str, type[BaseModel]] = {
     "extract": ExtractStep,
     "export": ExportStep,
     "train-inverter": TrainInverterStep,
+    MSE_TAG: TrainMSEDecoderStep,
     "sample": SampleStep,
+    "compare": CompareStep,
     "estimate-mi": EstimateMIStep,
 }
+COMMANDS = ("train-classifier", "extract", "export", "train-inverter", "sample", "compare", "estimate-mi")
+
+
+def _check_defaults(defaults: dict) -> None:
+    """A default nobody can take is a typo: name it rather than silently ignore it."""
+    for command, values in defaults.items():
+        models = [m for tag, m in _STEP_MODELS.items() if tag == command or tag.startswith(f"{command} ")]
+        if not models:
+            raise ValueError(f"defaults.{command}: unknown command; choose from {', '.join(COMMANDS)}")
+        if not isinstance(values, dict):
+            raise ValueError(f"defaults.{command}: expected a mapping of step keys")
+        for key in values:
+            if key == "command" or not any(key in m.model_fields for m in models):
+                raise ValueError(f"defaults.{command}.{key}: not an option of {command}")
 
 
 # --- loading ------------------------------------------------------------------------
@@ -161,14 +257,33 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for text in overrides:
         path, value = parse_override(text)
-        node = raw
-        for i, part in enumerate(path[:-1]):
-            if not isinstance(node.get(part), dict):
-                where = ".".join(path[: i + 1])
-                raise InvkerasError(f"--set {text}: '{where}' is not a section of this recipe")
-            node = node[part]
-        node[path[-1]] = value
+        _set_path(raw, path, value, f"--set {text}")
     return raw
+
+
+def apply_variant(raw: dict, overrides: list[str], *, source: str | Path = "recipe") -> dict:
+    """Apply --set, then the variant of the resulting scale, then --set again so the user wins."""
+    raw = apply_overrides(copy.deepcopy(raw), overrides)
+    variants = raw.get("variants") or {}
+    scale = raw.get("scale")
+    if not isinstance(variants, dict) or scale not in variants:
+        return raw
+    variant = variants[scale]
+    if not isinstance(variant, dict):
+        raise InvkerasError(f"recipe {source}: variants.{scale}: expected a mapping of dotted keys to values")
+    for key, value in variant.items():
+        _set_path(raw, str(key).split("."), value, f"variants.{scale}.{key}")
+    return apply_overrides(raw, overrides)
+
+
+def _set_path(raw: dict, path: list[str], value: Any, what: str) -> None:
+    node = raw
+    for i, part in enumerate(path[:-1]):
+        if not isinstance(node.get(part), dict):
+            where = ".".join(path[: i + 1])
+            raise InvkerasError(f"{what}: '{where}' is not a section of this recipe")
+        node = node[part]
+    node[path[-1]] = value
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -185,7 +300,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise InvkerasError(f"recipe {path}: {where}YAML syntax error: {problem}") from None
     if not isinstance(raw, dict):
         raise InvkerasError(f"recipe {path}: expected a mapping at the top level, got {type(raw).__name__}")
-    raw = apply_overrides(raw, list(overrides))
+    raw = apply_variant(raw, list(overrides), source=path)
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
@@ -203,9 +318,12 @@ def describe_validation_error(exc: ValidationError) -> str:
         elif error["type"] == "missing":
             message = "required key is missing"
         elif error["type"] == "union_tag_invalid":
-            message = f"unknown command {error.get('input', {}).get('command')!r}; choose from {', '.join(_STEP_MODELS)}"
+            message = f"unknown command {error.get('input', {}).get('command')!r}; choose from {', '.join(COMMANDS)}"
         elif error["type"] == "union_tag_not_found":
             message = "step needs a 'command' key"
+        elif error["type"] == "value_error" and not loc:
+            parts.append(str(error.get("ctx", {}).get("error", error["msg"])))  # names its own key
+            continue
         else:
             message = error["msg"]
             if "input" in error and not isinstance(error["input"], (dict, list)):
@@ -237,10 +355,15 @@ def step_outputs(step: BaseModel) -> list[Path]:
         return [step.split_dir(layer, split) / MANIFEST for layer in step.layers for split in step.splits]
     if isinstance(step, ExportStep):
         return [Path(step.out)]  # export writes <out>.meta.json beside the directory
-    if isinstance(step, TrainInverterStep):
+    if isinstance(step, (TrainInverterStep, TrainMSEDecoderStep)):
         return [step.model_path()]
     if isinstance(step, SampleStep):
-        return [step.inverter(layer) / "samples.png" for layer in step.layers]
+        grids = [step.inverter(layer) / "samples.png" for layer in step.layers]
+        if step.with_decoder:
+            grids += [step.inverter(layer) / "samples_mse.png" for layer in step.layers]
+        return grids
+    if isinstance(step, CompareStep):
+        return [step.inverter(layer) / "compare.json" for layer in step.layers]
     if isinstance(step, EstimateMIStep):
         return [step.out()]
     raise TypeError(type(step))
@@ -270,18 +393,52 @@ def _run_export(step: ExportStep) -> str:
 def _run_train_inverter(step: TrainInverterStep) -> str:
     from invkeras.train_inverter import train_inverter
 
-    result = train_inverter(InverterConfig(**step.model_dump(exclude={"command"})))
+    result = train_inverter(InverterConfig(**step.model_dump(exclude={"command", "kind"})))
     held_out = result.test or result.validation
     return f"{step.layer}: {held_out['nll_nats']:.2f} nats ({held_out['bits_per_dim']:.4f} bits/dim), {result.steps} steps"
 
 
+def _run_train_mse_decoder(step: TrainMSEDecoderStep) -> str:
+    from invkeras.decoders import train_mse_decoder
+
+    result = train_mse_decoder(MSEDecoderConfig(**step.model_dump(exclude={"command", "kind"})))
+    held_out = result.test or result.validation
+    return f"{step.layer}: MSE decoder {held_out['mse_per_pixel']:.1f} per pixel, {result.steps} steps"
+
+
 def _run_sample(step: SampleStep) -> str:
+    from invkeras.decoders import save_samples_with_reconstruction
     from invkeras.invert import draw_inversions
 
     for layer in step.layers:
+        if artifacts.is_complete(step.inverter(layer) / "samples.png"):
+            continue  # a rerun after a kill redoes only the missing grids
         draw_inversions(step.inverter(layer), num_inputs=step.num_inputs, num_samples=step.num_samples,
                         split=step.split, seed=step.seed, method=step.method)
+    if step.with_decoder:
+        for layer in step.layers:
+            if artifacts.is_complete(step.inverter(layer) / "samples_mse.png"):
+                continue
+            save_samples_with_reconstruction(step.inverter(layer), step.decoder(layer), None, step.num_inputs,
+                                             step.num_samples, step.seed, split=step.split, method=step.method)
     return f"grids for {', '.join(step.layers)}"
+
+
+def _run_compare(step: CompareStep) -> str:
+    from invkeras.compare import compare_representations
+
+    summaries = []
+    for layer in step.layers:
+        if artifacts.is_complete(step.inverter(layer) / "compare.json"):
+            continue
+        result = compare_representations(
+            step.inverter(layer), num_images=step.num_images, num_samples=step.num_samples, split=step.split,
+            seed=step.seed, top_k=step.top_k, grid_samples=step.grid_samples, grid_inputs=step.grid_inputs,
+            batch_size=step.batch_size, max_train_examples=step.max_train_examples,
+            decoder=step.decoder(layer) if step.with_decoder else None,
+        )
+        summaries.append(layer + " " + ", ".join(f"{r['method']} {r['mean_l1']:.2f}" for r in result.rows))
+    return "; ".join(summaries) or "nothing left to compare"
 
 
 def _run_estimate_mi(step: EstimateMIStep) -> str:
@@ -303,7 +460,9 @@ _RUNNERS: dict[str, Callable[[Any], str]] = {
     "extract": _run_extract,
     "export": _run_export,
     "train-inverter": _run_train_inverter,
+    MSE_TAG: _run_train_mse_decoder,
     "sample": _run_sample,
+    "compare": _run_compare,
     "estimate-mi": _run_estimate_mi,
 }
 
@@ -325,7 +484,7 @@ def run_recipe(
             on_step(name, step)
         started = time.time()
         try:
-            summary = _RUNNERS[step.command](step)
+            summary = _RUNNERS[_step_tag(step)](step)
         except InvkerasError as exc:
             raise type(exc)(f"recipe {source or recipe.name}: step '{name}': {exc}") from exc
         results.append(StepResult(name, step.command, "ran", time.time() - started, summary, [str(p) for p in outputs]))

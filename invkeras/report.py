@@ -465,7 +465,56 @@ def build_sections(contents: RunContents, out_stem: Path) -> list[Section]:
     if figures:
         sections.append(Section("Plots", images=[Image(f["title"], f["path"], f["caption"]) for f in figures]))
 
-    grids = [a for a in contents.of_kind("inversion-samples") if a.path.suffix == ".png" and a.path.exists()]
+    decoders = contents.of_kind("mse-decoder")
+    if decoders:
+        columns = ["layer", "dataset", "arch", "held-out", "MSE per pixel ± SE", "PSNR dB", "mean-image MSE", "n",
+                   "steps", "seconds", "path"]
+        rows = []
+        for a in decoders:
+            split = "test" if a.results.get("test") else "validation"
+            s = a.results.get(split) or {}
+            rows.append([_fmt(a.meta.get("layer")), _fmt(a.data.get("dataset") or a.config.get("dataset")),
+                         _fmt(a.config.get("arch")), split, _pm(s.get("mse_per_pixel"), s.get("se"), 1),
+                         _fmt(s.get("psnr_db"), 2), _fmt(s.get("mean_image_mse_per_pixel"), 1), _fmt(s.get("n")),
+                         _fmt(a.results.get("steps")), _fmt(a.results.get("seconds"), 1), a.rel])
+        sections.append(Section(
+            "MSE decoders", intro="The point-estimate baseline x_hat = f(h) (`train-inverter --kind mse`), in 0..255 "
+                                  "pixel units. Where a layer has discarded information it can only draw the average.",
+            tables=[Table("MSE decoders", columns, rows)], provenance=decoders))
+
+    comparisons = [a for a in contents.of_kind("representation-comparison") if a.path.suffix == ".json"]
+    if comparisons:
+        section = Section(
+            "Representation-space distances",
+            intro="Nash et al. (2019) Table 1, from `invkeras compare`: mean L1 distance ||h(x) - h(x')||_1 in the "
+                  "layer's space over held-out inputs x, where x' is the nearest training image in that space (1NN, "
+                  "exact), one inversion-model sample (IM-S), or the closest of K samples (IM-NN); ± standard error.")
+        methods = []
+        for a in comparisons:
+            for row in a.results.get("rows") or []:
+                if row.get("method") not in methods:
+                    methods.append(row.get("method"))
+        layer_order = order_layers(str(a.meta.get("layer")) for a in comparisons)
+        comparisons = sorted(comparisons, key=lambda a: (str(a.data.get("dataset")), str(a.rel).split("/inverters/")[0],
+                                                         layer_order.index(str(a.meta.get("layer")))))
+        rows = []
+        for a in comparisons:
+            by_method = {r.get("method"): r for r in a.results.get("rows") or []}
+            rows.append([_fmt(a.meta.get("layer")), _fmt(a.meta.get("n_images")), _fmt(a.meta.get("samples_per_image")),
+                         _fmt(a.meta.get("training_examples_searched")), _fmt(a.meta.get("feature_dims"))]
+                        + [_pm(by_method[m].get("mean_l1"), by_method[m].get("se"), 2) if m in by_method else ""
+                           for m in methods] + [a.rel])
+        section.tables.append(Table("L1 distance in representation space",
+                                    ["layer", "n", "K", "train searched", "dims", *methods, "path"], rows))
+        section.provenance = comparisons
+        section.images = [Image(a.rel, a.path, "top-k of the samples (left) and of the training images (right) by L1 "
+                                "in the layer's space; first column: the input", details=a)
+                          for a in contents.of_kind("representation-comparison")
+                          if a.path.suffix == ".png" and a.path.is_file()]
+        sections.append(section)
+
+    grids = [a for a in contents.of_kind("inversion-samples", "inversion-samples-with-mse")
+             if a.path.suffix == ".png" and a.path.exists()]
     if grids:
         images = []
         for grid in grids:
@@ -474,6 +523,9 @@ def build_sections(contents: RunContents, out_stem: Path) -> list[Section]:
                        + (f" for {config.get('num_inputs')} held-out {config.get('split')} inputs (first column: the input)"
                           if grid.meta.get("layer") not in (None, "none") else "")
                        + f"; seed {grid.meta.get('seed')}, method {config.get('method')}")
+            if grid.kind == "inversion-samples-with-mse":
+                caption = (f"layer {grid.meta.get('layer')}: input | MSE reconstruction | samples; "
+                           f"reconstruction MSE {_fmt(grid.results.get('reconstruction_mse_per_pixel'), 1)} per pixel")
             l1 = grid.results.get("mean_l1_h_sample_to_h_x")
             if l1 is not None:
                 caption += f"; mean L1 |h(sample) - h(x)| = {_fmt(l1, 4)}"
@@ -507,7 +559,7 @@ def build_sections(contents: RunContents, out_stem: Path) -> list[Section]:
         sections.append(section)
 
     known = {"classifier", "classifier-checkpoint", "inverter", "mi-estimate", "inversion-samples", "features",
-             "recipe-run"}
+             "recipe-run", "mse-decoder", "representation-comparison", "inversion-samples-with-mse"}
     others = [a for a in contents.artifacts if a.kind not in known]
     checkpoints = contents.of_kind("classifier-checkpoint")
     if others or checkpoints or contents.skipped:

@@ -45,6 +45,7 @@ _TRAJECTORY_FIELDS = (
     "dataset",
     "arch",
     "batch_size",
+    "steps_per_epoch",
     "learning_rate",
     "dropout",
     "dropout_rate",
@@ -62,6 +63,12 @@ class ClassifierConfig(BaseModel):
     data_dir: Optional[str] = None
     arch: str = "conv"
     epochs: int = Field(20, ge=1)
+    steps_per_epoch: Optional[int] = Field(
+        None,
+        ge=1,
+        description="validate (and early-stop) every N steps of a repeated training set instead of once per pass; "
+        "with train_examples=100 a pass is one step, so the overfitted regime needs this",
+    )
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(3e-4, gt=0)
     patience: int = Field(3, ge=0, description="early-stopping patience in epochs (on val_accuracy)")
@@ -274,6 +281,8 @@ def _datasets(config: ClassifierConfig):
         if train:
             n = config.train_examples or info.split_sizes["train"]
             ds = ds.shuffle(min(n, 20_000), seed=config.seed, reshuffle_each_iteration=True)
+            if config.steps_per_epoch is not None:
+                ds = ds.repeat()  # fit draws steps_per_epoch batches per "epoch" from the endless stream
         ds = ds.batch(config.batch_size)
         # Cast after caching: the cache holds uint8, 4x smaller than float32.
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
@@ -365,7 +374,13 @@ def train_classifier(
     try:
         # The pipeline shuffles itself (seeded); fit's shuffle would only warn for tf.data.
         history = model.fit(
-            train_ds, validation_data=val_ds, epochs=config.epochs, verbose=0, callbacks=all_callbacks, shuffle=False
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            steps_per_epoch=config.steps_per_epoch,
+            verbose=0,
+            callbacks=all_callbacks,
+            shuffle=False,
         )
     finally:
         bar.close()

@@ -97,3 +97,109 @@ def test_step_errors_name_the_recipe_and_step(tmp_path):
     """)
     with pytest.raises(InvkerasError, match=r"step 'feats': --model .*missing.keras: file not found"):
         run_recipe(load_recipe(path), source=path)
+
+
+def test_defaults_variants_and_dropped_steps(tmp_path):
+    path = write(tmp_path, """
+        name: v
+        dataset: procedural
+        scale: paper
+        defaults:
+          train-inverter: {max_steps: 100000, lr_decay: 0.99, scale: tiny}
+        variants:
+          small:
+            dataset: mnist
+            defaults.train-inverter.max_steps: 500
+            steps.unconditional: null
+        steps:
+          inv: {command: train-inverter, layer: fc3}
+          own: {command: train-inverter, layer: conv1, max_steps: 7}
+          mse: {command: train-inverter, kind: mse, layer: fc3}
+          unconditional: {command: train-inverter, layer: none}
+    """)
+    paper = load_recipe(path)
+    assert list(paper.steps) == ["inv", "own", "mse", "unconditional"]
+    inv, own, mse = paper.steps["inv"], paper.steps["own"], paper.steps["mse"]
+    assert (inv.max_steps, inv.lr_decay, inv.dataset) == (100000, 0.99, "procedural")
+    assert inv.scale == "tiny"  # the command's default is more specific than the top-level scale
+    assert own.max_steps == 7  # a step's own key wins over defaults
+    assert type(mse).__name__ == "TrainMSEDecoderStep" and mse.max_steps == 100000
+    assert not hasattr(mse, "lr_decay")  # defaults reach only steps whose schema has the key
+    assert str(mse.model_path()).endswith("procedural/conv/decoders/fc3/decoder.keras")
+
+    small = load_recipe(path, ["scale=small"])
+    assert list(small.steps) == ["inv", "own", "mse"]
+    assert (small.steps["inv"].max_steps, small.steps["inv"].dataset) == (500, "mnist")
+    assert small.steps["own"].max_steps == 7
+    # The user's own --set wins over the variant, whatever the order on the command line.
+    mine = load_recipe(path, ["defaults.train-inverter.max_steps=9", "scale=small", "dataset=procedural"])
+    assert (mine.steps["inv"].max_steps, mine.steps["inv"].dataset) == (9, "procedural")
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("defaults:\n  train-inverter: {max_stepz: 3}\nsteps:\n  a: {command: extract, layers: [fc3]}\n",
+         r"defaults\.train-inverter\.max_stepz: not an option of train-inverter"),
+        ("defaults:\n  fly: {}\nsteps:\n  a: {command: extract, layers: [fc3]}\n", r"defaults\.fly: unknown command"),
+        ("scale: small\nvariants:\n  small: {steps.b.layers: [x]}\nsteps:\n  a: {command: extract, layers: [fc3]}\n",
+         r"variants\.small\.steps\.b\.layers: 'steps\.b' is not a section"),
+        ("steps:\n  a: {command: train-inverter, kind: gan}\n", r"steps\.a\.kind: .*'pixelcnn'.*'gan'"),
+    ],
+)
+def test_bad_defaults_and_variants_get_one_line(tmp_path, body, message):
+    path = write(tmp_path, "name: bad\n" + body)
+    with pytest.raises(InvkerasError, match=message) as info:
+        load_recipe(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_mse_decoder_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inverters, tiny_classifier, tmp_path):
+    """The decoder, sample-with-decoder and compare steps on the session's tiny fc3 inverter."""
+    import json
+
+    from invkeras import artifacts
+
+    workspace = tmp_path / "ws"
+    # A private copy of the classifier run, so this test's outputs never land in the shared fixture.
+    import shutil
+
+    shutil.copytree(tiny_classifier / "procedural", workspace / "procedural")
+    path = write(tmp_path, f"""
+        name: baselines
+        dataset: procedural
+        workspace: {workspace}
+        steps:
+          decoder: {{command: train-inverter, kind: mse, layer: fc3, max_steps: 20, steps_per_checkpoint: 10,
+                     train_examples: 512, eval_examples: 48, filters: 8}}
+          samples: {{command: sample, layers: [fc3], num_inputs: 2, num_samples: 2, with_decoder: true}}
+          distances: {{command: compare, layers: [fc3], num_images: 3, num_samples: 2, grid_inputs: 1,
+                       grid_samples: 4, top_k: 2, max_train_examples: 256, with_decoder: true}}
+    """)
+    results = run_recipe(load_recipe(path), source=path)
+    assert [r.status for r in results] == ["ran", "ran", "ran"]
+    inverter = workspace / "procedural/conv/inverters/fc3"
+    decoder = workspace / "procedural/conv/decoders/fc3/decoder.keras"
+    assert artifacts.read_metadata(decoder)["results"]["steps"] == 20
+    for name in ("samples.png", "samples_mse.png", "compare.json", "compare_topk.png"):
+        assert artifacts.is_complete(inverter / name), name
+    table = json.loads((inverter / "compare.json").read_text())
+    assert [row["method"] for row in table["rows"]][:3] == ["1NN", "IM-S", "IM-NN"]
+    assert any("MSE" in row["method"] for row in table["rows"])
+    assert table["training_examples_searched"] == 256 and table["n_images"] == 3
+    assert "1NN" in results[2].summary
+
+    again = run_recipe(load_recipe(path), source=path)
+    assert [r.status for r in again] == ["skipped", "skipped", "skipped"]
+
+    # The report gives the decoder and the distance table their own sections.
+    from invkeras.report import write_report
+
+    html_path, _ = write_report(workspace, out=tmp_path / "report.html")
+    html = html_path.read_text()
+    test = artifacts.read_metadata(decoder)["results"]["test"]
+    assert "MSE decoders" in html and f"{test['mse_per_pixel']:.1f} ± {test['se']:.1f}" in html
+    one_nn = table["rows"][0]
+    assert "Representation-space distances" in html and f"{one_nn['mean_l1']:.2f} ± {one_nn['se']:.2f}" in html
+    assert "input | MSE reconstruction | samples" in html

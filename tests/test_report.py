@@ -81,14 +81,14 @@ def make_fake_run(tmp_path: Path) -> Path:
     artifacts.write_metadata(grid, kind="inversion-samples", seed=3, layer="fc3", command="invkeras sample --seed 3",
                              config={"num_inputs": 2, "num_samples": 2, "split": "test", "method": "cached"},
                              results={"mean_l1_h_sample_to_h_x": 0.125})
-    # Kinds this module does not know (other commands' artefacts) are listed, not rejected.
     decoder = run / "decoders" / "fc3" / "decoder.keras"
     decoder.parent.mkdir(parents=True)
     decoder.write_bytes(b"x")
-    artifacts.write_metadata(decoder, kind="mse-decoder", command="invkeras train-inverter --kind mse",
-                             results={"test": {"mse_per_pixel": 0.0123}, "steps": 9})
-    compare = save_grid(run / "compare" / "nearest.png", [list(images[0])])
-    artifacts.write_metadata(compare, kind="compare", command="invkeras compare")
+    artifacts.write_metadata(decoder, kind="mse-decoder", command="invkeras train-inverter --kind mse", layer="fc3",
+                             results={"test": {"mse_per_pixel": 1234.5, "se": 6.78, "n": 10}, "steps": 9})
+    # Kinds this module does not know (other tools' artefacts) are listed, not rejected.
+    bespoke = save_grid(run / "bespoke" / "nearest.png", [list(images[0])])
+    artifacts.write_metadata(bespoke, kind="bespoke-analysis", command="my-tool", results={"score": 0.0123})
     # Half-written files and resume state are ignored.
     (run / "inverters" / "fc3" / ".inverter.abc.keras.meta.json").write_text("{not json")
     (run / "classifier" / "backup").mkdir()
@@ -131,7 +131,7 @@ def test_report_of_a_workspace(fake_run, tmp_path):
     assert "-114.07 ± 0.75" in html and "reference layer: conv1" in html and "H(x) = 8.841" in html
     assert "[232.12, 237.02]" in html
     # Plots and the sample grid, embedded.
-    assert html.count("data:image/png;base64,") >= 5  # nce by layer, accuracy, over training, samples, compare
+    assert html.count("data:image/png;base64,") >= 5  # nce by layer, accuracy, over training, samples, bespoke
     for title in ("NCE by layer", "Classifier test accuracy", "NCE over training"):
         assert title in html
     embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
@@ -141,7 +141,8 @@ def test_report_of_a_workspace(fake_run, tmp_path):
     assert "invkeras sample --seed 3" in html and "invkeras estimate-mi --reference conv1" in html
     assert "&quot;scale&quot;: &quot;tiny&quot;" in html  # the config, escaped
     # Unknown kinds are listed with their results.
-    assert "mse-decoder" in html and "test.mse_per_pixel=0.0123" in html and "compare" in html
+    assert "MSE decoders" in html and "1234.5 ± 6.8" in html
+    assert "bespoke-analysis" in html and "score=0.0123" in html
 
     md = md_path.read_text()
     assert md_path == html_path.with_suffix(".md") and "| 0.8765 |" in md
@@ -221,26 +222,35 @@ def test_report_of_a_real_tiny_run(tiny_inverters, tiny_classifier, tmp_path):
 # --- the paper's recipes ------------------------------------------------------------------
 
 
-def small_overrides(path: Path) -> list[str]:
-    """The --set arguments of the 'Small run' command in a recipe's header comment."""
-    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
-    start = next(i for i, line in enumerate(header) if line.startswith("# Small run"))
-    tokens = " ".join(line.lstrip("#").rstrip("\\") for line in header[start:]).split()
-    return [tokens[i + 1] for i, token in enumerate(tokens) if token == "--set"]
-
-
 EXPECTED_RECIPES = ["architectures_affnist", "layers_cifar10", "layers_mnist", "layers_svhn", "training_dynamics_mnist"]
+OFFLINE_SMALL = {"architectures_affnist", "layers_mnist", "training_dynamics_mnist"}  # run on ../shared MNIST
+
+
+def _check_inputs_are_trained_first(recipe, label):
+    """Every inverter or decoder a sample/compare/estimate-mi step reads is made by an earlier step."""
+    made = set()
+    for name, step in recipe.steps.items():
+        if step.command == "train-inverter":
+            made.add(step.out_dir())
+        if step.command in ("sample", "compare", "estimate-mi"):
+            used = [step.inverter(layer) for layer in step.layers]
+            if getattr(step, "with_decoder", False):
+                used += [step.decoder(layer) for layer in step.layers]
+            if step.command == "estimate-mi" and step.unconditional:
+                used.append(step.inverter("none"))
+            assert set(used) <= made, (label, name)
 
 
 def test_paper_recipes_validate():
-    from invkeras.recipes import load_recipe
+    from invkeras.recipes import TrainInverterStep, load_recipe
 
     assert sorted(p.stem for p in PAPER_RECIPES.glob("*.yaml")) == EXPECTED_RECIPES
     for path in sorted(PAPER_RECIPES.glob("*.yaml")):
         paper = load_recipe(path)
-        small = load_recipe(path, small_overrides(path))
+        small = load_recipe(path, ["scale=small"])  # the documented small run is exactly this
         assert paper.scale == "paper" and small.scale == "small", path.name
-        assert list(paper.steps) == list(small.steps) == list(yaml.safe_load(path.read_text())["steps"])
+        assert list(paper.steps) == list(yaml.safe_load(path.read_text())["steps"])
+        assert [n for n in paper.steps if n in small.steps] == list(small.steps)  # a variant only drops steps
         commands = [step.command for step in paper.steps.values()]
         first_inverter = commands.index("train-inverter")
         assert set(commands[:first_inverter]) <= {"train-classifier", "extract"}, path.name
@@ -249,30 +259,28 @@ def test_paper_recipes_validate():
         for name, step in paper.steps.items():
             if step.command == "train-classifier":
                 assert step.learning_rate == 3e-4, name
-            if step.command == "train-inverter":
+            if isinstance(step, TrainInverterStep):
                 assert (step.scale, step.learning_rate, step.lr_decay) == ("paper", 1e-3, 0.9999), name
-                assert small.steps[name].scale == "small" and small.steps[name].max_steps <= 5000, name
-        # Every inverter that the sample and estimate-mi steps use is trained by an earlier step.
-        trained = set()
-        for name, step in paper.steps.items():
-            if step.command == "train-inverter":
-                trained.add(step.out_dir())
-            if step.command in ("sample", "estimate-mi"):
-                used = [step.inverter(layer) for layer in step.layers]
-                if step.command == "estimate-mi" and step.unconditional:
-                    used.append(step.inverter("none"))
-                assert set(used) <= trained, (path.name, name)
+                if name in small.steps:
+                    assert small.steps[name].scale in ("small", "tiny") and small.steps[name].max_steps <= 1000, name
+        if path.stem in OFFLINE_SMALL:
+            assert all("../shared/data/mnist" in s.dataset for s in small.steps.values() if hasattr(s, "dataset"))
+        _check_inputs_are_trained_first(paper, path.name)
+        _check_inputs_are_trained_first(small, path.name + " (small)")
         assert json.loads(paper.model_dump_json())["name"].startswith("nash2019-")
 
 
 def test_paper_recipes_match_the_paper():
-    from invkeras.recipes import load_recipe
+    from invkeras.recipes import TrainInverterStep, TrainMSEDecoderStep, load_recipe
 
     for key in ("mnist", "svhn", "cifar10"):
         recipe = load_recipe(PAPER_RECIPES / f"layers_{key}.yaml")
         assert recipe.dataset == {"mnist": "mnist", "svhn": "svhn_cropped", "cifar10": "cifar10"}[key]
-        inverters = {s.layer: s for s in recipe.steps.values() if s.command == "train-inverter"}
+        inverters = {s.layer: s for s in recipe.steps.values() if isinstance(s, TrainInverterStep)}
         assert set(inverters) == {"conv1", "conv2", "fc3", "logits", "none"}
+        decoders = {s.layer for s in recipe.steps.values() if isinstance(s, TrainMSEDecoderStep)}
+        assert decoders == {"conv1", "conv2", "fc3", "logits"}
+        assert recipe.steps["distances"].num_images == 500 and recipe.steps["distances"].num_samples == 10
         assert inverters["fc3"].h_dropout == (0.2 if key == "cifar10" else None)
         assert recipe.steps["information"].reference == "conv1"
 
@@ -280,9 +288,10 @@ def test_paper_recipes_match_the_paper():
     assert affnist.dataset == "affnist"
     archs = {s.arch for s in affnist.steps.values() if s.command == "train-classifier"}
     assert archs == {"conv", "conv-gpool", "fc"}
-    fc3 = {s.arch for s in affnist.steps.values() if s.command == "train-inverter" and s.layer == "fc3"}
+    fc3 = {s.arch for s in affnist.steps.values() if isinstance(s, TrainInverterStep) and s.layer == "fc3"}
     assert fc3 == archs and {s.arch for s in affnist.steps.values() if s.command == "estimate-mi"} == archs
-    assert "--kind mse" in (PAPER_RECIPES / "architectures_affnist.yaml").read_text()  # a note, not a step
+    decoders = {s.arch for s in affnist.steps.values() if isinstance(s, TrainMSEDecoderStep)}
+    assert decoders == archs  # an MSE decoder of FC3 beside each inverter
 
     dynamics = load_recipe(PAPER_RECIPES / "training_dynamics_mnist.yaml")
     classifiers = {n: s for n, s in dynamics.steps.items() if s.command == "train-classifier"}
@@ -290,7 +299,8 @@ def test_paper_recipes_match_the_paper():
     assert normal.save_at == overfitted.save_at == [0, 100, 1000, 10000, 100000]
     assert (overfitted.train_examples, overfitted.dropout) == (100, False) and normal.dropout
     assert normal.model_path() != overfitted.model_path()
-    inverters = [s for s in dynamics.steps.values() if s.command == "train-inverter"]
+    assert normal.steps_per_epoch == overfitted.steps_per_epoch == 1000 and normal.epochs * 1000 == 100000
+    inverters = [s for s in dynamics.steps.values() if isinstance(s, TrainInverterStep)]
     checkpoints = {(s.model, s.layer) for s in inverters}
     for classifier_step in (normal, overfitted):
         for step in classifier_step.save_at:
@@ -299,10 +309,11 @@ def test_paper_recipes_match_the_paper():
                 assert (model, layer) in checkpoints
     assert len({s.out_dir() for s in inverters}) == len(inverters) == 20
     assert len({s.workspace for s in inverters}) == 10  # features of different checkpoints never collide
-    # Enough steps for the last checkpoint: at least 100k optimiser steps in both regimes, paper and small.
-    assert normal.epochs * -(-54_000 // normal.batch_size) >= 100_000
-    assert overfitted.epochs * -(-100 // overfitted.batch_size) >= 100_000
-    small = load_recipe(PAPER_RECIPES / "training_dynamics_mnist.yaml",
-                        small_overrides(PAPER_RECIPES / "training_dynamics_mnist.yaml"))
-    s = small.steps["classifier_normal"]
-    assert small.dataset.startswith("idx:") and s.epochs * -(-8_100 // s.batch_size) >= 100_000
+    # Enough steps for the last checkpoint in both regimes: epochs x steps_per_epoch, paper and small.
+    small = load_recipe(PAPER_RECIPES / "training_dynamics_mnist.yaml", ["scale=small"])
+    for recipe in (dynamics, small):
+        last = max(recipe.steps["classifier_normal"].save_at)
+        for name in ("classifier_normal", "classifier_overfitted"):
+            step = recipe.steps[name]
+            assert step.epochs * step.steps_per_epoch >= last and step.patience >= step.epochs, name
+    assert max(small.steps["classifier_normal"].save_at) == 10000 and small.dataset.startswith("idx:")

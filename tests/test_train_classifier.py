@@ -121,6 +121,21 @@ def test_rerun_after_interruption_resumes_from_the_last_epoch(tmp_path):
     assert not (run / BACKUP_DIR).exists()
 
 
+def test_overfitted_regime_counts_steps_not_passes(tmp_path):
+    """100 examples in one batch: an epoch of `steps_per_epoch` steps repeats the tiny set, so
+    checkpoints far beyond one pass are reached with only `epochs` validation runs."""
+    recorder = EpochRecorder()
+    config = _config(tmp_path, train_examples=100, batch_size=100, dropout=False, steps_per_epoch=15, epochs=2,
+                     patience=2, learning_rate=3e-3, save_at=[0, 1, 20, 31])
+    result = train_classifier(config, callbacks=[recorder])
+    assert recorder.epochs == [0, 1]
+    assert result.steps == 30  # 30 passes over the 100 examples
+    assert [p.name for p in result.checkpoints] == ["step-000000.keras", "step-000001.keras", "step-000020.keras"]
+    history = read_metadata(result.checkpoints[-1])
+    assert history["results"] == {"step": 20, "epoch": 1} and history["config"]["steps_per_epoch"] == 15
+    assert history["config"]["dropout"] is False
+
+
 def test_backup_from_a_different_configuration_is_not_resumed(tmp_path):
     backup = tmp_path / BACKUP_DIR
     assert _prepare_backup(backup, _config(tmp_path)) == 0
