@@ -224,12 +224,14 @@ def extract(
     epilog=_examples(
         "invkeras run recipes/quickstart.yaml",
         "invkeras run recipes/quickstart.yaml --set steps.classifier.epochs=1 --set seed=3",
+        "invkeras run recipes/nash2019/layers_mnist.yaml --set scale=small   # the recipe's small variant",
+        "invkeras run recipes/nash2019/layers_mnist.yaml --set scale=small --set defaults.train-inverter.max_steps=3000",
     ),
 )
 @user_errors
 def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
-    set_: List[str] = typer.Option([], "--set", help="Override a key: dotted.path=value (repeatable)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a key: dotted.path=value (repeatable); wins over variants."),
 ) -> None:
     """Run a YAML recipe; finished steps are skipped, interrupted ones resume."""
     from invkeras.mi import MIReport

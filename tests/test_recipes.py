@@ -193,6 +193,15 @@ def test_mse_decoder_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inv
     again = run_recipe(load_recipe(path), source=path)
     assert [r.status for r in again] == ["skipped", "skipped", "skipped"]
 
+    # `invkeras run` prints the distance table (Table 1) once the steps are done.
+    from typer.testing import CliRunner
+
+    from invkeras.cli import app
+
+    result = CliRunner().invoke(app, ["run", str(path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "Mean L1 distance" in result.output and f"{table['rows'][0]['mean_l1']:.2f} ±" in result.output
+
     # The report gives the decoder and the distance table their own sections.
     from invkeras.report import write_report
 
