@@ -56,3 +56,18 @@ def test_dataset_slug(spec, slug):
 def test_workspace_layout(tmp_path):
     assert artifacts.classifier_path("procedural", "conv", tmp_path) == tmp_path / "procedural/conv/classifier/model.keras"
     assert artifacts.features_dir("mnist", "fc", "fc3", "test", tmp_path) == tmp_path / "mnist/fc/features/fc3/test"
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """Temporary files are private (0600); the finished artefact gets what a plain write would."""
+    import stat
+
+    from invkeras.artifacts import _UMASK, atomic_dir, write_text_atomic
+
+    path = write_text_atomic(tmp_path / "report.html", "<p>hi</p>")
+    with atomic_dir(tmp_path / "exported") as tmp:
+        (tmp / "x").write_text("y")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("z")
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~_UMASK
+    assert stat.S_IMODE((tmp_path / "exported").stat().st_mode) == 0o777 & ~_UMASK
