@@ -396,6 +396,19 @@ class ReconstructionGrid:
     seconds: float
 
 
+def _drawn_samples(path: Path, config: dict, seed: int, originals: np.ndarray) -> np.ndarray | None:
+    """The samples of `invkeras sample` at `path` if they were drawn exactly as asked, else None."""
+    if not artifacts.is_complete(path):
+        return None
+    meta = artifacts.read_metadata(path)
+    if meta.get("config") != config or meta.get("seed") != seed:
+        return None
+    with np.load(path) as arrays:
+        if "x" not in arrays.files or not np.array_equal(arrays["x"], originals):
+            return None
+        return arrays["samples"]
+
+
 def save_samples_with_reconstruction(
     inverter_dir: str | Path,
     decoder_dir: str | Path,
@@ -407,8 +420,14 @@ def save_samples_with_reconstruction(
     split: str = "test",
     batch_size: int = 64,
     method: str = "cached",
+    reuse_samples: bool = True,
 ) -> ReconstructionGrid:
-    """Write samples_mse.png: original | MSE reconstruction | K samples of p(x|h(x)), one row per input."""
+    """Write samples_mse.png: original | MSE reconstruction | K samples of p(x|h(x)), one row per input.
+
+    With `reuse_samples`, the samples of a complete `samples.npz` beside the grid that was drawn
+    with the same inputs, count, seed and sampler are shown instead of being drawn again: they
+    are exactly what this call would draw, and sampling is the slow part.
+    """
     from invkeras.grids import save_grid
     from invkeras.invert import held_out_inputs
     from invkeras.sampling import sample
@@ -425,11 +444,15 @@ def save_samples_with_reconstruction(
         raise InvkerasError(f"--decoder {decoder_dir}: decodes h of shape {tuple(decoder[1]['h_shape'])}, but the "
                             f"inverter's layer '{meta['layer']}' has {tuple(meta['h_shape'])}")
     inputs = held_out_inputs(meta, split, num_inputs)
-    samples = sample(model, net_config, inputs["h"], num_samples=num_samples, seed=seed, batch_size=batch_size,
-                     method=method)
-    recon = reconstruct(decoder, h=inputs["h"])
     model_file = Path(inverter_dir) / "inverter.keras" if Path(inverter_dir).is_dir() else Path(inverter_dir)
     out_dir = Path(out) if out else model_file.parent
+    wanted = {"inverter": str(model_file), "num_inputs": num_inputs, "num_samples": num_samples, "split": split,
+              "batch_size": batch_size, "method": method}
+    samples = _drawn_samples(out_dir / "samples.npz", wanted, seed, inputs["x"]) if reuse_samples else None
+    if samples is None:
+        samples = sample(model, net_config, inputs["h"], num_samples=num_samples, seed=seed, batch_size=batch_size,
+                         method=method)
+    recon = reconstruct(decoder, h=inputs["h"])
     grid_path = save_grid(out_dir / "samples_mse.png", grid_rows_with_reconstruction(inputs["x"], recon, samples),
                           separator_after=2)
     mse = float(per_image_mse(recon, inputs["x"]).mean())

@@ -193,6 +193,26 @@ def test_mse_decoder_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inv
     again = run_recipe(load_recipe(path), source=path)
     assert [r.status for r in again] == ["skipped", "skipped", "skipped"]
 
+    # The MSE grid showed the samples already drawn for samples.png rather than drawing them again...
+    import invkeras.sampling
+    from invkeras.decoders import save_samples_with_reconstruction
+
+    recipe_grid = (inverter / "samples_mse.png").read_bytes()
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled again")
+
+    original_sample = invkeras.sampling.sample
+    invkeras.sampling.sample = no_sampling
+    try:
+        save_samples_with_reconstruction(inverter, decoder.parent, None, 2, 2, 0)
+    finally:
+        invkeras.sampling.sample = original_sample
+    assert (inverter / "samples_mse.png").read_bytes() == recipe_grid
+    # ...and they are exactly the samples a fresh draw gives.
+    fresh = save_samples_with_reconstruction(inverter, decoder.parent, tmp_path / "fresh", 2, 2, 0, reuse_samples=False)
+    assert fresh.grid_path.read_bytes() == recipe_grid
+
     # `invkeras run` prints the distance table (Table 1) once the steps are done.
     from typer.testing import CliRunner
 
