@@ -152,11 +152,21 @@ def estimate_mi(
     reference_layer: str | None = None,
     eval_examples: int | None = None,
     out: str | Path | None = None,
+    labels: list[str] | None = None,
 ) -> tuple[MIReport, Path]:
-    """Evaluate inverters on one held-out split and write the report as JSON and CSV."""
+    """Evaluate inverters on one held-out split and write the report as JSON and CSV.
+
+    `labels` name the rows instead of the layers, e.g. "conv/fc3" and "fc/fc3" when one layer of
+    several architectures is compared; `reference_layer` then names a label.
+    """
     from invkeras.datasets import dataset_info
 
     estimates = [held_out_nll(p, split=split, eval_examples=eval_examples) for p in inverters]
+    if labels is not None:
+        if len(labels) != len(estimates) or len(set(labels)) != len(labels):
+            raise InvkerasError(f"estimate-mi: need one distinct label per inverter, got {labels}")
+        for estimate, label in zip(estimates, labels):
+            estimate.layer = label
     base = held_out_nll(unconditional, split=split, eval_examples=eval_examples) if unconditional else None
     meta = artifacts.read_metadata(_inverter_file(inverters[0])) or {}
     dataset = (meta.get("config") or {}).get("dataset", "unknown")
@@ -174,7 +184,7 @@ def estimate_mi(
         out_path,
         kind="mi-estimate",
         config={"inverters": [str(p) for p in inverters], "unconditional": str(unconditional) if unconditional else None,
-                "reference": reference_layer, "split": split, "eval_examples": eval_examples},
+                "reference": reference_layer, "split": split, "eval_examples": eval_examples, "labels": labels},
         data=dataset,
     )
     return report, out_path

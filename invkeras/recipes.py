@@ -128,16 +128,30 @@ class CompareStep(_InvertersInWorkspace):
 
 
 class EstimateMIStep(_InvertersInWorkspace):
-    """The information table over the layers' inverters."""
+    """The information table over the layers' inverters.
+
+    With `archs`, one table compares the layers of several architectures' runs on the same
+    test images (paired), in rows labelled arch/layer; it is written to
+    runs/<dataset>/architectures/mi/<split>.json, and `reference` names such a label.
+    """
 
     command: Literal["estimate-mi"]
     unconditional: bool = Field(True, description="also use the 'none' inverter for H*(x) - H*(x|h)")
     reference: Optional[str] = None
     split: Literal["validation", "test"] = "test"
     eval_examples: Optional[int] = Field(None, gt=0)
+    archs: Optional[list[str]] = Field(None, min_length=2, description="compare these architectures' runs")
+
+    def rows(self) -> list[tuple[Optional[str], Path]]:
+        """(label, inverter dir) per row; the label is None when rows are plain layers."""
+        if not self.archs:
+            return [(None, self.inverter(layer)) for layer in self.layers]
+        return [(f"{arch}/{layer}", artifacts.inverter_dir(self.dataset, arch, layer, self.workspace))
+                for arch in self.archs for layer in self.layers]
 
     def out(self) -> Path:
-        return artifacts.run_dir(self.dataset, self.arch, self.workspace) / "mi" / f"{self.split}.json"
+        run = "architectures" if self.archs else self.arch
+        return artifacts.run_dir(self.dataset, run, self.workspace) / "mi" / f"{self.split}.json"
 
 
 def _step_tag(step: Any) -> Optional[str]:
@@ -444,13 +458,15 @@ def _run_compare(step: CompareStep) -> str:
 def _run_estimate_mi(step: EstimateMIStep) -> str:
     from invkeras.mi import estimate_mi
 
+    rows = step.rows()
     report, path = estimate_mi(
-        [step.inverter(layer) for layer in step.layers],
+        [inverter for _, inverter in rows],
         split=step.split,
         unconditional=step.inverter("none") if step.unconditional else None,
         reference_layer=step.reference,
         eval_examples=step.eval_examples,
         out=step.out(),
+        labels=[label for label, _ in rows] if step.archs else None,
     )
     return "; ".join(f"{r['layer']} {r['H*(x|h) nats']:.1f}" for r in report.rows) + " nats"
 

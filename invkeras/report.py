@@ -296,7 +296,8 @@ def mi_tables(contents: RunContents) -> list[dict]:
             inverters.append(match_artifact(inverter_file, contents.of_kind("inverter"), min_parts=5)
                              if row.get("inverter") else None)
         # The run it belongs to: the inverters' arch, else the default layout runs/<dataset>/<arch>/mi/<split>.json.
-        arch = next((a.config.get("arch") for a in inverters if a is not None and a.config.get("arch")), None)
+        archs = {a.config.get("arch") for a in inverters if a is not None and a.config.get("arch")}
+        arch = archs.pop() if len(archs) == 1 else ("architectures" if archs else None)
         where = Path(artifact.rel).parent
         where = where.parent if where.name == "mi" else where
         tables.append({

@@ -96,3 +96,21 @@ def test_conditional_model_starts_identical_to_the_unconditional_one():
     np.testing.assert_array_equal(
         np.asarray(unconditional({"x": x})), np.asarray(conditional({"x": x, "h": np.ones((2, 7), "float32")}))
     )
+
+
+def test_labelled_rows_compare_inverters_of_one_layer_paired(known_information_inverters, tmp_path):
+    """Rows named by label (as for one layer across architectures), with paired differences to a label."""
+    from invkeras.mi import estimate_mi
+
+    identity = known_information_inverters["identity"][0].model_path
+    shape = known_information_inverters["shape"][0].model_path
+    report, path = estimate_mi([identity, shape], split="validation", labels=["a/h", "b/h"], reference_layer="a/h",
+                               out=tmp_path / "mi.json")
+    rows = {r["layer"]: r for r in report.rows}
+    assert list(rows) == ["a/h", "b/h"]
+    each = {label: held_out_nll(p, split="validation").nll_nats for label, p in (("a/h", identity), ("b/h", shape))}
+    assert rows["b/h"]["NCE - NCE(ref)"] == pytest.approx(float(np.mean(each["a/h"] - each["b/h"])), rel=1e-5)
+    assert rows["b/h"]["NCE - NCE(ref)"] < 0  # the shape alone says less about x than x itself
+    assert path.exists()
+    with pytest.raises(InvkerasError, match="distinct label"):
+        estimate_mi([identity, shape], split="validation", labels=["same", "same"], out=tmp_path / "x.json")

@@ -232,3 +232,16 @@ def test_mse_decoder_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inv
     one_nn = table["rows"][0]
     assert "Representation-space distances" in html and f"{one_nn['mean_l1']:.2f} ± {one_nn['se']:.2f}" in html
     assert "input | MSE reconstruction | samples" in html
+
+
+def test_estimate_mi_across_architectures_has_its_own_table(tmp_path):
+    path = write(tmp_path, """
+        name: archs
+        dataset: affnist
+        steps:
+          info: {command: estimate-mi, archs: [conv, fc], layers: [fc3], unconditional: false, reference: conv/fc3}
+    """)
+    step = load_recipe(path).steps["info"]
+    assert [(label, str(p)) for label, p in step.rows()] == [
+        ("conv/fc3", "runs/affnist/conv/inverters/fc3"), ("fc/fc3", "runs/affnist/fc/inverters/fc3")]
+    assert str(step.out()) == "runs/affnist/architectures/mi/test.json"

@@ -233,7 +233,8 @@ def _check_inputs_are_trained_first(recipe, label):
         if step.command == "train-inverter":
             made.add(step.out_dir())
         if step.command in ("sample", "compare", "estimate-mi"):
-            used = [step.inverter(layer) for layer in step.layers]
+            used = ([inverter for _, inverter in step.rows()] if step.command == "estimate-mi"
+                    else [step.inverter(layer) for layer in step.layers])
             if getattr(step, "with_decoder", False):
                 used += [step.decoder(layer) for layer in step.layers]
             if step.command == "estimate-mi" and step.unconditional:
