@@ -1,13 +1,16 @@
 """The `affnist` TFDS builder (both configs, manual and download paths) and its specs, offline.
 
-Dummy inputs live in tests/dummy_data/affnist and are made by
-tests/dummy_data/make_affnist_dummy.py (official: 6 train / 2 validation / 3 test
-images; generated: 12 MNIST train digits -> 10 train + 2 validation, 4 test digits).
+Dummy inputs are written to a temporary directory by tests/affnist_dummy.py when this module
+loads (official: 6 train / 2 validation / 3 test images; generated: 12 MNIST train digits ->
+10 train + 2 validation, 4 test digits). TFDS's test classes read the directory from a class
+attribute, so it must exist before the classes are defined.
 """
 
 from __future__ import annotations
 
+import atexit
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,10 @@ from invkeras.datasets import affine, dataset_info, load_arrays, registry
 from invkeras.datasets.affnist import Affnist, read_affnist_mat
 from invkeras.errors import InvkerasError
 
-DUMMY = Path(__file__).resolve().parent / "dummy_data" / "affnist"
+from affnist_dummy import write_dummy_affnist  # a helper beside this file; pytest puts tests/ on sys.path
+
+DUMMY = write_dummy_affnist(Path(tempfile.mkdtemp(prefix="invkeras-affnist-dummy-")))
+atexit.register(shutil.rmtree, DUMMY, ignore_errors=True)
 OFFICIAL_SPLITS = {"train": 6, "validation": 2, "test": 3}
 GENERATED_SPLITS = {"train": 10, "validation": 2, "test": 4}
 

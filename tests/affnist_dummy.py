@@ -1,7 +1,7 @@
 """Write the tiny dummy files that tests/test_affnist.py feeds to the `affnist` TFDS builder.
 
-Run from the repository root: `.venv/bin/python tests/dummy_data/make_affnist_dummy.py`.
-The output is a few kilobytes and committed; rerunning reproduces it byte for byte.
+The tests generate them into a temporary directory (a few kilobytes, seeded, so every run
+writes the same bytes); nothing is committed.
 
 official/   affNIST-layout .mat files (struct `affNISTdata`, `image` uint8 [1600, N], one
             40x40 row-major image per column, `label_int` [1, N], `label_one_of_n` [10, N]):
@@ -16,18 +16,13 @@ always fits them on the 40x40 canvas.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))
+from invkeras.datasets.local import write_idx_file
 
-from invkeras.datasets.local import write_idx_file  # noqa: E402
-
-OUT = Path(__file__).resolve().parent / "affnist"
 MAT_HEADER_BYTES = 116  # MATLAB 5 files start with 116 bytes of free text (scipy writes a timestamp there)
 
 
@@ -57,20 +52,17 @@ def write_affnist_mat(path: Path, images: np.ndarray, labels: np.ndarray) -> Non
     path.write_bytes(bytes(data))
 
 
-def main() -> None:
+def write_dummy_affnist(out: Path) -> Path:
+    """Write official/ and generated/ under `out`; return `out`."""
     rng = np.random.default_rng(20240601)
-    official = OUT / "official"
+    official = out / "official"
     for relative, n in [("training_batches/1.mat", 3), ("training_batches/2.mat", 3),
                         ("validation_batches/1.mat", 2), ("test.mat", 3)]:
         write_affnist_mat(official / relative, blobs(rng, n, 40, 10), rng.integers(0, 10, size=n))
 
-    generated = OUT / "generated"
+    generated = out / "generated"
     generated.mkdir(parents=True, exist_ok=True)
     for prefix, n in [("train", 12), ("t10k", 4)]:
         write_idx_file(generated / f"{prefix}-images-idx3-ubyte.gz", blobs(rng, n, 28, 6))
         write_idx_file(generated / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, size=n).astype(np.uint8))
-    print(f"wrote dummy affNIST data under {OUT}")
-
-
-if __name__ == "__main__":
-    main()
+    return out
