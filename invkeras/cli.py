@@ -328,12 +328,16 @@ def train_inverter(
     from invkeras.train_inverter import train_inverter as train
 
     result = train(InverterConfig(**options))
-    rows = [["model", result.model_path], ["steps", result.steps], ["wall time", f"{result.seconds:.1f} s"]]
-    for name, summary in (("validation", result.validation), ("test", result.test)):
-        if summary:
-            rows.append([f"{name} NLL", f"{summary['nll_nats']:.2f} ± {summary['se_nats']:.2f} nats "
-                                        f"({summary['bits_per_dim']:.4f} bits/dim, n={summary['n']})"])
+    rows = _held_out_rows(result, lambda name, s: [
+        f"{name} NLL", f"{s['nll_nats']:.2f} ± {s['se_nats']:.2f} nats ({s['bits_per_dim']:.4f} bits/dim, n={s['n']})"])
     console.print(_table(f"Inverter for {layer}", ["", "value"], rows))
+
+
+def _held_out_rows(result, describe: Callable[[str, dict], list]) -> list[list]:
+    """Model, steps and wall time of an InverterResult, then one row per held-out split it has."""
+    rows = [["model", result.model_path], ["steps", result.steps], ["wall time", f"{result.seconds:.1f} s"]]
+    return rows + [describe(name, summary) for name, summary in (("validation", result.validation),
+                                                                   ("test", result.test)) if summary]
 
 
 @app.command(
@@ -436,11 +440,9 @@ def _train_mse_decoder(kind: str, options: dict) -> None:
     if kind != "mse":
         raise InvkerasError(f"--kind {kind}: choose pixelcnn or mse")
     result = train_mse_decoder(MSEDecoderConfig.from_options(options))
-    rows = [["model", result.model_path], ["steps", result.steps], ["wall time", f"{result.seconds:.1f} s"]]
-    for name, summary in (("validation", result.validation), ("test", result.test)):
-        if summary:
-            rows.append([f"{name} MSE per pixel", f"{summary['mse_per_pixel']:.1f} ± {summary['se']:.1f} "
-                         f"(RMSE {summary['rmse']:.2f}; mean image {summary['mean_image_mse_per_pixel']:.1f}; n={summary['n']})"])
+    rows = _held_out_rows(result, lambda name, s: [
+        f"{name} MSE per pixel", f"{s['mse_per_pixel']:.1f} ± {s['se']:.1f} (RMSE {s['rmse']:.2f}; "
+                                 f"mean image {s['mean_image_mse_per_pixel']:.1f}; n={s['n']})"])
     console.print(_table(f"MSE decoder for {result.layer}", ["", "value"], rows))
 
 
