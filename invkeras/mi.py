@@ -76,19 +76,28 @@ def _se(values: np.ndarray) -> float:
 
 
 def held_out_nll(inverter_path: str | Path, *, split: str = "test", eval_examples: int | None = None,
-                 batch_size: int = 64) -> LayerEstimate:
-    """Per-image NLL (nats) of one inverter on a held-out split of the data it was trained for."""
-    from invkeras.train_inverter import InverterConfig, inverter_arrays, load_inverter, per_image_nll_nats
+                 batch_size: int = 64, reuse: bool = True) -> LayerEstimate:
+    """Per-image NLL (nats) of one inverter on a held-out split of the data it was trained for.
+
+    The NLLs recorded at the end of training are reused when they cover the same images
+    (`reuse=False` evaluates the saved model afresh).
+    """
+    from invkeras.train_inverter import (InverterConfig, inverter_arrays, load_inverter, per_image_nll_nats,
+                                         saved_per_image_nll)
 
     model, net_config, meta = load_inverter(inverter_path)
     config = InverterConfig(**meta["config"])
+    dims = int(np.prod(net_config.image_shape))
+    if reuse and eval_examples in (None, config.eval_examples):
+        saved = saved_per_image_nll(_inverter_file(inverter_path), split)
+        if saved is not None:
+            return LayerEstimate(config.layer, str(inverter_path), saved, 1.0 / (dims * math.log(2)))
     config = config.model_copy(update={"eval_examples": eval_examples or config.eval_examples})
     _, val, test, _ = inverter_arrays(config)
     arrays = {"validation": val, "test": test}.get(split)
     if arrays is None:
         raise InvkerasError(f"--split {split}: inverter {inverter_path} has no held-out '{split}' data")
     nll = per_image_nll_nats(model, net_config, arrays, batch_size=batch_size)
-    dims = int(np.prod(net_config.image_shape))
     return LayerEstimate(config.layer, str(inverter_path), nll, 1.0 / (dims * math.log(2)))
 
 

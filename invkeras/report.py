@@ -33,7 +33,8 @@ from invkeras.plots import PLOT_KIND, order_layers, plot_accuracy, plot_nce_by_l
 
 REPORT_KIND = "report"
 # Our own outputs: never reported on (a rerun would otherwise list the previous report).
-_SKIP_KINDS = {REPORT_KIND, PLOT_KIND}
+# Reports' own outputs, and per-image arrays whose summaries the inverter tables already show.
+_SKIP_KINDS = {REPORT_KIND, PLOT_KIND, "per-image-nll"}
 _CHECKPOINT_STEP = re.compile(r"step-(\d+)\.keras$")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -28,6 +29,7 @@ from invkeras import artifacts
 from invkeras.errors import InvkerasError, NonFiniteLossError
 
 UNCONDITIONAL = "none"
+PER_IMAGE_NLL_FILE = "per_image_nll.npz"  # beside inverter.keras: {"validation", "test", "token"}
 VECTOR_LAYERS_HINT = "vector h (fc3, logits) or spatial h (conv1, conv2)"
 
 
@@ -283,6 +285,21 @@ def build_inverter(net_config, *, learning_rate: float, lr_decay: float, jit_com
 # --- evaluation ---------------------------------------------------------------------
 
 
+def saved_per_image_nll(model_path: str | Path, split: str) -> np.ndarray | None:
+    """The per-image NLLs recorded when the inverter at `model_path` was trained, or None if
+    that split was not recorded or the file belongs to another model."""
+    model_path = Path(model_path)
+    meta = artifacts.read_metadata(model_path) or {}
+    token = (meta.get("results") or {}).get("per_image_nll_token")
+    path = model_path.parent / PER_IMAGE_NLL_FILE
+    if token is None or not path.is_file():
+        return None
+    with np.load(path) as saved:
+        if str(saved["token"]) != token or split not in saved.files:
+            return None
+        return saved[split]
+
+
 def per_image_nll_nats(model, net_config, arrays: dict, batch_size: int = 64) -> np.ndarray:
     """Exact -log p(x|h) in nats for every image (inference mode, no dropout)."""
     import keras
@@ -420,14 +437,22 @@ def train_inverter(config: InverterConfig, *, callbacks=()) -> InverterResult:
     # history.epoch lists the epochs run in this call; a resumed run starts past 0.
     first_epoch = history.epoch[0] if history.epoch else epochs
     last_epoch = history.epoch[-1] if history.epoch else epochs - 1
-    validation = summarize_nll(per_image_nll_nats(model, net_config, data.validation_arrays), data.image_shape)
-    test = None
+    per_image = {"validation": per_image_nll_nats(model, net_config, data.validation_arrays)}
     if data.test_arrays is not None:
-        test = summarize_nll(per_image_nll_nats(model, net_config, data.test_arrays), data.image_shape)
+        per_image["test"] = per_image_nll_nats(model, net_config, data.test_arrays)
+    validation = summarize_nll(per_image["validation"], data.image_shape)
+    test = summarize_nll(per_image["test"], data.image_shape) if "test" in per_image else None
     if not math.isfinite(validation["nll_nats"]):
         raise NonFiniteLossError(f"train-inverter layer '{config.layer}': validation NLL is not finite")
 
     path = config.model_path()
+    # The per-image NLLs, kept so that estimate-mi need not evaluate the model again. The token,
+    # also in the model's metadata, ties them to this model (a killed retrain can leave new
+    # NLLs beside an old model).
+    token = uuid.uuid4().hex
+    nll_path = artifacts.save_npz_atomic(out_dir / PER_IMAGE_NLL_FILE, token=np.array(token), **per_image)
+    artifacts.write_metadata(nll_path, kind="per-image-nll", config=config, seed=config.seed, data=data.source,
+                             results={split: len(v) for split, v in per_image.items()}, inverter=str(path))
     with artifacts.atomic_path(path) as tmp:
         model.save(tmp)
     seconds = time.time() - started
@@ -438,7 +463,7 @@ def train_inverter(config: InverterConfig, *, callbacks=()) -> InverterResult:
         seed=config.seed,
         data=data.source,
         results={"validation": validation, "test": test, "steps": steps, "seconds": seconds,
-                 "resumed_from_step": first_epoch * config.steps_per_checkpoint},
+                 "resumed_from_step": first_epoch * config.steps_per_checkpoint, "per_image_nll_token": token},
         network=net_config,
         layer=config.layer,
         image_shape=list(data.image_shape),

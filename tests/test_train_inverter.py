@@ -36,7 +36,7 @@ def test_reloaded_inverter_gives_identical_log_likelihoods(tiny_inverters):
 
     load_inverter(result.model_path.parent)  # loads from the directory as well as the file
 
-    again = held_out_nll(result.model_path, split="validation", eval_examples=48)
+    again = held_out_nll(result.model_path, split="validation", eval_examples=48, reuse=False)
     assert again.mean == pytest.approx(result.validation["nll_nats"], rel=1e-6)
 
 
@@ -108,3 +108,36 @@ def test_summary_statistics():
 def test_missing_inverter_is_a_user_error(tmp_path):
     with pytest.raises(InvkerasError, match="not found"):
         load_inverter(tmp_path / "nothing")
+
+
+def test_recorded_per_image_nll_is_reused_only_for_its_own_model(tiny_inverters, monkeypatch):
+    """estimate-mi takes the NLLs saved at the end of training instead of evaluating again,
+    and only while the file's token matches the model's metadata."""
+    import invkeras.train_inverter as train_inverter_module
+    from invkeras.mi import held_out_nll
+    from invkeras.train_inverter import PER_IMAGE_NLL_FILE
+
+    model_path = tiny_inverters["fc3"].model_path
+    fresh = held_out_nll(model_path, split="test", reuse=False).nll_nats
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_inverter_module, "per_image_nll_nats", no_evaluation)
+        reused = held_out_nll(model_path, split="test").nll_nats
+    np.testing.assert_allclose(reused, fresh, rtol=1e-5)
+    assert reused.mean() == pytest.approx(tiny_inverters["fc3"].test["nll_nats"], rel=1e-6)
+
+    # NLLs from another run (a killed retrain) are not trusted: the model is evaluated again.
+    saved = model_path.parent / PER_IMAGE_NLL_FILE
+    original = saved.read_bytes()
+    try:
+        np.savez(saved, token=np.array("another run"), test=np.zeros_like(fresh))
+        with monkeypatch.context() as patch:
+            patch.setattr(train_inverter_module, "per_image_nll_nats", no_evaluation)
+            with pytest.raises(AssertionError, match="evaluated again"):
+                held_out_nll(model_path, split="test")
+        np.testing.assert_allclose(held_out_nll(model_path, split="test").nll_nats, fresh, rtol=1e-5)
+    finally:
+        saved.write_bytes(original)
