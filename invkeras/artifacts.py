@@ -211,9 +211,18 @@ def features_dir(
     return run_dir(dataset, arch, workspace) / "features" / layer / split
 
 
-def inverter_dir(dataset: str, arch: str, layer: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
-    return run_dir(dataset, arch, workspace) / "inverters" / layer
+def inverter_dir(dataset: str, arch: str, layer: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE, *,
+                 kind: str) -> Path:
+    """`runs/<dataset>/<arch>/inverters/<kind>/<layer>`: kinds never share a directory."""
+    return run_dir(dataset, arch, workspace) / "inverters" / kind / layer
 
 
-def decoder_dir(dataset: str, arch: str, layer: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
-    return run_dir(dataset, arch, workspace) / "decoders" / layer
+def legacy_inverter_dirs(dataset: str, arch: str, layer: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> dict:
+    """Where invkeras wrote inverters before kinds had folders: {kind: directory}."""
+    root = run_dir(dataset, arch, workspace)
+    return {"pixelcnn": root / "inverters" / layer, "mse": root / "decoders" / layer}
+
+
+def comparison_dir(dataset: str, arch: str, layer: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
+    """`runs/<dataset>/<arch>/comparisons/<layer>`: kinds compared side by side on one layer."""
+    return run_dir(dataset, arch, workspace) / "comparisons" / layer

@@ -34,7 +34,7 @@ What is measured
 * Sampling time for `num_images` images (28x28x1, 32 filters, 1 resnet layer). TFP:
   `dist.sample(n, conditional_input=h, seed=...)` inside a `tf.function` (graph mode; one
   full forward pass per pixel), traced first and then timed once (it takes minutes on two
-  cores). Ours: `invkeras.sampling.sample` with method "cached" (per-layer row caches, one
+  cores). Ours: `invkeras.inverters.pixelcnn.sampling.sample` with method "cached" (per-layer row caches, one
   row per resolution per pixel) and "full" (one full forward pass per pixel, i.e. TFP's
   algorithm, XLA-compiled); each timed on its second call, the first call (compilation +
   one run) reported beside it.
@@ -162,8 +162,8 @@ def _import_everything():
     from tensorflow_probability.python.internal import tf_keras  # noqa: F401
 
     tfp.distributions.PixelCNN  # noqa: B018  (TFP imports lazily; load it now)
-    import invkeras.pixelcnn  # noqa: F401
-    import invkeras.sampling  # noqa: F401
+    import invkeras.inverters.pixelcnn.network  # noqa: F401
+    import invkeras.inverters.pixelcnn.sampling  # noqa: F401
     import invkeras.train_inverter  # noqa: F401
 
 
@@ -192,7 +192,7 @@ def tfp_kwargs(s: BenchSettings, filters: int, nr_resnet: int) -> dict:
 
 
 def _our_config(s: BenchSettings, filters: int, nr_resnet: int):
-    from invkeras.pixelcnn import PixelCNNConfig
+    from invkeras.inverters.pixelcnn.network import PixelCNNConfig
 
     return PixelCNNConfig(**our_kwargs(s, filters, nr_resnet))
 
@@ -251,7 +251,7 @@ def _train_ours(s: BenchSettings, jit: bool) -> dict:
     import keras
 
     from invkeras.train_inverter import build_inverter
-    from invkeras.weight_norm import initialize_weight_norm
+    from invkeras.inverters.pixelcnn.weight_norm import initialize_weight_norm
 
     keras.utils.set_random_seed(s.seed)
     x, h = _synthetic_batch(s, s.batch_size)
@@ -326,9 +326,9 @@ def _sample_ours(s: BenchSettings, method: str) -> dict:
     import keras
     import numpy as np
 
-    from invkeras.pixelcnn import build_pixelcnn
-    from invkeras.sampling import sample
-    from invkeras.weight_norm import initialize_weight_norm
+    from invkeras.inverters.pixelcnn.network import build_pixelcnn
+    from invkeras.inverters.pixelcnn.sampling import sample
+    from invkeras.inverters.pixelcnn.weight_norm import initialize_weight_norm
 
     keras.utils.set_random_seed(s.seed)
     x, h = _synthetic_batch(s, s.num_images)
@@ -349,7 +349,7 @@ def _sample_ours(s: BenchSettings, method: str) -> dict:
     return {
         "sample_s": sample_s, "first_call_s": first_call_s, "compile_s": max(first_call_s - sample_s, 0.0),
         "build_s": build_s, "params": sum(int(math.prod(v.shape)) for v in model.trainable_variables),
-        "how": f"invkeras.sampling.sample(method='{method}'), XLA; timed on the 2nd call",
+        "how": f"invkeras.inverters.pixelcnn.sampling.sample(method='{method}'), XLA; timed on the 2nd call",
     }
 
 

@@ -101,7 +101,7 @@ def _parse_steps(text: str) -> list[int]:
 @user_errors
 def datasets() -> None:
     """List the dataset sources invkeras can load, and where each loads from."""
-    from invkeras.datasets import list_sources
+    from invkeras.data import list_sources
 
     rows = list_sources()
     columns = list(rows[0].keys()) if rows else []
@@ -137,8 +137,8 @@ def train_classifier(
     out: Optional[str] = typer.Option(None, help="Model path (default runs/<dataset>/<arch>/classifier/model.keras)."),
 ) -> None:
     """Train one of the paper's classifiers (layers conv1, conv2, fc3, logits)."""
-    from invkeras.train_classifier import ClassifierConfig
-    from invkeras.train_classifier import train_classifier as train
+    from invkeras.classifiers.training import ClassifierConfig
+    from invkeras.classifiers.training import train_classifier as train
 
     config = ClassifierConfig(
         dataset=dataset,
@@ -194,7 +194,7 @@ def extract(
     """Stream (image, representation) pairs from named layers into .npz shards plus a manifest."""
     import json
 
-    from invkeras.features import ExtractConfig, extract_features
+    from invkeras.data.features import ExtractConfig, extract_features
 
     config = ExtractConfig(
         dataset=dataset,
@@ -234,7 +234,7 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="Override a key: dotted.path=value (repeatable); wins over variants."),
 ) -> None:
     """Run a YAML recipe; finished steps are skipped, interrupted ones resume."""
-    from invkeras.mi import MIReport
+    from invkeras.analyses.mi import MIReport
     from invkeras.recipes import load_recipe, run_recipe
 
     parsed = load_recipe(recipe, set_)
@@ -274,7 +274,7 @@ def export(
 ) -> None:
     """Export a Keras model as a TensorFlow SavedModel (for TF Serving and friends)."""
     from invkeras.export import export_saved_model
-    from invkeras.features import resolve_model_path
+    from invkeras.data.features import resolve_model_path
 
     path = export_saved_model(resolve_model_path(model), out)
     console.print(_table("Export", ["", "value"], [["model", resolve_model_path(model)], ["SavedModel", path]]))
@@ -358,7 +358,7 @@ def sample(
     out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
 ) -> None:
     """Draw K samples of p(x|h(x)) for N held-out images: a PNG grid and an .npz."""
-    from invkeras.invert import draw_inversions
+    from invkeras.analyses.samples import draw_inversions
 
     result = draw_inversions(inverter, num_inputs=num_inputs, num_samples=num_samples, split=split, seed=seed,
                              batch_size=batch_size, method=method, out=out)
@@ -386,7 +386,7 @@ def estimate_mi(
     out: Optional[str] = typer.Option(None, help="JSON path (a CSV twin is written beside it)."),
 ) -> None:
     """Held-out NLL per inverter, the NCE bound on I(x;h), and MI estimates, as a table, JSON and CSV."""
-    from invkeras.mi import estimate_mi as estimate
+    from invkeras.analyses.mi import estimate_mi as estimate
 
     report, path = estimate(inverter, split=split, unconditional=unconditional, reference_layer=reference,
                             eval_examples=eval_examples, out=out)
@@ -427,7 +427,7 @@ def report(
     out: Optional[str] = typer.Option(None, help="HTML path (default <RUN_DIR>/report/report.html); the .md twin and plots go beside it."),
 ) -> None:
     """One self-contained HTML report (and a Markdown twin) of every artefact in a run directory."""
-    from invkeras.report import write_report
+    from invkeras.reports.report import write_report
 
     html_path, md_path = write_report(run_dir, out)
     console.print(f"written: {html_path} and {md_path}")
@@ -469,7 +469,7 @@ def compare(
     out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
 ) -> None:
     """L1 distance in the layer's space to 1NN, IM-S and IM-NN (Nash et al. 2019 Table 1), plus a top-k grid."""
-    from invkeras.compare import compare_representations
+    from invkeras.analyses.compare import compare_representations
 
     result = compare_representations(inverter, num_images=num_images, num_samples=num_samples, split=split, seed=seed,
                                      top_k=top_k, grid_samples=grid_samples, grid_inputs=grid_inputs,

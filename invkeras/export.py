@@ -15,7 +15,7 @@ import keras
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError
-from invkeras.features import load_model
+from invkeras.data.features import load_model
 
 
 def export_saved_model(model_or_path: keras.Model | str | os.PathLike, out_dir: str | os.PathLike) -> Path:

@@ -45,8 +45,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from invkeras import artifacts
 from invkeras.decoders import MSEDecoderConfig
 from invkeras.errors import InvkerasError
-from invkeras.features import ExtractConfig
-from invkeras.train_classifier import ClassifierConfig
+from invkeras.data.features import ExtractConfig
+from invkeras.classifiers.training import ClassifierConfig
 from invkeras.train_inverter import InverterConfig
 
 # Keys a recipe sets once at the top and every step inherits unless it sets its own.
@@ -364,7 +364,7 @@ def step_outputs(step: BaseModel) -> list[Path]:
     if isinstance(step, TrainClassifierStep):
         return [Path(step.out) if step.out else artifacts.classifier_path(step.dataset, step.arch, step.workspace)]
     if isinstance(step, ExtractStep):
-        from invkeras.features import MANIFEST
+        from invkeras.data.features import MANIFEST
 
         return [step.split_dir(layer, split) / MANIFEST for layer in step.layers for split in step.splits]
     if isinstance(step, ExportStep):
@@ -384,7 +384,7 @@ def step_outputs(step: BaseModel) -> list[Path]:
 
 
 def _run_train_classifier(step: TrainClassifierStep) -> str:
-    from invkeras.train_classifier import train_classifier
+    from invkeras.classifiers.training import train_classifier
 
     config = ClassifierConfig(**step.model_dump(exclude={"command"}))
     result = train_classifier(config)
@@ -392,7 +392,7 @@ def _run_train_classifier(step: TrainClassifierStep) -> str:
 
 
 def _run_extract(step: ExtractStep) -> str:
-    from invkeras.features import extract_features
+    from invkeras.data.features import extract_features
 
     written = extract_features(ExtractConfig(**step.model_dump(exclude={"command"})))
     return f"{len(written)} layer(s) x {len(step.splits)} split(s)"
@@ -422,7 +422,7 @@ def _run_train_mse_decoder(step: TrainMSEDecoderStep) -> str:
 
 def _run_sample(step: SampleStep) -> str:
     from invkeras.decoders import save_samples_with_reconstruction
-    from invkeras.invert import draw_inversions
+    from invkeras.analyses.samples import draw_inversions
 
     for layer in step.layers:
         if artifacts.is_complete(step.inverter(layer) / "samples.png"):
@@ -439,7 +439,7 @@ def _run_sample(step: SampleStep) -> str:
 
 
 def _run_compare(step: CompareStep) -> str:
-    from invkeras.compare import compare_representations
+    from invkeras.analyses.compare import compare_representations
 
     summaries = []
     for layer in step.layers:
@@ -456,7 +456,7 @@ def _run_compare(step: CompareStep) -> str:
 
 
 def _run_estimate_mi(step: EstimateMIStep) -> str:
-    from invkeras.mi import estimate_mi
+    from invkeras.analyses.mi import estimate_mi
 
     rows = step.rows()
     report, path = estimate_mi(

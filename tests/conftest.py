@@ -16,7 +16,7 @@ SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory) -> Path:
     """A conv classifier trained for one short epoch on 512 procedural images; returns the workspace."""
-    from invkeras.train_classifier import ClassifierConfig, train_classifier
+    from invkeras.classifiers.training import ClassifierConfig, train_classifier
 
     workspace = tmp_path_factory.mktemp("workspace")
     train_classifier(
@@ -29,15 +29,16 @@ def tiny_classifier(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_inverters(tiny_classifier) -> dict:
-    """fc3 and unconditional inverters, tiny and briefly trained, in the tiny classifier's workspace."""
-    from invkeras.train_inverter import InverterConfig, train_inverter
+    """Tiny, briefly trained inverters in the tiny classifier's workspace: PixelCNN fc3 and
+    unconditional ("fc3", "none"), and an MSE decoder of fc3 ("mse_fc3"), all on the same data."""
+    from invkeras.inverters import config_for, inverter_class
 
+    common = dict(dataset="procedural", workspace=str(tiny_classifier), max_steps=40, steps_per_checkpoint=20,
+                  train_examples=512, eval_examples=48)
     results = {}
     for layer in ("fc3", "none"):
-        results[layer] = train_inverter(
-            InverterConfig(
-                dataset="procedural", layer=layer, scale="tiny", workspace=str(tiny_classifier), max_steps=40,
-                steps_per_checkpoint=20, train_examples=512, eval_examples=48, jit_compile="false",
-            )
-        )
+        config = config_for("pixelcnn", dict(common, layer=layer, scale="tiny", jit_compile="false"))
+        results[layer] = inverter_class("pixelcnn").train(config, progress=False)
+    config = config_for("mse", dict(common, layer="fc3", batch_size=32))
+    results["mse_fc3"] = inverter_class("mse").train(config, progress=False)
     return results

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from invkeras.artifacts import read_metadata
-from invkeras.classifiers import build_classifier
+from invkeras.classifiers.architectures import build_classifier
 from invkeras.errors import InvkerasError
 from invkeras.export import export_saved_model
 

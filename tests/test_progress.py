@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from rich.console import Console
 
-from invkeras.classifiers import build_classifier
+from invkeras.classifiers.architectures import build_classifier
 from invkeras.progress import RichProgressCallback, format_logs, progress_bar
 
 

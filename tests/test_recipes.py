@@ -194,7 +194,7 @@ def test_mse_decoder_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inv
     assert [r.status for r in again] == ["skipped", "skipped", "skipped"]
 
     # The MSE grid showed the samples already drawn for samples.png rather than drawing them again...
-    import invkeras.sampling
+    import invkeras.inverters.pixelcnn.sampling
     from invkeras.decoders import save_samples_with_reconstruction
 
     recipe_grid = (inverter / "samples_mse.png").read_bytes()
@@ -202,12 +202,12 @@ def test_mse_decoder_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inv
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampled again")
 
-    original_sample = invkeras.sampling.sample
-    invkeras.sampling.sample = no_sampling
+    original_sample = invkeras.inverters.pixelcnn.sampling.sample
+    invkeras.inverters.pixelcnn.sampling.sample = no_sampling
     try:
         save_samples_with_reconstruction(inverter, decoder.parent, None, 2, 2, 0)
     finally:
-        invkeras.sampling.sample = original_sample
+        invkeras.inverters.pixelcnn.sampling.sample = original_sample
     assert (inverter / "samples_mse.png").read_bytes() == recipe_grid
     # ...and they are exactly the samples a fresh draw gives.
     fresh = save_samples_with_reconstruction(inverter, decoder.parent, tmp_path / "fresh", 2, 2, 0, reuse_samples=False)
@@ -223,7 +223,7 @@ def test_mse_decoder_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inv
     assert "Mean L1 distance" in result.output and f"{table['rows'][0]['mean_l1']:.2f} ±" in result.output
 
     # The report gives the decoder and the distance table their own sections.
-    from invkeras.report import write_report
+    from invkeras.reports.report import write_report
 
     html_path, _ = write_report(workspace, out=tmp_path / "report.html")
     html = html_path.read_text()

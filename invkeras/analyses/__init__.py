@@ -1,0 +1,1 @@
+"""Analyses that use trained inverters: samples, representation-space distances, information."""

@@ -1,0 +1,1 @@
+"""The paper's classifiers: architectures, training and export."""

@@ -1,0 +1,276 @@
+"""Train one of the paper's classifiers: config, training loop, checkpoints and resume.
+
+`train_classifier(ClassifierConfig(...))` trains with Adam and sparse cross-entropy, stops
+early on validation accuracy (restoring the best epoch), evaluates on the test split and
+writes `runs/<dataset>/<arch>/classifier/model.keras` plus its metadata JSON.
+
+Layout under the classifier directory:
+
+    model.keras (+ .meta.json)           the final model (best validation epoch)
+    checkpoints/step-000100.keras        snapshots at the global steps in `save_at`
+    backup/                              resume state, deleted once training finishes
+
+Training runs in the shared loop of `invkeras.training`: a killed run resumes exactly from
+its last completed epoch when the same command is rerun, a backup made under other
+settings (dataset, arch, batch size, learning rate, dropout, train_examples, seed, ...) is
+refused in one line, and a fresh start clears the old `checkpoints/`. A NaN/inf loss stops
+training with `NonFiniteLossError`, leaving the checkpoints written so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import keras
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from invkeras import artifacts
+from invkeras.classifiers.architectures import ARCHITECTURES, DEFAULT_DROPOUT_RATE, build_classifier
+from invkeras.distribution import STRATEGIES, get_strategy, num_replicas, strategy_scope
+from invkeras.training import BACKUP_DIR, Backup, CompiledModelTrainee, Schedule, TrainingHook, train, trajectory_settings
+
+CHECKPOINT_DIR = "checkpoints"
+# Settings that do not change the training trajectory: a backup made under other values of
+# these is still resumed (more epochs, more patience, another device strategy or path).
+NON_TRAJECTORY_FIELDS = ("epochs", "patience", "save_at", "strategy", "workspace", "out")
+
+
+class ClassifierConfig(BaseModel):
+    """Everything that defines a classifier run; saved verbatim in the model's metadata."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = "procedural"
+    data_dir: Optional[str] = None
+    arch: str = "conv"
+    epochs: int = Field(20, ge=1)
+    steps_per_epoch: Optional[int] = Field(
+        None,
+        ge=1,
+        description="validate (and early-stop) every N steps of a repeated training set instead of once per pass; "
+        "with train_examples=100 a pass is one step, so the overfitted regime needs this",
+    )
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(3e-4, gt=0)
+    patience: int = Field(3, ge=0, description="early-stopping patience in epochs (on val_accuracy)")
+    dropout: bool = True
+    dropout_rate: float = Field(DEFAULT_DROPOUT_RATE, ge=0, lt=1)
+    train_examples: Optional[int] = Field(
+        None, ge=1, description="train on the first N examples only (the paper's overfitted regime: 100, no dropout)"
+    )
+    save_at: list[int] = Field(default_factory=list, description="global steps to checkpoint at; 0 = before training")
+    seed: int = 0
+    strategy: str = "auto"
+    workspace: str = str(artifacts.DEFAULT_WORKSPACE)
+    out: Optional[str] = None
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        if value not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture '{value}'; choose one of {', '.join(ARCHITECTURES)}")
+        return value
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown strategy '{value}'; choose one of {', '.join(STRATEGIES)}")
+        return value
+
+    @field_validator("save_at")
+    @classmethod
+    def _valid_steps(cls, value: list[int]) -> list[int]:
+        negative = [s for s in value if s < 0]
+        if negative:
+            raise ValueError(f"checkpoint steps must be >= 0, got {negative}")
+        return sorted(set(value))
+
+    @field_validator("out")
+    @classmethod
+    def _keras_suffix(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not str(value).endswith(".keras"):
+            raise ValueError(f"'{value}' must end in .keras")
+        return value
+
+    def model_path(self) -> Path:
+        return Path(self.out) if self.out else artifacts.classifier_path(self.dataset, self.arch, self.workspace)
+
+    def effective_dropout_rate(self) -> float:
+        return self.dropout_rate if self.dropout else 0.0
+
+
+@dataclasses.dataclass
+class ClassifierResult:
+    model_path: Path
+    test_accuracy: float
+    best_val_accuracy: float
+    epochs: int  # epochs completed in total, including any before a resume
+    steps: int  # optimiser steps in total
+    checkpoints: list[Path]
+    seconds: float  # wall time of this call
+    resumed_from_epoch: int = 0
+
+
+# --- checkpoints at chosen steps ------------------------------------------------------
+
+
+class StepCheckpoint(TrainingHook):
+    """Save `checkpoints/step-NNNNNN.keras` (+ metadata) when the global step reaches each `save_at` value.
+
+    The loop restores the step count on resume, so a resumed run keeps counting from where
+    it stopped; step 0 is the untrained model, saved before the first step of a fresh run.
+    """
+
+    def __init__(self, steps: Sequence[int], directory: Path, metadata: dict[str, Any], steps_per_epoch: int):
+        super().__init__()
+        self.steps = sorted(set(int(s) for s in steps))
+        self.directory = Path(directory)
+        self.metadata = metadata
+        self.steps_per_epoch = steps_per_epoch
+
+    @staticmethod
+    def path_for(directory: Path, step: int) -> Path:
+        return Path(directory) / f"step-{step:06d}.keras"
+
+    def on_train_begin(self, trainee, step):
+        super().on_train_begin(trainee, step)
+        if step == 0 and 0 in self.steps:
+            self._save(0)
+
+    def on_step_end(self, step, logs):
+        if step in self.steps:
+            self._save(step)
+
+    def _save(self, step: int) -> None:
+        path = self.path_for(self.directory, step)
+        with artifacts.atomic_path(path) as tmp:
+            self.trainee.model.save(tmp)
+        artifacts.write_metadata(path, kind="classifier-checkpoint", **self.metadata,
+                                 results={"step": step, "epoch": step // self.steps_per_epoch})
+
+    def last_saved(self) -> Path | None:
+        return max(self.directory.glob("step-*.keras"), key=_checkpoint_step, default=None)
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(path.stem.split("-")[-1])
+
+
+# --- training -----------------------------------------------------------------------
+
+
+def train_classifier(
+    config: ClassifierConfig, *, hooks: Sequence[TrainingHook] = (), progress: bool = True
+) -> ClassifierResult:
+    """Train, evaluate and save a classifier; rerunning after a kill resumes exactly where it stopped.
+
+    An epoch is one pass over the training examples, or `steps_per_epoch` steps when set;
+    validation and early stopping (on validation accuracy, restoring the best epoch) happen
+    once per epoch. `hooks` observe the loop (tests use them to simulate kills and NaNs).
+    """
+    from invkeras.data import dataset_info, load_arrays
+
+    start = time.monotonic()
+    keras.utils.set_random_seed(config.seed)
+    out = config.model_path()
+    run = out.parent
+    checkpoint_dir = run / CHECKPOINT_DIR
+
+    strategy = get_strategy(config.strategy)
+    info = dataset_info(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    x, y = load_arrays(config.dataset, "train", data_dir=config.data_dir, seed=config.seed, limit=config.train_examples)
+    val_x, val_y = load_arrays(config.dataset, "validation", data_dir=config.data_dir, seed=config.seed)
+    test_x, test_y = load_arrays(config.dataset, "test", data_dir=config.data_dir, seed=config.seed)
+    data = _info_dict(info)
+
+    with strategy_scope(strategy):
+        model = build_classifier(
+            config.arch, info.image_shape, info.num_classes, dropout_rate=config.effective_dropout_rate()
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+
+        def validate():
+            logs = model.evaluate(val_x.astype("float32"), val_y, batch_size=config.batch_size, verbose=0,
+                                  return_dict=True)
+            return {"val_loss": float(logs["loss"]), "val_accuracy": float(logs["accuracy"])}
+
+        trainee = CompiledModelTrainee(model, inputs=lambda batch: batch["x"].astype("float32"),
+                                       targets=lambda batch: batch["y"], validate=validate)
+
+    steps_per_epoch = config.steps_per_epoch or math.ceil(len(x) / config.batch_size)
+    schedule = Schedule(max_steps=config.epochs * steps_per_epoch, steps_per_checkpoint=steps_per_epoch,
+                        patience=config.patience, batch_size=config.batch_size, seed=config.seed,
+                        monitor="val_accuracy", mode="max", drop_remainder=False)
+    backup = Backup(run / BACKUP_DIR)
+    if backup.progress() is None and checkpoint_dir.exists():
+        # A fresh run replaces the previous one; its checkpoints would be mistaken for ours.
+        shutil.rmtree(checkpoint_dir)
+    metadata = {"config": config, "seed": config.seed, "data": data}
+    checkpointer = StepCheckpoint(config.save_at, checkpoint_dir, metadata, steps_per_epoch)
+
+    def last_checkpoint() -> str:
+        last = checkpointer.last_saved()
+        kept = f"last good checkpoint: {last}" if last else "no checkpoint was saved before it"
+        return f"{kept}; try a lower learning rate"
+
+    outcome = train(trainee, {"x": x, "y": y}, schedule, out_dir=run,
+                    settings=trajectory_settings(config, NON_TRAJECTORY_FIELDS),
+                    what=f"train-classifier {config.arch} on {config.dataset}", hooks=[checkpointer, *hooks],
+                    progress=progress, non_finite_hint=last_checkpoint)
+
+    test = model.evaluate(test_x.astype("float32"), test_y, batch_size=config.batch_size, verbose=0, return_dict=True)
+    history = outcome.history
+    best_val = outcome.best_value
+    if best_val is None or not math.isfinite(best_val):
+        best_val = max(history.get("val_accuracy", [float("nan")]))
+    best_epoch = (outcome.best_step // steps_per_epoch) if outcome.best_step else 0
+    epochs_done = outcome.steps // steps_per_epoch
+    checkpoints = sorted(checkpoint_dir.glob("step-*.keras"), key=_checkpoint_step)
+    results = {
+        "test_accuracy": float(test["accuracy"]),
+        "test_loss": float(test["loss"]),
+        "best_val_accuracy": float(best_val),
+        "best_epoch": int(best_epoch),
+        "epochs": epochs_done,
+        "steps": outcome.steps,
+        "replicas": num_replicas(strategy),
+        "resumed_from_epoch": outcome.resumed_from_step // steps_per_epoch,
+        "checkpoints": [p.name for p in checkpoints],
+        "seconds": time.monotonic() - start,  # this call's wall time (a resumed run counts only itself)
+    }
+    with artifacts.atomic_path(out) as tmp:
+        model.save(tmp)
+    artifacts.write_metadata(out, kind="classifier", results=results, history=history, **metadata)
+    backup.remove()  # only now is the run safely on disk
+
+    return ClassifierResult(
+        model_path=out,
+        test_accuracy=results["test_accuracy"],
+        best_val_accuracy=results["best_val_accuracy"],
+        epochs=epochs_done,
+        steps=outcome.steps,
+        checkpoints=checkpoints,
+        seconds=results["seconds"],
+        resumed_from_epoch=results["resumed_from_epoch"],
+    )
+
+
+def _info_dict(info) -> dict[str, Any]:
+    if dataclasses.is_dataclass(info):
+        return dataclasses.asdict(info)
+    if hasattr(info, "model_dump"):
+        return info.model_dump(mode="json")
+    if hasattr(info, "_asdict"):
+        return dict(info._asdict())
+    return dict(vars(info))

@@ -1,0 +1,416 @@
+"""Feature extraction: stream (image, representation) pairs out of any named layer of a Keras model.
+
+On-disk format (documented in the README, readable without invkeras):
+
+    <out>/<layer>/<split>/
+        manifest.json             # format, layer, split, counts, shapes, shard list
+        manifest.json.meta.json   # how it was made (command, model, data, versions)
+        shard-00000.npz           # x: uint8 [n,H,W,C] images, h: float32 [n,...] features, y: int64 [n]
+        shard-00001.npz
+        ...
+
+Shards are written one at a time, so a split never sits in memory whole. A user's single
+`.npz` file holding `x` and `h` (and optionally `y`) is accepted wherever features are, so
+representations from any framework can be inverted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from invkeras import artifacts
+from invkeras.errors import InvkerasError
+
+FORMAT = "invkeras-features-v1"
+MANIFEST = "manifest.json"
+
+
+# --- locating and loading models ----------------------------------------------------
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """Accept a `.keras` file, or a run directory that holds `classifier/model.keras` or `model.keras`."""
+    path = Path(model)
+    if path.is_dir():
+        for candidate in (path / "classifier" / "model.keras", path / "model.keras"):
+            if candidate.is_file():
+                return candidate
+        raise InvkerasError(f"--model {model}: directory has no model.keras or classifier/model.keras")
+    if not path.exists():
+        raise InvkerasError(f"--model {model}: file not found")
+    if path.suffix != ".keras":
+        raise InvkerasError(f"--model {model}: expected a .keras file or a run directory")
+    return path
+
+
+def load_model(model: str | Path):
+    """Load a Keras model; importing invkeras.classifiers.architectures registers its custom layers."""
+    import keras
+
+    import invkeras.classifiers.architectures  # noqa: F401  (registers ConvBlock etc. for deserialisation)
+
+    path = resolve_model_path(model)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a bad file; the user needs one line
+        raise InvkerasError(f"--model {path}: could not load Keras model ({type(exc).__name__}: {exc})") from exc
+
+
+# --- writing features ---------------------------------------------------------------
+
+
+class ExtractConfig(BaseModel):
+    """Everything `invkeras extract` needs; also the `extract` recipe step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = "procedural"
+    data_dir: Optional[str] = None
+    arch: str = "conv"
+    model: Optional[str] = Field(None, description="`.keras` file or run dir; default: the run for dataset+arch")
+    layers: list[str] = Field(default_factory=lambda: ["conv1", "conv2", "fc3", "logits"], min_length=1)
+    splits: list[str] = Field(default_factory=lambda: ["train", "validation", "test"], min_length=1)
+    out: Optional[str] = Field(None, description="root directory; default runs/<dataset>/<arch>/features")
+    batch_size: int = Field(256, gt=0)
+    shard_size: int = Field(4096, gt=0)
+    limit: Optional[int] = Field(None, gt=0, description="at most this many examples per split")
+    seed: int = 0
+    workspace: str = str(artifacts.DEFAULT_WORKSPACE)
+
+    @field_validator("splits")
+    @classmethod
+    def _known_splits(cls, splits: list[str]) -> list[str]:
+        from invkeras.data import SPLITS
+
+        for split in splits:
+            if split not in SPLITS:
+                raise ValueError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
+        return splits
+
+    def model_path(self) -> Path:
+        return Path(self.model) if self.model else artifacts.classifier_path(self.dataset, self.arch, self.workspace)
+
+    def out_root(self) -> Path:
+        """Where features go: --out, else beside a non-default model, else the run's features dir.
+
+        A checkpoint or user model gets its own cache (`<model stem>-features/` beside it), so
+        features of different models are never mixed up under one run directory.
+        """
+        if self.out:
+            return Path(self.out)
+        default_model = artifacts.classifier_path(self.dataset, self.arch, self.workspace)
+        if self.model:
+            model = Path(self.model)
+            if model.is_dir():
+                model = model / "classifier" / "model.keras"
+            if model.resolve() != default_model.resolve():
+                return model.parent / f"{model.stem}-features"
+        return artifacts.run_dir(self.dataset, self.arch, self.workspace) / "features"
+
+    def split_dir(self, layer: str, split: str) -> Path:
+        return self.out_root() / layer / split
+
+
+def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[str, dict[str, Path]]:
+    """Run the model once per split and write sharded features for every requested layer.
+
+    Returns {layer: {split: manifest path}}. Splits whose manifests are already complete
+    are skipped, so an interrupted extraction resumes where it stopped.
+    """
+    from invkeras.classifiers.architectures import layer_output_model
+    from invkeras.data import dataset_info, load
+
+    model_path = resolve_model_path(config.model_path())
+    model = load_model(model_path)
+    extractor = layer_output_model(model, config.layers)
+    info = dataset_info(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    expected = tuple(int(d) for d in model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    if expected and expected != tuple(info.image_shape):
+        raise InvkerasError(
+            f"--model {model_path}: expects images of shape {expected}, "
+            f"but dataset '{config.dataset}' has {tuple(info.image_shape)}"
+        )
+
+    results: dict[str, dict[str, Path]] = {layer: {} for layer in config.layers}
+    for split in config.splits:
+        total = info.split_sizes[split] if config.limit is None else min(config.limit, info.split_sizes[split])
+        todo = [
+            layer for layer in config.layers
+            if not _complete_for(config.split_dir(layer, split) / MANIFEST, model_path, total)
+        ]
+        for layer in set(config.layers) - set(todo):
+            results[layer][split] = config.split_dir(layer, split) / MANIFEST
+        if not todo:
+            continue
+        data = load(config.dataset, split, data_dir=config.data_dir, seed=config.seed)
+        if config.limit is not None:
+            data = data.take(config.limit)
+        batches = data.batch(config.batch_size).prefetch(2).as_numpy_iterator()
+        manifests = _write_split(
+            batches,
+            extractor,
+            todo,
+            {layer: config.split_dir(layer, split) for layer in todo},
+            shard_size=config.shard_size,
+            total=total,
+            description=f"extract {split}",
+            progress=progress,
+            provenance={
+                "model": str(model_path),
+                "dataset": config.dataset,
+                "split": split,
+                "seed": config.seed,
+                "config": config,
+                "data": info,
+            },
+        )
+        for layer, path in manifests.items():
+            results[layer][split] = path
+    return results
+
+
+def _complete_for(manifest_path: Path, model_path: Path, num_examples: int) -> bool:
+    """A finished extraction is reused only if it came from this very model file and holds
+    exactly the examples asked for (a `--limit` run must not stand in for a whole split)."""
+    if not artifacts.is_complete(manifest_path):
+        return False
+    manifest = json.loads(manifest_path.read_text())
+    recorded = manifest.get("model")
+    same_model = recorded is not None and Path(recorded).resolve() == Path(model_path).resolve()
+    return same_model and manifest.get("num_examples") == num_examples
+
+
+def _write_split(batches, extractor, layers, out_dirs, *, shard_size, total, description, progress, provenance):
+    """Stream batches through the extractor into per-layer shard directories (atomically)."""
+    from contextlib import ExitStack
+
+    from invkeras.progress import progress_bar
+
+    with ExitStack() as stack:
+        tmp_dirs = {layer: stack.enter_context(artifacts.atomic_dir(out_dirs[layer])) for layer in layers}
+        writers = {layer: _ShardWriter(tmp_dirs[layer], shard_size) for layer in layers}
+        bar = stack.enter_context(progress_bar(disable=not progress))
+        task = bar.add_task(description, total=total)
+        started = time.time()
+        for images, labels in batches:
+            outputs = extractor(images.astype("float32"), training=False)
+            for layer in layers:
+                writers[layer].add(images, np.asarray(outputs[layer], dtype=np.float32), labels)
+            bar.advance(task, len(images))
+        for layer in layers:
+            writers[layer].close()
+            manifest = writers[layer].manifest(layer=layer, seconds=time.time() - started, **provenance)
+            artifacts.write_json_atomic(tmp_dirs[layer] / MANIFEST, manifest)
+            artifacts.write_metadata(
+                tmp_dirs[layer] / MANIFEST,
+                kind="features",
+                config=provenance["config"],
+                seed=provenance["seed"],
+                data=provenance["data"],
+                results={"num_examples": manifest["num_examples"], "h_shape": manifest["h_shape"]},
+                model=provenance["model"],
+                layer=layer,
+                split=provenance["split"],
+            )
+    return {layer: out_dirs[layer] / MANIFEST for layer in layers}
+
+
+@dataclass
+class _ShardWriter:
+    """Buffers at most `shard_size` examples, then writes one `.npz` shard."""
+
+    directory: Path
+    shard_size: int
+    shards: list[dict] = field(default_factory=list)
+    _x: list[np.ndarray] = field(default_factory=list)
+    _h: list[np.ndarray] = field(default_factory=list)
+    _y: list[np.ndarray] = field(default_factory=list)
+    _buffered: int = 0
+    h_shape: tuple[int, ...] | None = None
+    x_shape: tuple[int, ...] | None = None
+
+    def add(self, x: np.ndarray, h: np.ndarray, y: np.ndarray) -> None:
+        self.x_shape, self.h_shape = x.shape[1:], h.shape[1:]
+        start = 0
+        while start < len(x):
+            take = min(self.shard_size - self._buffered, len(x) - start)
+            self._x.append(x[start : start + take])
+            self._h.append(h[start : start + take])
+            self._y.append(y[start : start + take])
+            self._buffered += take
+            start += take
+            if self._buffered == self.shard_size:
+                self._flush()
+
+    def close(self) -> None:
+        if self._buffered:
+            self._flush()
+
+    def _flush(self) -> None:
+        name = f"shard-{len(self.shards):05d}.npz"
+        artifacts.save_npz_atomic(
+            self.directory / name,
+            x=np.concatenate(self._x).astype(np.uint8),
+            h=np.concatenate(self._h).astype(np.float32),
+            y=np.concatenate(self._y).astype(np.int64),
+        )
+        self.shards.append({"file": name, "num_examples": self._buffered})
+        self._x, self._h, self._y, self._buffered = [], [], [], 0
+
+    def manifest(self, *, layer: str, seconds: float, **provenance) -> dict:
+        return {
+            "format": FORMAT,
+            "layer": layer,
+            "split": provenance["split"],
+            "dataset": provenance["dataset"],
+            "model": provenance["model"],
+            "num_examples": sum(s["num_examples"] for s in self.shards),
+            "x_shape": list(self.x_shape or ()),
+            "x_dtype": "uint8",
+            "h_shape": list(self.h_shape or ()),
+            "h_dtype": "float32",
+            "shards": self.shards,
+            "seconds": round(seconds, 3),
+        }
+
+
+# --- reading features ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A readable set of (x, h[, y]) examples: an extract directory or a single user `.npz`."""
+
+    path: Path
+    shard_files: tuple[Path, ...]
+    num_examples: int
+    x_shape: tuple[int, ...]
+    h_shape: tuple[int, ...]
+    layer: str | None = None
+    dataset: str | None = None
+    model: str | None = None
+
+    def iter_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Yield dicts of NumPy batches (x uint8, h float32, y if present), one shard in memory at a time."""
+        carry: dict[str, np.ndarray] | None = None
+        for shard in self.shard_files:
+            arrays = _read_arrays(shard)
+            if carry is not None:
+                arrays = {k: np.concatenate([carry[k], arrays[k]]) for k in arrays if k in carry}
+            n = len(arrays["x"])
+            full = n - n % batch_size
+            for start in range(0, full, batch_size):
+                yield {k: v[start : start + batch_size] for k, v in arrays.items()}
+            carry = {k: v[full:] for k, v in arrays.items()} if full < n else None
+        if carry is not None and len(carry["x"]):
+            yield carry
+
+    def as_dataset(self):
+        """An unbatched tf.data.Dataset of {"x", "h"} streaming shard by shard."""
+        import tensorflow as tf
+
+        shards = [str(p) for p in self.shard_files]
+
+        def generate():
+            for shard in shards:
+                arrays = _read_arrays(Path(shard))
+                for x, h in zip(arrays["x"], arrays["h"]):
+                    yield {"x": x, "h": h}
+
+        signature = {
+            "x": tf.TensorSpec(self.x_shape, tf.uint8),
+            "h": tf.TensorSpec(self.h_shape, tf.float32),
+        }
+        return tf.data.Dataset.from_generator(generate, output_signature=signature).apply(
+            tf.data.experimental.assert_cardinality(self.num_examples)
+        )
+
+    def load_all(self, limit: int | None = None) -> dict[str, np.ndarray]:
+        """Everything in memory (for small sets and tests)."""
+        parts: dict[str, list[np.ndarray]] = {}
+        count = 0
+        for batch in self.iter_batches(4096):
+            for k, v in batch.items():
+                parts.setdefault(k, []).append(v)
+            count += len(batch["x"])
+            if limit is not None and count >= limit:
+                break
+        if not parts:
+            raise InvkerasError(f"features {self.path}: no examples")
+        arrays = {k: np.concatenate(v) for k, v in parts.items()}
+        return {k: v[:limit] for k, v in arrays.items()} if limit is not None else arrays
+
+
+def open_features(path: str | Path) -> FeatureSet:
+    """Open an extract directory (with manifest.json) or a single `.npz` holding `x` and `h`."""
+    path = Path(path)
+    if path.is_dir():
+        manifest_path = path / MANIFEST
+        if not manifest_path.exists():
+            raise InvkerasError(f"features {path}: no {MANIFEST} (is this an `invkeras extract` output directory?)")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise InvkerasError(f"features {manifest_path}: unknown format {manifest.get('format')!r}")
+        shard_files = tuple(path / s["file"] for s in manifest["shards"])
+        missing = [p.name for p in shard_files if not p.exists()]
+        if missing:
+            raise InvkerasError(f"features {path}: missing shard files {', '.join(missing)}")
+        return FeatureSet(
+            path=path,
+            shard_files=shard_files,
+            num_examples=int(manifest["num_examples"]),
+            x_shape=tuple(manifest["x_shape"]),
+            h_shape=tuple(manifest["h_shape"]),
+            layer=manifest.get("layer"),
+            dataset=manifest.get("dataset"),
+            model=manifest.get("model"),
+        )
+    if path.suffix == ".npz":
+        if not path.exists():
+            raise InvkerasError(f"features {path}: file not found")
+        arrays = _read_arrays(path)
+        return FeatureSet(
+            path=path,
+            shard_files=(path,),
+            num_examples=len(arrays["x"]),
+            x_shape=tuple(arrays["x"].shape[1:]),
+            h_shape=tuple(arrays["h"].shape[1:]),
+        )
+    raise InvkerasError(f"features {path}: expected an extract directory or a .npz file with arrays x and h")
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Read and validate one shard or user file: x uint8 NHWC (NHW accepted), h float32, same length."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise InvkerasError(f"features {path}: not a readable .npz file ({exc})") from exc
+    for key in ("x", "h"):
+        if key not in arrays:
+            raise InvkerasError(f"features {path}: missing array '{key}' (found: {', '.join(sorted(arrays)) or 'none'})")
+    x, h = arrays["x"], arrays["h"]
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise InvkerasError(f"features {path}: x must be images NHWC, got shape {x.shape}")
+    if x.dtype != np.uint8:
+        if not np.issubdtype(x.dtype, np.integer) or x.min() < 0 or x.max() > 255:
+            raise InvkerasError(f"features {path}: x must hold uint8 pixel values 0..255, got dtype {x.dtype}")
+        x = x.astype(np.uint8)
+    if len(h) != len(x):
+        raise InvkerasError(f"features {path}: x has {len(x)} examples but h has {len(h)}")
+    h = h.astype(np.float32)
+    if not np.all(np.isfinite(h)):
+        raise InvkerasError(f"features {path}: h contains NaN or inf")
+    out = {"x": x, "h": h}
+    if "y" in arrays:
+        out["y"] = arrays["y"].astype(np.int64)
+    return out

@@ -1,0 +1,17 @@
+"""Inversion models p(x | h): one interface (`base`), one training loop (`invkeras.training`),
+one sub-package per kind. Importing this package registers the built-in kinds."""
+
+from invkeras.inverters.base import (  # noqa: F401
+    MODEL_FILE,
+    Inverter,
+    InverterConfig,
+    TrainedInverter,
+    config_for,
+    inverter_class,
+    inverter_kinds,
+    load_inverter,
+    model_file,
+    register_inverter,
+)
+from invkeras.inverters.data import UNCONDITIONAL, PairedDataConfig  # noqa: F401
+from invkeras.inverters import mse, pixelcnn  # noqa: E402,F401  (the built-in kinds)

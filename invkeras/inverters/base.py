@@ -1,0 +1,295 @@
+"""The inverter interface: what every kind offers, the registry of kinds, and loading by kind.
+
+An *inverter* models the images x that a layer maps to a representation h. Kinds differ in
+what they can do, and say so in `capabilities`:
+
+    sample          draw images x ~ p(x | h)                       (every kind)
+    pixel_log_prob  log p(x | h) in nats per image, a pixel-space likelihood, so its
+                    held-out mean bounds H(x | h) from above (estimate-mi needs it)
+    reconstruct     one point estimate x_hat(h)
+
+A kind is a subclass of `Inverter` with its own config (a subclass of `InverterConfig`
+whose `kind` field is a one-value Literal) registered with `@register_inverter`. That is all
+a new kind needs: the CLI, recipes, `sample`, `compare`, `report` and `estimate-mi` find it
+through the registry and its capabilities. Every kind writes `<out>/inverter.keras` with a
+metadata JSON beside it whose `inverter_kind` names the class that loads it back.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+from pydantic import Field
+
+from invkeras import artifacts
+from invkeras.errors import InvkerasError
+from invkeras.inverters.data import UNCONDITIONAL, PairedDataConfig
+
+MODEL_FILE = "inverter.keras"
+LEGACY_DECODER_FILE = "decoder.keras"  # MSE decoders before the interface
+CAPABILITIES = ("sample", "pixel_log_prob", "reconstruct")
+# Settings that do not change a run's trajectory: changing them may resume a backup.
+NON_TRAJECTORY_FIELDS = ("max_steps", "patience", "out", "workspace", "eval_examples", "strategy")
+
+
+class InverterConfig(PairedDataConfig):
+    """The settings every kind has: its name, the data (inherited), the optimisation loop and
+    the output directory. A kind's config subclasses this and narrows `kind` to its name."""
+
+    kind: str = Field(description="the inverter kind (see `invkeras kinds`)")
+    batch_size: int = Field(16, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    max_steps: int = Field(2000, gt=0)
+    steps_per_checkpoint: int = Field(200, gt=0)
+    patience: int = Field(5, ge=0, description="checkpoint intervals without validation improvement")
+    out: Optional[str] = Field(None, description="output dir; default runs/<dataset>/<arch>/inverters/<kind>/<layer>")
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        return artifacts.inverter_dir(self.dataset, self.arch, self.layer, self.workspace, kind=self.kind)
+
+    def model_path(self) -> Path:
+        return self.out_dir() / MODEL_FILE
+
+    def trajectory(self) -> dict:
+        """The settings a resumed run must share with the run that made the backup."""
+        from invkeras.training import trajectory_settings
+
+        return trajectory_settings(self, NON_TRAJECTORY_FIELDS)
+
+
+@dataclass
+class TrainedInverter:
+    """What a training run reports: the model file, steps, held-out summaries, timing."""
+
+    model_path: Path
+    kind: str
+    layer: str
+    steps: int
+    validation: dict
+    test: dict | None
+    seconds: float
+    stopped_early: bool
+    resumed_from_step: int = 0
+
+
+def headline_summary(name: str, values: np.ndarray, **extra) -> dict:
+    """A held-out summary every table can show: n, the kind's headline metric with its
+    standard error, and whatever else the kind adds."""
+    from invkeras.stats import standard_error
+
+    values = np.asarray(values, np.float64)
+    mean, se = float(np.mean(values)), standard_error(values)
+    return {"n": len(values), "headline": {"name": name, "value": mean, "se": se}, **extra}
+
+
+class Inverter:
+    """Base class of every kind: a trained model plus the metadata it was saved with."""
+
+    kind: ClassVar[str] = ""
+    config_class: ClassVar[type[InverterConfig]] = InverterConfig
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    description: ClassVar[str] = ""
+    unconditional_ok: ClassVar[bool] = False  # can it model p(x) alone (layer 'none')?
+
+    def __init__(self, model, meta: dict, path: Path):
+        self.model, self.meta, self.path = model, meta, Path(path)
+
+    # --- facts from the metadata ------------------------------------------------------
+
+    @property
+    def layer(self) -> str:
+        return str(self.meta.get("layer") or (self.meta.get("config") or {}).get("layer"))
+
+    @property
+    def conditional(self) -> bool:
+        return self.layer != UNCONDITIONAL
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.meta["image_shape"])
+
+    @property
+    def h_shape(self) -> tuple[int, ...] | None:
+        shape = self.meta.get("h_shape")
+        return tuple(int(d) for d in shape) if shape else None
+
+    @property
+    def config(self) -> InverterConfig:
+        return self.config_class(**{**(self.meta.get("config") or {}), "kind": self.kind})
+
+    @property
+    def classifier_path(self) -> str | None:
+        """The classifier whose layer this inverts (None for user features)."""
+        return (self.meta.get("data") or {}).get("classifier")
+
+    @property
+    def results(self) -> dict:
+        return self.meta.get("results") or {}
+
+    def has(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def require(self, capability: str, command: str) -> None:
+        """One line, exit 2, when a command needs what this kind cannot do."""
+        if not self.has(capability):
+            offers = ", ".join(sorted(self.capabilities)) or "nothing"
+            raise InvkerasError(f"{command}: inverter {self.path.parent} is of kind '{self.kind}', which has no "
+                                f"{capability.replace('_', ' ')} (it offers: {offers})")
+
+    # --- what a kind implements -------------------------------------------------------
+
+    @classmethod
+    def train(cls, config: InverterConfig, *, hooks=(), progress: bool = True) -> TrainedInverter:
+        """Train on `config`'s pairs and write `<out>/inverter.keras` plus its metadata."""
+        raise NotImplementedError
+
+    def sample(self, h: np.ndarray | None, num_samples: int = 1, *, seed: int = 0, batch_size: int = 64,
+               **options) -> np.ndarray:
+        """uint8 images [N, K, H, W, C]: K samples for each of the N rows of h (N = 1 without h)."""
+        raise NotImplementedError
+
+    def log_prob(self, x: np.ndarray, h: np.ndarray | None = None, *, batch_size: int = 64) -> np.ndarray:
+        """log p(x | h) in nats, one value per image (kinds with `pixel_log_prob`)."""
+        self.require("pixel_log_prob", "log_prob")
+        raise NotImplementedError
+
+    def reconstruct(self, h: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        """The point estimate x_hat(h), float32 [N, H, W, C] in [0, 255] (kinds with `reconstruct`)."""
+        self.require("reconstruct", "reconstruct")
+        raise NotImplementedError
+
+    def check_h(self, h: np.ndarray | None, what: str) -> np.ndarray | None:
+        """h as float32, refused in one line if its shape is not the one trained on."""
+        if h is None:
+            if self.conditional:
+                raise InvkerasError(f"{what}: inverter of layer '{self.layer}' needs features h")
+            return None
+        h = np.asarray(h, np.float32)
+        if self.h_shape is not None and tuple(h.shape[1:]) != self.h_shape:
+            raise InvkerasError(f"{what}: features of shape {tuple(h.shape[1:])}, but the inverter of layer "
+                                f"'{self.layer}' was trained on {self.h_shape}")
+        if not np.all(np.isfinite(h)):
+            raise InvkerasError(f"{what}: features h contain NaN or inf")
+        return h
+
+    # --- saving, shared by every kind -------------------------------------------------
+
+    @classmethod
+    def save(cls, model, config: InverterConfig, *, data: dict, image_shape, h_shape, validation: dict,
+             test: dict | None, outcome, started: float, **extra: Any) -> TrainedInverter:
+        """Write inverter.keras atomically, then its metadata (the commit point), then drop the backup."""
+        from invkeras.training import BACKUP_DIR, Backup
+
+        path = config.model_path()
+        with artifacts.atomic_path(path) as tmp:
+            model.save(tmp)
+        seconds = time.time() - started
+        results = {"validation": validation, "test": test, "steps": outcome.steps, "seconds": seconds,
+                   "resumed_from_step": outcome.resumed_from_step, "stopped_early": outcome.stopped_early,
+                   "best_step": outcome.best_step, **extra.pop("results", {})}
+        artifacts.write_metadata(
+            path, kind="inverter", inverter_kind=cls.kind, capabilities=sorted(cls.capabilities), config=config,
+            seed=config.seed, data=data, results=results, layer=config.layer, image_shape=list(image_shape),
+            h_shape=list(h_shape) if h_shape else None, history=outcome.history, **extra)
+        Backup(path.parent / BACKUP_DIR).remove()  # only once the artefact is complete
+        return TrainedInverter(path, cls.kind, config.layer, outcome.steps, validation, test, seconds,
+                               outcome.stopped_early, outcome.resumed_from_step)
+
+
+# --- the registry -------------------------------------------------------------------
+
+_KINDS: dict[str, type[Inverter]] = {}
+# Metadata of artefacts written before the interface: (meta kind) -> inverter kind.
+_LEGACY_KINDS = {"inverter": "pixelcnn", "mse-decoder": "mse"}
+
+
+def register_inverter(cls: type[Inverter]) -> type[Inverter]:
+    """Class decorator: make a kind known to the CLI, recipes, analyses and reports."""
+    if not cls.kind or not isinstance(cls.kind, str):
+        raise TypeError(f"{cls.__name__}: set the class attribute `kind`")
+    unknown = set(cls.capabilities) - set(CAPABILITIES)
+    if unknown or "sample" not in cls.capabilities:
+        raise TypeError(f"{cls.__name__}: capabilities must include 'sample' and be among {CAPABILITIES}")
+    kind_field = cls.config_class.model_fields.get("kind")
+    if kind_field is None or kind_field.default != cls.kind:
+        raise TypeError(f"{cls.__name__}: its config_class needs `kind: Literal[{cls.kind!r}] = {cls.kind!r}`")
+    _KINDS[cls.kind] = cls
+    return cls
+
+
+def inverter_kinds() -> dict[str, type[Inverter]]:
+    """Every registered kind by name (the built-in ones are registered on import of invkeras.inverters)."""
+    import invkeras.inverters  # noqa: F401  (registers the built-in kinds)
+
+    return dict(_KINDS)
+
+
+def inverter_class(kind: str) -> type[Inverter]:
+    kinds = inverter_kinds()
+    if kind not in kinds:
+        raise InvkerasError(f"--kind {kind}: unknown inverter kind; choose from {', '.join(sorted(kinds))}")
+    return kinds[kind]
+
+
+def config_for(kind: str, options: dict, *, given: set[str] | None = None) -> InverterConfig:
+    """A kind's config from a larger option set (the CLI's): options left at None keep the
+    kind's defaults; an option the user gave explicitly (`given`) that the kind lacks is an error."""
+    cls = inverter_class(kind).config_class
+    fields = cls.model_fields
+    for name in sorted(given or ()):
+        if name not in fields:
+            raise InvkerasError(f"--{name.replace('_', '-')}: not an option of inverter kind '{kind}'")
+    values = {k: v for k, v in options.items() if k in fields and v is not None and k != "kind"}
+    return cls(**values, kind=kind)
+
+
+def model_file(path: str | Path, *, flag: str = "--inverter") -> Path:
+    """The model file of an inverter given as a directory or a file (one home for this lookup)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (MODEL_FILE, LEGACY_DECODER_FILE):
+            if (path / name).is_file():
+                return path / name
+        path = path / MODEL_FILE
+    if not path.exists():
+        raise InvkerasError(f"{flag} {path}: file not found (train one with `invkeras train-inverter`)")
+    return path
+
+
+def inverter_kind_of(meta: dict) -> str | None:
+    """The kind named by an artefact's metadata, including artefacts from before the interface."""
+    if meta.get("kind") == "inverter" and meta.get("inverter_kind"):
+        return str(meta["inverter_kind"])
+    return _LEGACY_KINDS.get(str(meta.get("kind")))
+
+
+def load_inverter(path: str | Path, *, flag: str = "--inverter") -> Inverter:
+    """Load any kind's inverter from its directory or model file; the metadata picks the class."""
+    import keras
+
+    file = model_file(path, flag=flag)
+    meta = artifacts.read_metadata(file)
+    kind = inverter_kind_of(meta or {})
+    if meta is None or kind is None:
+        raise InvkerasError(f"{flag} {file}: no inverter metadata beside it ({artifacts.metadata_path(file).name})")
+    cls = inverter_class(kind)
+    meta = {**meta, "inverter_kind": kind}
+    try:
+        model = keras.saving.load_model(file, compile=False, safe_mode=True)
+    except (ValueError, OSError, KeyError, TypeError, EOFError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise InvkerasError(f"{flag} {file}: not a loadable inverter ({reason})") from None
+    except Exception as exc:  # zipfile.BadZipFile and friends from a truncated file
+        raise InvkerasError(f"{flag} {file}: not a loadable inverter ({type(exc).__name__})") from None
+    return cls(model, meta, file)
+
+
+def nats_to_bits_per_dim(image_shape) -> float:
+    return 1.0 / (int(np.prod(image_shape)) * math.log(2))

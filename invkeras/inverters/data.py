@@ -1,0 +1,143 @@
+"""Where an inverter's (x, h) pairs come from; every kind trains and is evaluated on these.
+
+The pairs come from one of:
+  * a classifier run plus a layer (`--dataset D --arch A --layer fc3`): features are
+    extracted once into runs/<D>/<A>/features/<layer>/<split> (resumable) and reused;
+  * an extract directory or a user's own `.npz` with `x` and `h` (`--features PATH`);
+  * `--layer none`: images only, for a kind that can model p(x) unconditionally.
+All kinds read the same pairs, splits and order, so their held-out scores are paired.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from invkeras import artifacts
+from invkeras.errors import InvkerasError
+
+UNCONDITIONAL = "none"
+
+
+class PairedDataConfig(BaseModel):
+    """The data fields every inverter config shares."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = "procedural"
+    data_dir: Optional[str] = None
+    arch: str = "conv"
+    layer: str = Field("fc3", description="layer name, or 'none' for the unconditional model")
+    model: Optional[str] = Field(None, description="classifier .keras or run dir; default the run for dataset+arch")
+    features: Optional[str] = Field(None, description="extract directory or user .npz with x and h")
+    train_examples: Optional[int] = Field(None, gt=0)
+    eval_examples: Optional[int] = Field(None, gt=0, description="cap on validation/test images evaluated")
+    seed: int = 0
+    workspace: str = str(artifacts.DEFAULT_WORKSPACE)
+
+    @field_validator("layer")
+    @classmethod
+    def _layer_not_empty(cls, layer: str) -> str:
+        if not layer.strip():
+            raise ValueError("layer name is empty")
+        return layer
+
+    @property
+    def conditional(self) -> bool:
+        return self.layer != UNCONDITIONAL
+
+
+def fingerprint(x: np.ndarray) -> str:
+    """A short digest of held-out images: two evaluations are paired only if theirs agree."""
+    x = np.ascontiguousarray(x)
+    return hashlib.sha256(str(x.shape).encode() + x.tobytes()).hexdigest()[:16]
+
+
+def _carve(arrays: dict, fraction: float, seed: int) -> tuple[dict, dict]:
+    """Split in-memory arrays deterministically into (train, validation)."""
+    n = len(arrays["x"])
+    if n < 2:
+        raise InvkerasError(f"features: {n} example(s); at least 2 are needed to carve a validation split")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * fraction)))
+    val, train = order[:n_val], order[n_val:]
+    return {k: v[train] for k, v in arrays.items()}, {k: v[val] for k, v in arrays.items()}
+
+
+def _feature_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict | None, dict]:
+    from invkeras.data.features import ExtractConfig, extract_features, open_features
+
+    if config.features:
+        path = Path(config.features)
+        if path.is_dir() and (path / "train" / "manifest.json").exists():
+            train = open_features(path / "train").load_all(config.train_examples)
+            if (path / "validation" / "manifest.json").exists():
+                val = open_features(path / "validation").load_all(config.eval_examples)
+            else:
+                train, val = _carve(train, 0.1, config.seed)
+            test = open_features(path / "test").load_all(config.eval_examples) if (path / "test").exists() else None
+            layer = open_features(path / "train").layer
+        else:
+            everything = open_features(path).load_all()
+            train, val = _carve(everything, 0.1, config.seed)
+            test = None
+            if config.train_examples:
+                train = {k: v[: config.train_examples] for k, v in train.items()}
+            layer = None
+        source = {"features": str(path)}
+        if layer:
+            source["layer"] = layer
+        return train, val, test, source
+
+    extract = ExtractConfig(dataset=config.dataset, data_dir=config.data_dir, arch=config.arch, model=config.model,
+                            layers=[config.layer], splits=["train", "validation", "test"], seed=config.seed,
+                            workspace=config.workspace)
+    manifests = extract_features(extract)[config.layer]
+    train = open_features(manifests["train"].parent).load_all(config.train_examples)
+    val = open_features(manifests["validation"].parent).load_all(config.eval_examples)
+    test = open_features(manifests["test"].parent).load_all(config.eval_examples)
+    source = {"dataset": config.dataset, "classifier": str(extract.model_path()), "layer": config.layer}
+    return train, val, test, source
+
+
+def _image_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict, dict]:
+    from invkeras.data import load_arrays
+
+    def split(name, limit):
+        x, _ = load_arrays(config.dataset, name, data_dir=config.data_dir, seed=config.seed, limit=limit)
+        return {"x": x}
+
+    return (split("train", config.train_examples), split("validation", config.eval_examples),
+            split("test", config.eval_examples), {"dataset": config.dataset, "layer": UNCONDITIONAL})
+
+
+def paired_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict | None, dict]:
+    """Train, validation and test arrays {"x", "h"} (test may be None), plus where they came from."""
+    if config.conditional or config.features:
+        # An unconditional model given --features uses those images (and ignores h), so it
+        # can be compared with a conditional model on exactly the same data and order.
+        train, val, test, source = _feature_arrays(config)
+    else:
+        train, val, test, source = _image_arrays(config)
+    for name, arrays in (("train", train), ("validation", val)):
+        if len(arrays["x"]) == 0:
+            raise InvkerasError(f"layer '{config.layer}': the {name} split has no examples")
+    if not config.conditional:
+        train, val = {"x": train["x"]}, {"x": val["x"]}
+        test = {"x": test["x"]} if test is not None else None
+    return train, val, test, source
+
+
+def held_out_inputs(config: PairedDataConfig, split: str, num_inputs: int) -> dict:
+    """The first `num_inputs` held-out (x, h) pairs of the data an inverter was trained on."""
+    if num_inputs < 1:
+        raise InvkerasError("held-out inputs: the number of inputs must be >= 1")
+    _, val, test, _ = paired_arrays(config.model_copy(update={"eval_examples": num_inputs}))
+    arrays = {"validation": val, "test": test}.get(split)
+    if arrays is None:
+        raise InvkerasError(f"--split {split}: no held-out '{split}' data for this inverter (choose validation or test)")
+    return {k: v[:num_inputs] for k, v in arrays.items()}

@@ -1,0 +1,116 @@
+"""Kind `mse`: the point-estimate baseline x_hat = f(h), trained with squared error.
+
+It has no likelihood and no randomness: `sample` returns its one reconstruction K times.
+So its samples have zero diversity, which is exactly what `compare` makes visible: a point
+estimate can land close to h(x) while showing nothing of what the layer is invariant to.
+Its held-out score is the mean squared error per pixel (0..255 units), beside that of the
+mean training image, the baseline it has to beat.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from invkeras.errors import InvkerasError, NonFiniteLossError
+from invkeras.inverters.base import Inverter, InverterConfig, headline_summary, register_inverter
+from invkeras.inverters.data import paired_arrays
+from invkeras.inverters.mse.network import DEFAULT_FILTERS, build_mse_decoder, h_statistics
+
+
+class MSEInverterConfig(InverterConfig):
+    """Every setting of an MSE-decoder run (`train-inverter --kind mse`)."""
+
+    kind: Literal["mse"] = "mse"
+    filters: int = Field(DEFAULT_FILTERS, gt=0)
+    batch_size: int = Field(32, gt=0)
+
+
+def per_image_mse(predictions: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """Mean squared error per pixel (0..255 units), one value per image."""
+    diff = np.asarray(predictions, np.float64) - np.asarray(images, np.float64)
+    return (diff**2).reshape(len(diff), -1).mean(axis=1)
+
+
+def summarize_mse(mse: np.ndarray, baseline: np.ndarray | None = None) -> dict:
+    """Mean per-pixel MSE with its standard error over images; `baseline` is the mean image's."""
+    summary = headline_summary("MSE per pixel", mse)
+    mean, se = summary["headline"]["value"], summary["headline"]["se"]
+    summary.update(mse_per_pixel=mean, se=se, rmse=math.sqrt(mean),
+                   psnr_db=10 * math.log10(255.0**2 / mean) if mean > 0 else float("inf"))
+    if baseline is not None:
+        summary["mean_image_mse_per_pixel"] = float(np.mean(baseline))
+    return summary
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
+
+
+def _predict(model, h: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    import keras
+
+    parts = [keras.ops.convert_to_numpy(model(h[i : i + batch_size], training=False))
+             for i in range(0, len(h), batch_size)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+@register_inverter
+class MSEInverter(Inverter):
+    kind = "mse"
+    config_class = MSEInverterConfig
+    capabilities = frozenset({"sample", "reconstruct"})
+    description = "point-estimate decoder x_hat(h) trained with squared error (Dosovitskiy & Brox 2016)"
+
+    @classmethod
+    def train(cls, config: MSEInverterConfig, *, hooks=(), progress: bool = True):
+        import keras
+
+        from invkeras.training import CompiledModelTrainee, Schedule, train
+
+        if not config.conditional:
+            raise InvkerasError("--kind mse --layer none: an MSE decoder needs a representation h to decode")
+        started = time.time()
+        keras.utils.set_random_seed(config.seed)
+        train_arrays, val, test, source = paired_arrays(config)
+        image_shape = tuple(int(d) for d in train_arrays["x"].shape[1:])
+        h_shape = tuple(int(d) for d in train_arrays["h"].shape[1:])
+        mean_image = train_arrays["x"].astype(np.float64).mean(axis=0)
+        h_mean, h_variance = h_statistics(train_arrays["h"])
+        model = build_mse_decoder(image_shape, h_shape, config.filters, h_mean=h_mean, h_variance=h_variance)
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mean_squared_error")
+
+        def evaluate(arrays):
+            mse = per_image_mse(_predict(model, arrays["h"]), arrays["x"])
+            baseline = per_image_mse(np.broadcast_to(mean_image, arrays["x"].shape), arrays["x"])
+            return summarize_mse(mse, baseline)
+
+        trainee = CompiledModelTrainee(
+            model, inputs=lambda batch: np.asarray(batch["h"], "float32"),
+            targets=lambda batch: np.asarray(batch["x"], "float32"),
+            validate=lambda: {"val_loss": float(np.mean(per_image_mse(_predict(model, val["h"]), val["x"])))})
+        schedule = Schedule(config.max_steps, config.steps_per_checkpoint, config.patience, config.batch_size, config.seed)
+        outcome = train(trainee, train_arrays, schedule, out_dir=config.out_dir(), settings=config.trajectory(),
+                        what=f"train-inverter --kind mse layer '{config.layer}'", hooks=hooks, progress=progress)
+        validation = evaluate(val)
+        if not math.isfinite(validation["mse_per_pixel"]):
+            raise NonFiniteLossError(f"--kind mse layer '{config.layer}': validation MSE is not finite")
+        data = {**source, "train_examples": len(train_arrays["x"]), "validation_examples": len(val["x"])}
+        return cls.save(model, config, data=data, image_shape=image_shape, h_shape=h_shape, validation=validation,
+                        test=evaluate(test) if test is not None else None, outcome=outcome, started=started)
+
+    def reconstruct(self, h, *, batch_size: int = 256):
+        return _predict(self.model, self.check_h(h, "reconstruct"), batch_size)
+
+    def sample(self, h, num_samples: int = 1, *, seed: int = 0, batch_size: int = 256, **options):
+        """The reconstruction, K times: a point estimate has one 'sample' per h."""
+        if options:
+            raise InvkerasError(f"sample: kind mse has no sampling option {', '.join(sorted(options))}")
+        if num_samples < 1:
+            raise InvkerasError("sample: num_samples must be >= 1")
+        images = to_uint8(self.reconstruct(h, batch_size=batch_size))
+        return np.repeat(images[:, None], num_samples, axis=1)

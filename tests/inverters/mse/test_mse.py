@@ -1,0 +1,170 @@
+"""The MSE-decoder baseline: shapes for every layer kind, real training, save/load, resume, CLI."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from invkeras import artifacts
+from invkeras.cli import app
+from invkeras.decoders import (
+    MSEDecoderConfig,
+    build_mse_decoder,
+    grid_rows_with_reconstruction,
+    load_decoder,
+    per_image_mse,
+    reconstruct,
+    summarize_mse,
+    train_mse_decoder,
+)
+from invkeras.errors import InvkerasError
+
+
+@pytest.mark.parametrize(
+    "image_shape, h_shape",
+    [
+        ((20, 20, 1), (256,)),  # procedural fc3
+        ((28, 28, 1), (10,)),  # MNIST logits
+        ((32, 32, 3), (256,)),  # CIFAR fc3
+        ((40, 40, 1), (256,)),  # affNIST fc3
+        ((20, 20, 1), (8, 8, 32)),  # procedural conv1
+        ((28, 28, 1), (12, 12, 32)),  # MNIST conv1: one doubling, then resized 24 -> 28
+        ((28, 28, 1), (4, 4, 32)),  # MNIST conv2
+        ((32, 32, 3), (5, 5, 128)),  # CIFAR conv2: 40 -> 32
+    ],
+)
+def test_decoder_output_shape_and_range(image_shape, h_shape):
+    model = build_mse_decoder(image_shape, h_shape, filters=4)
+    h = np.random.default_rng(0).normal(size=(2, *h_shape)).astype("float32") * 100
+    out = keras.ops.convert_to_numpy(model(h))
+    assert out.shape == (2, *image_shape)
+    assert out.min() >= 0 and out.max() <= 255
+
+
+def test_decoder_refuses_other_feature_ranks():
+    with pytest.raises(InvkerasError, match="neither"):
+        build_mse_decoder((20, 20, 1), (4, 4))
+
+
+def test_clipped_output_still_passes_gradients():
+    """A pixel predicted far below 0 that should be bright must still be pulled up."""
+    from invkeras.decoders import PixelRange
+
+    import tensorflow as tf
+
+    x = tf.constant([[-50.0, 300.0, 10.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = PixelRange()(x)
+    np.testing.assert_allclose(y.numpy(), [[0.0, 255.0, 10.0]])
+    np.testing.assert_allclose(tape.gradient(y, x).numpy(), [[1.0, 1.0, 1.0]])
+
+
+def test_mse_summary_arithmetic():
+    images = np.zeros((3, 2, 2, 1), np.uint8)
+    predictions = np.stack([np.full((2, 2, 1), v, np.float32) for v in (1.0, 2.0, 3.0)])
+    mse = per_image_mse(predictions, images)
+    np.testing.assert_allclose(mse, [1.0, 4.0, 9.0])
+    summary = summarize_mse(mse, baseline=np.array([10.0, 20.0, 30.0]))
+    assert summary["mse_per_pixel"] == pytest.approx(14 / 3)
+    assert summary["se"] == pytest.approx(np.std([1, 4, 9], ddof=1) / np.sqrt(3))
+    assert summary["mean_image_mse_per_pixel"] == 20.0
+
+
+def test_grid_rows_put_reconstruction_second():
+    originals = np.zeros((2, 4, 4, 1), np.uint8)
+    recon = np.full((2, 4, 4, 1), 300.7, np.float32)  # clipped and rounded for the PNG
+    samples = np.ones((2, 3, 4, 4, 1), np.uint8)
+    rows = grid_rows_with_reconstruction(originals, recon, samples)
+    assert len(rows) == 2 and all(len(row) == 5 for row in rows)
+    assert rows[0][1].dtype == np.uint8 and rows[0][1].max() == 255
+    np.testing.assert_array_equal(rows[1][4], samples[1, 2])
+
+
+@pytest.fixture(scope="module")
+def factor_features(tmp_path_factory):
+    """Procedural images with h = one-hot shape, size, row, column and intensity: h determines x."""
+    from invkeras.data.procedural import FACTOR_SIZES, load_split_with_factors
+
+    x, _, factors = load_split_with_factors("train")
+    n = 1200
+    h = np.concatenate([np.eye(size, dtype=np.float32)[factors[:n, i]] for i, size in enumerate(FACTOR_SIZES)], axis=1)
+    path = tmp_path_factory.mktemp("factors") / "factors.npz"
+    np.savez(path, x=x[:n], h=h)
+    return path
+
+
+def test_cli_trains_decoder_well_below_the_mean_image(factor_features, tmp_path):
+    out = tmp_path / "dec"
+    result = CliRunner().invoke(app, [
+        "train-inverter", "--kind", "mse", "--features", str(factor_features), "--layer", "factors", "--out", str(out),
+        "--max-steps", "150", "--steps-per-checkpoint", "75", "--batch-size", "32", "--learning-rate", "3e-3",
+        "--scale", "tiny",  # a PixelCNN-only option: ignored
+    ])
+    assert result.exit_code == 0, result.output
+    assert "MSE decoder for factors" in result.output
+    meta = artifacts.read_metadata(out / "decoder.keras")
+    assert meta["kind"] == "mse-decoder" and meta["h_shape"] == [35] and meta["image_shape"] == [20, 20, 1]
+    validation = meta["results"]["validation"]
+    assert validation["n"] == 120 and meta["results"]["steps"] == 150
+    # h fixes the image exactly, so a trained decoder must beat the best constant guess by far.
+    assert validation["mse_per_pixel"] < 0.5 * validation["mean_image_mse_per_pixel"]
+    assert not (out / "backup").exists()
+
+    # Round trip: the reloaded decoder reproduces the recorded validation MSE on the same images.
+    config = MSEDecoderConfig(**meta["config"])
+    from invkeras.train_inverter import inverter_arrays
+
+    _, val, _, _ = inverter_arrays(config.inverter_config())
+    model, loaded_meta = load_decoder(out)
+    recon = reconstruct((model, loaded_meta), h=val["h"])
+    assert recon.shape == val["x"].shape and recon.dtype == np.float32
+    assert per_image_mse(recon, val["x"]).mean() == pytest.approx(validation["mse_per_pixel"], rel=1e-4)
+    with pytest.raises(InvkerasError, match="no classifier"):
+        reconstruct(out, x=val["x"][:2])  # user features: no classifier to extract h with
+
+
+class Interrupt(Exception):
+    pass
+
+
+class KillAfterFirstCheckpoint(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise Interrupt
+
+
+def test_resume_after_kill(factor_features, tmp_path):
+    config = MSEDecoderConfig(features=str(factor_features), layer="factors", out=str(tmp_path / "dec"), max_steps=20,
+                              steps_per_checkpoint=10, batch_size=16, filters=4, train_examples=200, patience=10)
+    with pytest.raises(Interrupt):
+        train_mse_decoder(config, callbacks=[KillAfterFirstCheckpoint()], progress=False)
+    assert (tmp_path / "dec/backup").exists() and not (tmp_path / "dec/decoder.keras").exists()
+    resumed = train_mse_decoder(config, progress=False)
+    assert resumed.resumed_from_step == 10  # the first interval was not redone
+    assert resumed.steps == 20  # optimiser step count restored, not restarted
+    meta = json.loads((tmp_path / "dec/decoder.keras.meta.json").read_text())
+    assert meta["results"]["resumed_from_step"] == 10
+
+
+def test_backup_of_another_trajectory_is_discarded(tmp_path):
+    from invkeras.decoders import _prepare_backup
+
+    backup = tmp_path / "backup"
+    config = MSEDecoderConfig(features="f.npz", layer="factors")
+    _prepare_backup(backup, config)
+    (backup / "state.weights.h5").write_text("pretend")
+    _prepare_backup(backup, config.model_copy(update={"max_steps": 5000}))  # same trajectory, longer
+    assert (backup / "state.weights.h5").exists()
+    _prepare_backup(backup, config.model_copy(update={"learning_rate": 5e-4}))
+    assert not (backup / "state.weights.h5").exists() and (backup / "config.json").exists()
+
+
+def test_bad_kind_and_unconditional_layer_are_one_line_errors(tmp_path):
+    runner = CliRunner()
+    for args, fragment in ((["--kind", "vae"], "--kind vae"), (["--kind", "mse", "--layer", "none"], "needs a representation")):
+        result = runner.invoke(app, ["train-inverter", *args, "--workspace", str(tmp_path)])
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], result.output
