@@ -24,7 +24,16 @@ from invkeras.errors import InvkerasError
 console = Console()
 err_console = Console(stderr=True)
 
-app = typer.Typer(
+class _InvkerasTyper(typer.Typer):
+    """Every command registered here reports bad input as one line (`user_errors`): the one
+    place this happens, so a new command cannot forget it."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+        return lambda function: register(user_errors(function))
+
+
+app = _InvkerasTyper(
     name="invkeras",
     help="Inversion models for Keras classifiers: what does a layer keep, and what does it throw away?",
     rich_markup_mode="rich",
@@ -53,6 +62,11 @@ def user_errors(command: Callable) -> Callable:
             from invkeras.recipes import describe_validation_error
 
             err_console.print(f"[bold red]error:[/bold red] {describe_validation_error(exc)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except OSError as exc:  # an --out that is read-only, a file where a directory should be, ...
+            where = exc.filename or "a path"
+            err_console.print(f"[bold red]error:[/bold red] cannot use {where}: {exc.strerror or exc}",
+                              highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/yellow]: rerun the same command to resume from the last checkpoint")
@@ -98,7 +112,6 @@ def _parse_steps(text: str) -> list[int]:
 
 
 @app.command(epilog=_examples("invkeras datasets"))
-@user_errors
 def datasets() -> None:
     """List the dataset sources invkeras can load, and where each loads from."""
     from invkeras.data import list_sources
@@ -117,7 +130,6 @@ def datasets() -> None:
         "--steps-per-epoch 1000 --epochs 100 --save-at 0,100,1000,10000,100000   # overfitted regime",
     ),
 )
-@user_errors
 def train_classifier(
     dataset: str = typer.Option("procedural", help="Dataset spec (see `invkeras datasets`)."),
     arch: str = typer.Option("conv", help="conv | conv-gpool | fc (Nash et al. 2019)."),
@@ -176,7 +188,6 @@ def train_classifier(
         "invkeras extract --model my_model.keras --layer dense_1 --dataset mnist --split test --out feats/",
     ),
 )
-@user_errors
 def extract(
     layer: List[str] = typer.Option(..., "--layer", "-l", help="Layer name (repeatable)."),
     dataset: str = typer.Option("procedural", help="Dataset spec (see `invkeras datasets`)."),
@@ -228,7 +239,6 @@ def extract(
         "invkeras run recipes/nash2019/layers_mnist.yaml --set scale=small --set defaults.train-inverter.max_steps=3000",
     ),
 )
-@user_errors
 def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     set_: List[str] = typer.Option([], "--set", help="Override a key: dotted.path=value (repeatable); wins over variants."),
@@ -267,7 +277,6 @@ def _distance_table(paths: list[Path]) -> Table:
 @app.command(
     epilog=_examples("invkeras export --model runs/procedural/conv --out exported/procedural-conv"),
 )
-@user_errors
 def export(
     model: str = typer.Option(..., help="A .keras file or run directory."),
     out: str = typer.Option(..., help="Directory for the TF SavedModel."),
@@ -282,55 +291,100 @@ def export(
 
 @app.command(
     "train-inverter",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     epilog=_examples(
         "invkeras train-inverter --dataset procedural --layer fc3 --scale tiny",
         "invkeras train-inverter --dataset affnist --layer fc3          # finds runs/affnist/conv/classifier",
         "invkeras train-inverter --dataset idx:../shared/data/mnist --layer none --scale small   # estimates H(x)",
+        "invkeras train-inverter --kind mse --dataset procedural --layer fc3     # the MSE decoder baseline",
         "invkeras train-inverter --features my_features.npz --out runs/mine/fc --scale small",
+        "invkeras kinds                                                 # every kind and its own options",
     ),
 )
-@user_errors
 def train_inverter(
-    layer: str = typer.Option("fc3", help="Layer to invert, or 'none' for the unconditional model p(x)."),
+    ctx: typer.Context,
+    kind: str = typer.Option("pixelcnn", help="Inverter kind (`invkeras kinds` lists them and their options)."),
+    layer: str = typer.Option("fc3", help="Layer to invert, or 'none' for an unconditional model p(x)."),
     dataset: str = typer.Option("procedural", help="Dataset spec (see `invkeras datasets`)."),
     arch: str = typer.Option("conv", help="Classifier run to use when --model is not given."),
     model: Optional[str] = typer.Option(None, help="Classifier .keras file or run directory."),
     features: Optional[str] = typer.Option(None, help="Extract directory or a .npz with arrays x and h."),
-    scale: str = typer.Option("small", help="tiny (tests) | small (CPU) | paper (the appendix settings)."),
-    filters: Optional[int] = typer.Option(None, help="Override the preset's filter count."),
-    nr_resnet: Optional[int] = typer.Option(None, help="Override the preset's gated resnet layers per block."),
-    dropout_rate: Optional[float] = typer.Option(None),
-    h_dropout: Optional[float] = typer.Option(None, help="Dropout on the conditioning projection (paper: 0.2 for CIFAR FC3)."),
-    likelihood: str = typer.Option("auto", help="auto | categorical | logistic_mixture (auto: categorical for grey)."),
-    num_mixtures: int = typer.Option(10),
-    batch_size: int = typer.Option(16),
-    learning_rate: float = typer.Option(1e-3),
-    lr_decay: float = typer.Option(0.9999, help="Per-step learning-rate decay."),
-    max_steps: int = typer.Option(2000),
-    steps_per_checkpoint: int = typer.Option(200, help="Steps between checkpoints (and validation)."),
-    patience: int = typer.Option(5, help="Checkpoint intervals without validation improvement before stopping."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the kind's)."),
+    learning_rate: Optional[float] = typer.Option(None, help="Adam learning rate (default: the kind's)."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimiser steps at most."),
+    steps_per_checkpoint: Optional[int] = typer.Option(None, help="Steps between checkpoints (and validation)."),
+    patience: Optional[int] = typer.Option(None, help="Checkpoint intervals without validation improvement."),
     train_examples: Optional[int] = typer.Option(None),
     eval_examples: Optional[int] = typer.Option(None, help="Cap on validation/test images evaluated."),
-    jit_compile: str = typer.Option("false", help="false | true | auto: XLA for training (slower on CPU, see make bench)."),
-    mixed_precision: bool = typer.Option(False, "--mixed-precision/--no-mixed-precision"),
-    strategy: str = typer.Option("auto"),
     seed: int = typer.Option(0),
     data_dir: Optional[str] = typer.Option(None),
     workspace: str = typer.Option("runs"),
-    out: Optional[str] = typer.Option(None, help="Output directory (default runs/<dataset>/<arch>/inverters/<layer>)."),
-    kind: str = typer.Option("pixelcnn", help="pixelcnn | mse (a point-estimate MSE decoder baseline, in .../decoders/<layer>)."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default runs/<dataset>/<arch>/inverters/<kind>/<layer>)."),
 ) -> None:
-    """Train a conditional PixelCNN++ p(x|h) on one layer's representation (Nash et al. 2019)."""
-    options = dict(locals())  # every option is an InverterConfig field of the same name
-    if options.pop("kind") != "pixelcnn":
-        return _train_mse_decoder(kind, options)
-    from invkeras.train_inverter import InverterConfig
-    from invkeras.train_inverter import train_inverter as train
+    """Train an inverter of one layer's representation: a conditional PixelCNN++ p(x|h) by default
+    (Nash et al. 2019). Options of the kind itself (--scale, --filters, ...) follow the others."""
+    from invkeras.inverters import config_for, train_inverter
 
-    result = train(InverterConfig(**options))
+    options = {k: v for k, v in ctx.params.items()}
+    given = {k for k, v in options.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
+    extra = _kind_options(kind, ctx.args)
+    config = config_for(kind, {**options, **extra}, given=given | set(extra))
+    result = train_inverter(config)
     rows = _held_out_rows(result, lambda name, s: [
-        f"{name} NLL", f"{s['nll_nats']:.2f} ± {s['se_nats']:.2f} nats ({s['bits_per_dim']:.4f} bits/dim, n={s['n']})"])
-    console.print(_table(f"Inverter for {layer}", ["", "value"], rows))
+        f"{name} {s['headline']['name']}", f"{_pm(s['headline'])} (n={s['n']})"
+        + (f", {s['bits_per_dim']:.4f} bits/dim" if "bits_per_dim" in s else "")])
+    console.print(_table(f"{kind} inverter for {result.layer}", ["", "value"], rows))
+
+
+def _pm(headline: dict) -> str:
+    return f"{headline['value']:.2f} ± {headline['se']:.2f}"
+
+
+def _kind_options(kind: str, tokens: list[str]) -> dict:
+    """`--name value`, `--name=value`, `--flag` and `--no-flag` for the fields of a kind's config."""
+    from invkeras.inverters import inverter_class
+
+    fields = inverter_class(kind).config_class.model_fields
+    options, i = {}, 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise InvkerasError(f"train-inverter: unexpected argument {token!r}")
+        name, sep, value = token[2:].partition("=")
+        key = name.replace("-", "_")
+        negated = key.startswith("no_") and key[3:] in fields and fields[key[3:]].annotation is bool
+        if negated or (key in fields and fields[key].annotation is bool and not sep):
+            options[key[3:] if negated else key] = not negated
+            i += 1
+            continue
+        if key not in fields:
+            offered = ", ".join(f"--{f.replace('_', '-')}" for f in fields if f not in _COMMON_OPTIONS)
+            raise InvkerasError(f"--{name}: not an option of inverter kind '{kind}' (its own options: {offered or 'none'})")
+        if not sep:
+            if i + 1 >= len(tokens):
+                raise InvkerasError(f"--{name}: needs a value")
+            value, i = tokens[i + 1], i + 1
+        options[key] = value
+        i += 1
+    return options
+
+
+_COMMON_OPTIONS = ("kind", "layer", "dataset", "arch", "model", "features", "batch_size", "learning_rate", "max_steps",
+                   "steps_per_checkpoint", "patience", "train_examples", "eval_examples", "seed", "data_dir",
+                   "workspace", "out")
+
+
+@app.command(epilog=_examples("invkeras kinds"))
+def kinds() -> None:
+    """List the inverter kinds, what each can do, and its own options for `train-inverter`."""
+    from invkeras.inverters import inverter_kinds
+
+    rows = []
+    for name, cls in sorted(inverter_kinds().items()):
+        own = [f for f in cls.config_class.model_fields if f not in _COMMON_OPTIONS]
+        rows.append([name, cls.description, ", ".join(sorted(cls.capabilities)),
+                     " ".join(f"--{f.replace('_', '-')}" for f in own) or "-"])
+    console.print(_table("Inverter kinds", ["kind", "what it is", "capabilities", "own options"], rows))
 
 
 def _held_out_rows(result, describe: Callable[[str, dict], list]) -> list[list]:
@@ -346,7 +400,6 @@ def _held_out_rows(result, describe: Callable[[str, dict], list]) -> list[list]:
         "invkeras sample --inverter runs/procedural/conv/inverters/none --num-samples 16 --seed 1",
     ),
 )
-@user_errors
 def sample(
     inverter: str = typer.Option(..., help="Inverter directory or inverter.keras."),
     num_inputs: int = typer.Option(8, help="Held-out inputs N (rows of the grid)."),
@@ -376,7 +429,6 @@ def sample(
         "--unconditional runs/procedural/conv/inverters/none --reference conv1",
     ),
 )
-@user_errors
 def estimate_mi(
     inverter: List[str] = typer.Option(..., help="Inverter directory (repeatable)."),
     unconditional: Optional[str] = typer.Option(None, help="Unconditional inverter, for H*(x) - H*(x|h)."),
@@ -421,7 +473,6 @@ def mi_table(report) -> Table:
         "invkeras report runs --out reports/all.html    # + reports/all.md, reports/all-*.png",
     ),
 )
-@user_errors
 def report(
     run_dir: str = typer.Argument(..., help="A workspace (runs/) or one run (runs/<dataset>/<arch>)."),
     out: Optional[str] = typer.Option(None, help="HTML path (default <RUN_DIR>/report/report.html); the .md twin and plots go beside it."),
@@ -433,19 +484,6 @@ def report(
     console.print(f"written: {html_path} and {md_path}")
 
 
-def _train_mse_decoder(kind: str, options: dict) -> None:
-    """`train-inverter --kind mse`: the point-estimate baseline; PixelCNN-only options are ignored."""
-    from invkeras.decoders import MSEDecoderConfig, train_mse_decoder
-
-    if kind != "mse":
-        raise InvkerasError(f"--kind {kind}: choose pixelcnn or mse")
-    result = train_mse_decoder(MSEDecoderConfig.from_options(options))
-    rows = _held_out_rows(result, lambda name, s: [
-        f"{name} MSE per pixel", f"{s['mse_per_pixel']:.1f} ± {s['se']:.1f} (RMSE {s['rmse']:.2f}; "
-                                 f"mean image {s['mean_image_mse_per_pixel']:.1f}; n={s['n']})"])
-    console.print(_table(f"MSE decoder for {result.layer}", ["", "value"], rows))
-
-
 @app.command(
     epilog=_examples(
         "invkeras compare --inverter runs/procedural/conv/inverters/fc3",
@@ -453,7 +491,6 @@ def _train_mse_decoder(kind: str, options: dict) -> None:
         "invkeras compare --inverter runs/procedural/conv/inverters/fc3 --decoder runs/procedural/conv/decoders/fc3",
     ),
 )
-@user_errors
 def compare(
     inverter: str = typer.Option(..., help="Inverter directory or inverter.keras (needs its classifier run)."),
     num_images: int = typer.Option(500, help="Held-out images N."),
@@ -488,7 +525,6 @@ def compare(
         "invkeras sample-grid --inverter runs/procedural/conv/inverters/fc3 --decoder runs/procedural/conv/decoders/fc3",
     ),
 )
-@user_errors
 def sample_grid(
     inverter: str = typer.Option(..., help="Inverter directory or inverter.keras."),
     decoder: str = typer.Option(..., help="MSE decoder directory of the same layer (`train-inverter --kind mse`)."),

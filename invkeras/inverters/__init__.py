@@ -12,6 +12,7 @@ from invkeras.inverters.base import (  # noqa: F401
     load_inverter,
     model_file,
     register_inverter,
+    train_inverter,
 )
 from invkeras.inverters.data import UNCONDITIONAL, PairedDataConfig  # noqa: F401
 from invkeras.inverters import mse, pixelcnn  # noqa: E402,F401  (the built-in kinds)

@@ -291,5 +291,20 @@ def load_inverter(path: str | Path, *, flag: str = "--inverter") -> Inverter:
     return cls(model, meta, file)
 
 
+def train_inverter(config: InverterConfig, *, hooks=(), progress: bool = True) -> TrainedInverter:
+    """Train an inverter of any kind: the checks every kind shares, then the kind's own `train`."""
+    cls = inverter_class(config.kind)
+    if not config.conditional and not cls.unconditional_ok:
+        raise InvkerasError(f"--kind {config.kind} --layer none: kind '{config.kind}' models x given a representation "
+                            "h; it has no unconditional form")
+    if not config.out and not config.model_path().exists():
+        legacy = artifacts.legacy_inverter_dirs(config.dataset, config.arch, config.layer, config.workspace)
+        old = legacy.get(config.kind)
+        if old is not None and any((old / name).is_file() for name in (MODEL_FILE, LEGACY_DECODER_FILE)):
+            raise InvkerasError(f"{old} holds a {config.kind} inverter from an older invkeras; kinds now have their own "
+                                f"folders: move it with `mv {old} {config.out_dir()}` to keep it, or delete it")
+    return cls.train(config, hooks=hooks, progress=progress)
+
+
 def nats_to_bits_per_dim(image_shape) -> float:
     return 1.0 / (int(np.prod(image_shape)) * math.log(2))

@@ -72,8 +72,6 @@ class MSEInverter(Inverter):
 
         from invkeras.training import CompiledModelTrainee, Schedule, train
 
-        if not config.conditional:
-            raise InvkerasError("--kind mse --layer none: an MSE decoder needs a representation h to decode")
         started = time.time()
         keras.utils.set_random_seed(config.seed)
         train_arrays, val, test, source = paired_arrays(config)

@@ -1,4 +1,5 @@
-"""The MSE-decoder baseline: shapes for every layer kind, real training, save/load, resume, CLI."""
+"""Kind mse, the MSE-decoder baseline: shapes for every layer kind, real training, save/load,
+exact resume, samples that are the reconstruction, CLI."""
 
 import json
 
@@ -9,17 +10,11 @@ from typer.testing import CliRunner
 
 from invkeras import artifacts
 from invkeras.cli import app
-from invkeras.decoders import (
-    MSEDecoderConfig,
-    build_mse_decoder,
-    grid_rows_with_reconstruction,
-    load_decoder,
-    per_image_mse,
-    reconstruct,
-    summarize_mse,
-    train_mse_decoder,
-)
 from invkeras.errors import InvkerasError
+from invkeras.inverters import load_inverter
+from invkeras.inverters.mse.kind import MSEInverter, MSEInverterConfig, per_image_mse, summarize_mse
+from invkeras.inverters.mse.network import PixelRange, build_mse_decoder
+from invkeras.training import TrainingHook
 
 
 @pytest.mark.parametrize(
@@ -50,8 +45,6 @@ def test_decoder_refuses_other_feature_ranks():
 
 def test_clipped_output_still_passes_gradients():
     """A pixel predicted far below 0 that should be bright must still be pulled up."""
-    from invkeras.decoders import PixelRange
-
     import tensorflow as tf
 
     x = tf.constant([[-50.0, 300.0, 10.0]])
@@ -73,16 +66,6 @@ def test_mse_summary_arithmetic():
     assert summary["mean_image_mse_per_pixel"] == 20.0
 
 
-def test_grid_rows_put_reconstruction_second():
-    originals = np.zeros((2, 4, 4, 1), np.uint8)
-    recon = np.full((2, 4, 4, 1), 300.7, np.float32)  # clipped and rounded for the PNG
-    samples = np.ones((2, 3, 4, 4, 1), np.uint8)
-    rows = grid_rows_with_reconstruction(originals, recon, samples)
-    assert len(rows) == 2 and all(len(row) == 5 for row in rows)
-    assert rows[0][1].dtype == np.uint8 and rows[0][1].max() == 255
-    np.testing.assert_array_equal(rows[1][4], samples[1, 2])
-
-
 @pytest.fixture(scope="module")
 def factor_features(tmp_path_factory):
     """Procedural images with h = one-hot shape, size, row, column and intensity: h determines x."""
@@ -101,69 +84,80 @@ def test_cli_trains_decoder_well_below_the_mean_image(factor_features, tmp_path)
     result = CliRunner().invoke(app, [
         "train-inverter", "--kind", "mse", "--features", str(factor_features), "--layer", "factors", "--out", str(out),
         "--max-steps", "150", "--steps-per-checkpoint", "75", "--batch-size", "32", "--learning-rate", "3e-3",
-        "--scale", "tiny",  # a PixelCNN-only option: ignored
     ])
     assert result.exit_code == 0, result.output
-    assert "MSE decoder for factors" in result.output
-    meta = artifacts.read_metadata(out / "decoder.keras")
-    assert meta["kind"] == "mse-decoder" and meta["h_shape"] == [35] and meta["image_shape"] == [20, 20, 1]
+    assert "mse inverter for factors" in result.output
+    meta = artifacts.read_metadata(out / "inverter.keras")
+    assert meta["kind"] == "inverter" and meta["inverter_kind"] == "mse"
+    assert meta["h_shape"] == [35] and meta["image_shape"] == [20, 20, 1]
     validation = meta["results"]["validation"]
     assert validation["n"] == 120 and meta["results"]["steps"] == 150
+    assert validation["headline"]["name"] == "MSE per pixel"
     # h fixes the image exactly, so a trained decoder must beat the best constant guess by far.
     assert validation["mse_per_pixel"] < 0.5 * validation["mean_image_mse_per_pixel"]
     assert not (out / "backup").exists()
 
-    # Round trip: the reloaded decoder reproduces the recorded validation MSE on the same images.
-    config = MSEDecoderConfig(**meta["config"])
-    from invkeras.train_inverter import inverter_arrays
+    # Round trip: the reloaded decoder reproduces the recorded validation MSE on the same images,
+    # and its samples are that one reconstruction, K times.
+    from invkeras.inverters.data import paired_arrays
 
-    _, val, _, _ = inverter_arrays(config.inverter_config())
-    model, loaded_meta = load_decoder(out)
-    recon = reconstruct((model, loaded_meta), h=val["h"])
+    inverter = load_inverter(out)
+    assert isinstance(inverter, MSEInverter) and inverter.capabilities == {"sample", "reconstruct"}
+    _, val, _, _ = paired_arrays(inverter.config)
+    recon = inverter.reconstruct(val["h"])
     assert recon.shape == val["x"].shape and recon.dtype == np.float32
     assert per_image_mse(recon, val["x"]).mean() == pytest.approx(validation["mse_per_pixel"], rel=1e-4)
-    with pytest.raises(InvkerasError, match="no classifier"):
-        reconstruct(out, x=val["x"][:2])  # user features: no classifier to extract h with
+    samples = inverter.sample(val["h"][:3], 4, seed=5)
+    assert samples.shape == (3, 4, 20, 20, 1) and samples.dtype == np.uint8
+    assert (samples == samples[:, :1]).all()  # no diversity: a point estimate
+    np.testing.assert_array_equal(samples[:, 0], np.clip(np.rint(recon[:3]), 0, 255).astype(np.uint8))
+    with pytest.raises(InvkerasError, match="pixel log prob"):
+        inverter.log_prob(val["x"], val["h"])
+    with pytest.raises(InvkerasError, match=r"shape \(3,\)"):
+        inverter.reconstruct(np.zeros((2, 3), np.float32))
+
+
+def test_a_pixelcnn_option_is_refused_for_kind_mse(factor_features, tmp_path):
+    result = CliRunner().invoke(app, ["train-inverter", "--kind", "mse", "--features", str(factor_features),
+                                      "--layer", "factors", "--out", str(tmp_path / "dec"), "--scale", "tiny"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "--scale" in lines[0] and "kind 'mse'" in lines[0]
+    assert not (tmp_path / "dec").exists()
 
 
 class Interrupt(Exception):
     pass
 
 
-class KillAfterFirstCheckpoint(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        raise Interrupt
+class KillAt(TrainingHook):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, step, logs):
+        if step == self.step:
+            raise Interrupt
 
 
-def test_resume_after_kill(factor_features, tmp_path):
-    config = MSEDecoderConfig(features=str(factor_features), layer="factors", out=str(tmp_path / "dec"), max_steps=20,
-                              steps_per_checkpoint=10, batch_size=16, filters=4, train_examples=200, patience=10)
-    with pytest.raises(Interrupt):
-        train_mse_decoder(config, callbacks=[KillAfterFirstCheckpoint()], progress=False)
-    assert (tmp_path / "dec/backup").exists() and not (tmp_path / "dec/decoder.keras").exists()
-    resumed = train_mse_decoder(config, progress=False)
-    assert resumed.resumed_from_step == 10  # the first interval was not redone
-    assert resumed.steps == 20  # optimiser step count restored, not restarted
-    meta = json.loads((tmp_path / "dec/decoder.keras.meta.json").read_text())
-    assert meta["results"]["resumed_from_step"] == 10
-
-
-def test_backup_of_another_trajectory_is_discarded(tmp_path):
-    from invkeras.decoders import _prepare_backup
-
-    backup = tmp_path / "backup"
-    config = MSEDecoderConfig(features="f.npz", layer="factors")
-    _prepare_backup(backup, config)
-    (backup / "state.weights.h5").write_text("pretend")
-    _prepare_backup(backup, config.model_copy(update={"max_steps": 5000}))  # same trajectory, longer
-    assert (backup / "state.weights.h5").exists()
-    _prepare_backup(backup, config.model_copy(update={"learning_rate": 5e-4}))
-    assert not (backup / "state.weights.h5").exists() and (backup / "config.json").exists()
+def test_three_kills_resume_exactly(factor_features, tmp_path):
+    common = dict(features=str(factor_features), layer="factors", max_steps=30, steps_per_checkpoint=10,
+                  batch_size=16, filters=4, train_examples=200, patience=10)
+    straight = MSEInverter.train(MSEInverterConfig(**common, out=str(tmp_path / "straight")), progress=False)
+    config = MSEInverterConfig(**common, out=str(tmp_path / "dec"))
+    for step in (4, 15, 27):
+        with pytest.raises(Interrupt):
+            MSEInverter.train(config, hooks=[KillAt(step)], progress=False)
+    assert (tmp_path / "dec/backup").exists() and not (tmp_path / "dec/inverter.keras").exists()
+    resumed = MSEInverter.train(config, progress=False)
+    assert resumed.resumed_from_step == 20 and resumed.steps == 30
+    assert resumed.validation["mse_per_pixel"] == pytest.approx(straight.validation["mse_per_pixel"], rel=1e-6)
+    meta = json.loads((tmp_path / "dec/inverter.keras.meta.json").read_text())
+    assert meta["results"]["resumed_from_step"] == 20 and len(meta["history"]["val_loss"]) == 3
 
 
 def test_bad_kind_and_unconditional_layer_are_one_line_errors(tmp_path):
     runner = CliRunner()
-    for args, fragment in ((["--kind", "vae"], "--kind vae"), (["--kind", "mse", "--layer", "none"], "needs a representation")):
+    for args, fragment in ((["--kind", "vae"], "--kind vae"), (["--kind", "mse", "--layer", "none"], "has no unconditional form")):
         result = runner.invoke(app, ["train-inverter", *args, "--workspace", str(tmp_path)])
         assert result.exit_code == 2, result.output
         lines = [line for line in result.output.splitlines() if line.strip()]

@@ -1,4 +1,4 @@
-"""Inverter training: data sources, presets, resume after a kill, NaN handling, save/reload."""
+"""Kind pixelcnn: data sources, presets, exact resume after kills, NaN handling, save/reload."""
 
 import json
 
@@ -8,20 +8,29 @@ import pytest
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError, NonFiniteLossError
-from invkeras.train_inverter import (
-    InverterConfig,
-    load_inverter,
-    pixelcnn_config_for,
+from invkeras.inverters import load_inverter
+from invkeras.inverters.pixelcnn.kind import (
+    PER_IMAGE_NLL_FILE,
+    PixelCNNInverter,
+    PixelCNNInverterConfig as InverterConfig,
+    network_config as pixelcnn_config_for,
     summarize_nll,
-    train_inverter,
 )
+from invkeras.training import TrainingHook
+
+
+def train_inverter(config, hooks=()):
+    return PixelCNNInverter.train(config, hooks=hooks, progress=False)
 
 
 def test_trained_inverter_writes_model_and_metadata(tiny_inverters, tiny_classifier):
     result = tiny_inverters["fc3"]
-    assert result.model_path == artifacts.inverter_dir("procedural", "conv", "fc3", tiny_classifier) / "inverter.keras"
+    assert result.model_path == (artifacts.inverter_dir("procedural", "conv", "fc3", tiny_classifier, kind="pixelcnn")
+                                 / "inverter.keras")
     meta = artifacts.read_metadata(result.model_path)
     assert meta["kind"] == "inverter" and meta["layer"] == "fc3" and meta["h_shape"] == [256]
+    assert meta["inverter_kind"] == "pixelcnn" and meta["capabilities"] == ["pixel_log_prob", "sample"]
+    assert meta["results"]["validation"]["headline"]["name"] == "NLL nats"
     assert meta["network"]["conditioning"] == "vector" and meta["network"]["likelihood"] == "categorical"
     assert meta["data"]["classifier"].endswith("classifier/model.keras")
     assert result.steps == 40 and np.isfinite(result.validation["nll_nats"])
@@ -31,13 +40,14 @@ def test_trained_inverter_writes_model_and_metadata(tiny_inverters, tiny_classif
 
 
 def test_reloaded_inverter_gives_identical_log_likelihoods(tiny_inverters):
+    from invkeras.inverters.data import paired_arrays
+
     result = tiny_inverters["fc3"]
-    from invkeras.analyses.mi import held_out_nll
-
-    load_inverter(result.model_path.parent)  # loads from the directory as well as the file
-
-    again = held_out_nll(result.model_path, split="validation", eval_examples=48, reuse=False)
-    assert again.mean == pytest.approx(result.validation["nll_nats"], rel=1e-6)
+    inverter = load_inverter(result.model_path.parent)  # from the directory as well as the file
+    assert isinstance(inverter, PixelCNNInverter) and inverter.layer == "fc3"
+    _, val, _, _ = paired_arrays(inverter.config)
+    nll = -inverter.log_prob(val["x"], val["h"])
+    assert nll.shape == (48,) and nll.mean() == pytest.approx(result.validation["nll_nats"], rel=1e-6)
 
 
 def test_spatial_layers_get_spatial_conditioning():
@@ -66,25 +76,50 @@ class Interrupt(Exception):
     pass
 
 
-class KillAfterFirstCheckpoint(keras.callbacks.Callback):
-    """Runs after BackupAndRestore has written the first interval's backup, then 'kills' the run."""
+class KillAt(TrainingHook):
+    """'Kills' the run after `step` optimiser steps (mid-interval: the interval is redone)."""
 
-    def on_epoch_end(self, epoch, logs=None):
-        raise Interrupt
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, step, logs):
+        if step == self.step:
+            raise Interrupt
 
 
-def test_resume_after_kill_loses_at_most_one_interval(tmp_path):
+def test_three_kills_resume_exactly(tmp_path):
+    """Killed three times, at random steps, and resumed: the same NLL as a run never interrupted."""
     path = _user_features(tmp_path)
-    config = InverterConfig(features=str(path), layer="user", scale="tiny", max_steps=30, steps_per_checkpoint=10,
-                            batch_size=8, out=str(tmp_path / "inv"), jit_compile="false", patience=10)
-    with pytest.raises(Interrupt):
-        train_inverter(config, callbacks=[KillAfterFirstCheckpoint()])
+    common = dict(features=str(path), layer="user", scale="tiny", max_steps=30, steps_per_checkpoint=10, batch_size=8,
+                  jit_compile="false", patience=10, dropout_rate=0.3)
+    straight = train_inverter(InverterConfig(**common, out=str(tmp_path / "straight")))
+    config = InverterConfig(**common, out=str(tmp_path / "inv"))
+    for step in sorted(np.random.default_rng(1).choice(np.arange(1, 30), 3, replace=False)):
+        with pytest.raises(Interrupt):
+            train_inverter(config, hooks=[KillAt(int(step))])
     assert (tmp_path / "inv/backup").exists() and not (tmp_path / "inv/inverter.keras").exists()
     resumed = train_inverter(config)
-    assert resumed.resumed_from_step == 10  # the first interval was not redone
-    assert resumed.steps == 30  # optimiser step count restored from the backup, not restarted
-    assert json.loads((tmp_path / "inv/inverter.keras.meta.json").read_text())["data"] == {
-        "features": str(path), "train_examples": 86, "validation_examples": 10}
+    assert resumed.resumed_from_step > 0 and resumed.steps == 30
+    assert abs(resumed.validation["nll_nats"] - straight.validation["nll_nats"]) < 1e-4
+    a, b = (load_inverter(r.model_path).model.get_weights() for r in (straight, resumed))
+    for wa, wb in zip(a, b):
+        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+    meta = json.loads((tmp_path / "inv/inverter.keras.meta.json").read_text())
+    assert meta["data"] == {"features": str(path), "train_examples": 86, "validation_examples": 10}
+    assert len(meta["history"]["val_loss"]) == 3  # every interval, not only those since the last restart
+
+
+def test_resuming_under_another_config_is_refused(tmp_path):
+    path = _user_features(tmp_path)
+    common = dict(features=str(path), layer="user", scale="tiny", max_steps=20, steps_per_checkpoint=10, batch_size=8,
+                  jit_compile="false", out=str(tmp_path / "inv"))
+    with pytest.raises(Interrupt):
+        train_inverter(InverterConfig(**common), hooks=[KillAt(12)])
+    for change, fragment in (({"learning_rate": 2e-3}, "learning_rate 0.001 -> 0.002"), ({"scale": "small"}, "scale")):
+        with pytest.raises(InvkerasError) as info:
+            train_inverter(InverterConfig(**{**common, **change}))
+        assert "\n" not in str(info.value) and fragment in str(info.value) and "delete" in str(info.value)
+    assert train_inverter(InverterConfig(**{**common, "max_steps": 30})).steps == 30  # a longer run resumes
 
 
 def test_nan_loss_stops_with_one_clear_line(tmp_path):
@@ -94,6 +129,7 @@ def test_nan_loss_stops_with_one_clear_line(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"loss became (nan|inf)") as info:
         train_inverter(config)
     assert "\n" not in str(info.value)
+    assert "no resume state saved yet" in str(info.value) and "|h| = 1e+38" in str(info.value)
     assert not (tmp_path / "nan/inverter.keras").exists()
 
 
@@ -110,34 +146,22 @@ def test_missing_inverter_is_a_user_error(tmp_path):
         load_inverter(tmp_path / "nothing")
 
 
-def test_recorded_per_image_nll_is_reused_only_for_its_own_model(tiny_inverters, monkeypatch):
-    """estimate-mi takes the NLLs saved at the end of training instead of evaluating again,
-    and only while the file's token matches the model's metadata."""
-    import invkeras.train_inverter as train_inverter_module
-    from invkeras.analyses.mi import held_out_nll
-    from invkeras.train_inverter import PER_IMAGE_NLL_FILE
+def test_recorded_per_image_nll_belongs_to_its_own_model(tiny_inverters):
+    """The NLLs saved at the end of training are the model's own, and only while the file's token
+    matches the model's metadata (a killed retrain can leave new NLLs beside an old model)."""
+    from invkeras.inverters.data import fingerprint, paired_arrays
 
     model_path = tiny_inverters["fc3"].model_path
-    fresh = held_out_nll(model_path, split="test", reuse=False).nll_nats
+    inverter = load_inverter(model_path)
+    recorded, recorded_print = inverter.recorded_nll("test")
+    _, _, test, _ = paired_arrays(inverter.config)
+    np.testing.assert_allclose(recorded, -inverter.log_prob(test["x"], test["h"]), rtol=1e-5)
+    assert recorded_print == fingerprint(test["x"])
 
-    def no_evaluation(*args, **kwargs):
-        raise AssertionError("evaluated again")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train_inverter_module, "per_image_nll_nats", no_evaluation)
-        reused = held_out_nll(model_path, split="test").nll_nats
-    np.testing.assert_allclose(reused, fresh, rtol=1e-5)
-    assert reused.mean() == pytest.approx(tiny_inverters["fc3"].test["nll_nats"], rel=1e-6)
-
-    # NLLs from another run (a killed retrain) are not trusted: the model is evaluated again.
     saved = model_path.parent / PER_IMAGE_NLL_FILE
     original = saved.read_bytes()
     try:
-        np.savez(saved, token=np.array("another run"), test=np.zeros_like(fresh))
-        with monkeypatch.context() as patch:
-            patch.setattr(train_inverter_module, "per_image_nll_nats", no_evaluation)
-            with pytest.raises(AssertionError, match="evaluated again"):
-                held_out_nll(model_path, split="test")
-        np.testing.assert_allclose(held_out_nll(model_path, split="test").nll_nats, fresh, rtol=1e-5)
+        np.savez(saved, token=np.array("another run"), test=np.zeros_like(recorded))
+        assert inverter.recorded_nll("test") is None
     finally:
         saved.write_bytes(original)

@@ -1,0 +1,161 @@
+"""The shared training loop: exact resume after kills, early-stopping state, refusal of other
+settings, the NaN guard, and a trainee with two optimisers (the shape of a GAN)."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from invkeras.errors import InvkerasError, NonFiniteLossError
+from invkeras.training import BatchOrder, CompiledModelTrainee, Schedule, TrainingHook, train
+
+
+def _arrays(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype("float32")
+    y = (x @ rng.normal(size=(6, 1))).astype("float32") + 0.1 * rng.normal(size=(n, 1)).astype("float32")
+    return {"x": x, "y": y}
+
+
+def _trainee(arrays, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dropout(0.3),
+                              keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    val = _arrays(32, seed=1)
+    return CompiledModelTrainee(
+        model, inputs=lambda b: b["x"], targets=lambda b: b["y"],
+        validate=lambda: {"val_loss": float(np.mean((model.predict(val["x"], verbose=0) - val["y"]) ** 2))})
+
+
+class Kill(Exception):
+    pass
+
+
+class KillAt(TrainingHook):
+    def __init__(self, step, at_checkpoint=False):
+        self.step, self.at_checkpoint = step, at_checkpoint
+
+    def on_step_end(self, step, logs):
+        if not self.at_checkpoint and step == self.step:
+            raise Kill
+
+    def on_checkpoint(self, step, logs):
+        if self.at_checkpoint and step == self.step:
+            raise Kill
+
+
+SCHEDULE = Schedule(max_steps=60, steps_per_checkpoint=10, patience=100, batch_size=8, seed=3)
+
+
+def _run(tmp_path, name, hooks=(), settings=None, schedule=SCHEDULE):
+    arrays = _arrays()
+    trainee = _trainee(arrays)
+    outcome = train(trainee, arrays, schedule, out_dir=tmp_path / name, settings=settings or {"lr": 0.01},
+                    what="test run", hooks=hooks, progress=False)
+    return trainee, outcome
+
+
+def test_batch_order_is_a_function_of_the_step_alone():
+    order, again = BatchOrder(50, 8, seed=1), BatchOrder(50, 8, seed=1)
+    first_pass = np.concatenate([order.indices(s) for s in range(6)])
+    assert len(set(first_pass.tolist())) == 48  # a pass: 6 disjoint batches, the remainder dropped
+    assert np.array_equal(again.indices(7), order.indices(7)) and not np.array_equal(order.indices(6), order.indices(0))
+    keep_last = BatchOrder(50, 8, seed=1, drop_remainder=False)
+    assert keep_last.per_pass == 7 and len(keep_last.indices(6)) == 2
+
+
+def test_three_kills_resume_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    reference, straight = _run(tmp_path, "straight")
+    rng = np.random.default_rng(0)
+    kills = sorted(rng.choice(np.arange(1, 60), size=3, replace=False).tolist())  # mid-interval and at checkpoints
+    for step in kills:
+        with pytest.raises(Kill):
+            _run(tmp_path, "killed", hooks=[KillAt(step)])
+    resumed, outcome = _run(tmp_path, "killed")
+    assert outcome.steps == straight.steps == 60 and outcome.resumed_from_step > 0
+    for a, b in zip(reference.state_variables(), resumed.state_variables()):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-6, atol=1e-7)
+    assert outcome.history == straight.history  # every interval kept, not only those since the last restart
+
+
+def test_early_stopping_state_survives_a_kill(tmp_path):
+    schedule = Schedule(max_steps=200, steps_per_checkpoint=10, patience=2, batch_size=8, seed=3)
+    _, straight = _run(tmp_path, "straight", schedule=schedule)
+    assert straight.stopped_early and straight.steps < 200
+    with pytest.raises(Kill):
+        _run(tmp_path, "killed", hooks=[KillAt(straight.steps - 10, at_checkpoint=True)], schedule=schedule)
+    progress = json.loads((tmp_path / "killed/backup/progress.json").read_text())
+    assert progress["wait"] >= 1 and progress["best_step"] == straight.best_step  # patience counter on disk
+    _, resumed = _run(tmp_path, "killed", schedule=schedule)
+    assert (resumed.steps, resumed.best_step, resumed.best_value) == (straight.steps, straight.best_step,
+                                                                     straight.best_value)
+
+
+def test_a_backup_made_under_other_settings_is_refused_in_one_line(tmp_path):
+    with pytest.raises(Kill):
+        _run(tmp_path, "run", hooks=[KillAt(20, at_checkpoint=True)], settings={"lr": 0.01, "batch": 8})
+    with pytest.raises(InvkerasError) as info:
+        _run(tmp_path, "run", settings={"lr": 0.02, "batch": 8})
+    message = str(info.value)
+    assert "\n" not in message and "lr 0.01 -> 0.02" in message and "delete" in message
+    assert (tmp_path / "run/backup/progress.json").exists()  # nothing was thrown away
+
+
+def test_a_non_finite_loss_stops_with_one_truthful_line(tmp_path):
+    class Poison(TrainingHook):
+        def on_step_end(self, step, logs):
+            if step == 3:
+                model = self.trainee.model
+                model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+
+    with pytest.raises(NonFiniteLossError) as info:
+        _run(tmp_path, "nan", hooks=[Poison()])
+    message = str(info.value)
+    assert "\n" not in message and "at step 4" in message and "no resume state saved yet" in message
+
+
+class TwoOptimisers:
+    """A trainee whose step updates two models with their own optimisers, as a GAN's does."""
+
+    def __init__(self, arrays):
+        keras.utils.set_random_seed(0)
+        self.first = keras.Sequential([keras.Input((6,)), keras.layers.Dense(1)])
+        self.second = keras.Sequential([keras.Input((6,)), keras.layers.Dense(1)])
+        self.first.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+        self.second.compile(optimizer=keras.optimizers.SGD(1e-2, momentum=0.9), loss="mae")
+        for model in (self.first, self.second):
+            model.optimizer.build(model.trainable_variables)
+
+    def state_variables(self):
+        return [*self.first.variables, *self.first.optimizer.variables, *self.second.variables,
+                *self.second.optimizer.variables]
+
+    def weight_variables(self):
+        return [*self.first.variables, *self.second.variables]
+
+    def train_step(self, batch):
+        a = self.first.train_on_batch(batch["x"], batch["y"], return_dict=True)["loss"]
+        b = self.second.train_on_batch(batch["x"], batch["y"], return_dict=True)["loss"]
+        return {"loss": a + b, "first_loss": a, "second_loss": b}
+
+    def validate(self):
+        return {"val_loss": 0.0}
+
+
+def test_a_trainee_with_two_optimisers_resumes_both(tmp_path):
+    arrays = _arrays()
+    straight = TwoOptimisers(arrays)
+    train(straight, arrays, SCHEDULE, out_dir=tmp_path / "a", settings={}, what="pair", progress=False)
+    with pytest.raises(Kill):
+        train(TwoOptimisers(arrays), arrays, SCHEDULE, out_dir=tmp_path / "b", settings={}, what="pair",
+              hooks=[KillAt(25)], progress=False)
+    resumed = TwoOptimisers(arrays)
+    outcome = train(resumed, arrays, SCHEDULE, out_dir=tmp_path / "b", settings={}, what="pair", progress=False)
+    assert outcome.resumed_from_step == 20
+    assert int(keras.ops.convert_to_numpy(resumed.second.optimizer.iterations)) == 60
+    for a, b in zip(straight.state_variables(), resumed.state_variables()):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-6, atol=1e-7)
