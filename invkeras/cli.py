@@ -242,12 +242,14 @@ def extract(
 def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     set_: List[str] = typer.Option([], "--set", help="Override a key: dotted.path=value (repeatable); wins over variants."),
+    allow_outside_workspace: bool = typer.Option(
+        False, "--allow-outside-workspace", help="Let steps write outside the recipe's workspace."),
 ) -> None:
     """Run a YAML recipe; finished steps are skipped, interrupted ones resume."""
     from invkeras.analyses.mi import MIReport
-    from invkeras.recipes import load_recipe, run_recipe
+    from invkeras.recipes import CompareStep, EstimateMIStep, load_recipe, run_recipe
 
-    parsed = load_recipe(recipe, set_)
+    parsed = load_recipe(recipe, set_, allow_outside_workspace=allow_outside_workspace)
     variant = f", variant '{parsed.scale}'" if parsed.scale in parsed.variants else ""
     console.print(f"[bold]recipe[/bold] {parsed.name}: {len(parsed.steps)} step(s), scale {parsed.scale}{variant}")
     results = run_recipe(
@@ -256,22 +258,30 @@ def run(
     rows = [[r.name, r.command, r.status, f"{r.seconds:.1f} s", r.summary] for r in results]
     console.print(_table(f"Recipe {parsed.name}", ["step", "command", "status", "time", "result"], rows))
     for step in parsed.steps.values():
-        if step.command == "estimate-mi":  # the result people run the recipe for
+        if isinstance(step, EstimateMIStep):  # the result people run the recipe for
             console.print(mi_table(MIReport.from_json(step.out())))
-        if step.command == "compare":
-            console.print(_distance_table([step.inverter(layer) / "compare.json" for layer in step.layers]))
+        if isinstance(step, CompareStep):
+            for layer in step.layers:
+                console.print(comparison_table(json.loads((step.out(layer) / "compare.json").read_text())))
 
 
-def _distance_table(paths: list[Path]) -> Table:
-    """Table 1 of Nash et al. (2019): one row per layer, one column per kind of x'."""
-    reports = [json.loads(Path(p).read_text()) for p in paths]
-    methods = list(dict.fromkeys(r["method"] for report in reports for r in report["rows"]))
-    rows = []
-    for report in reports:
-        by_method = {r["method"]: r for r in report["rows"]}
-        rows.append([report["layer"], report["n_images"]] + [
-            f"{by_method[m]['mean_l1']:.2f} ± {by_method[m]['se']:.2f}" if m in by_method else "" for m in methods])
-    return _table("Mean L1 distance ||h(x) - h(x')||_1 in each layer's space (± s.e.)", ["layer", "n", *methods], rows)
+def comparison_table(payload: dict) -> Table:
+    """Kinds side by side on one layer: Table 1 distances, label agreement, diversity, NLL."""
+
+    def pm(entry, key="mean", digits=2, scale=1.0):
+        if not entry:
+            return ""
+        return f"{entry[key] * scale:.{digits}f} ± {entry['se'] * scale:.{digits}f}"
+
+    nn = payload["nearest_training"]
+    rows = [["1NN (training)", "", "", pm(nn, "mean_l1"), "", "", "", ""]]
+    for r in payload["rows"]:
+        rows.append([r["label"], r["kind"], pm(r["IM-S"], "mean_l1"), pm(r["IM-NN"], "mean_l1"),
+                     pm(r["label_agreement"], digits=1, scale=100.0), pm(r["diversity_pixel_l1"]),
+                     pm(r["diversity_h_l1"]), pm(r["nll_nats"])])
+    title = (f"{payload['layer']}: {payload['n_images']} {payload['split']} images x {payload['samples_per_image']} "
+             f"samples; L1 in the layer's space (sum over {payload['feature_dims']} dims), ± s.e.")
+    return _table(title, ["x'", "kind", "IM-S", "IM-NN", "label agree %", "diversity px", "diversity h", "NLL nats"], rows)
 
 
 @app.command(
@@ -396,52 +406,61 @@ def _held_out_rows(result, describe: Callable[[str, dict], list]) -> list[list]:
 
 @app.command(
     epilog=_examples(
-        "invkeras sample --inverter runs/procedural/conv/inverters/fc3 --num-inputs 8 --num-samples 8",
-        "invkeras sample --inverter runs/procedural/conv/inverters/none --num-samples 16 --seed 1",
+        "invkeras sample --inverter runs/procedural/conv/inverters/pixelcnn/fc3 --num-inputs 8 --num-samples 8",
+        "invkeras sample --inverter runs/procedural/conv/inverters/pixelcnn/none --num-samples 16 --seed 1",
+        "invkeras sample --inverter runs/procedural/conv/inverters/mse/fc3      # any kind",
     ),
 )
 def sample(
-    inverter: str = typer.Option(..., help="Inverter directory or inverter.keras."),
-    num_inputs: int = typer.Option(8, help="Held-out inputs N (rows of the grid)."),
-    num_samples: int = typer.Option(8, help="Samples K per input."),
-    split: str = typer.Option("test", help="validation | test."),
-    seed: int = typer.Option(0, help="Same seed, same samples."),
-    batch_size: int = typer.Option(64, help="Images sampled in parallel."),
-    method: str = typer.Option("cached", help="cached (row caches, fast) | full (one forward pass per pixel)."),
+    inverter: str = typer.Option(..., help="Inverter directory or inverter.keras (any kind)."),
+    num_inputs: Optional[int] = typer.Option(None, help="Held-out inputs N (rows of the grid) [default: 8]."),
+    num_samples: Optional[int] = typer.Option(None, help="Samples K per input [default: 8]."),
+    split: Optional[str] = typer.Option(None, help="validation | test [default: test]."),
+    seed: Optional[int] = typer.Option(None, help="Same seed, same samples [default: 0]."),
+    batch_size: Optional[int] = typer.Option(None, help="Images sampled in parallel [default: 64]."),
+    method: Optional[str] = typer.Option(None, help="A kind's sampler (pixelcnn: cached | full)."),
     out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
 ) -> None:
     """Draw K samples of p(x|h(x)) for N held-out images: a PNG grid and an .npz."""
-    from invkeras.analyses.samples import draw_inversions
+    from invkeras.analyses.samples import SampleConfig, draw_inversions
 
-    result = draw_inversions(inverter, num_inputs=num_inputs, num_samples=num_samples, split=split, seed=seed,
-                             batch_size=batch_size, method=method, out=out)
-    rows = [["grid", result.grid_path], ["arrays", result.arrays_path], ["samples", "x".join(map(str, result.samples.shape[:2]))],
-            ["wall time", f"{result.seconds:.1f} s"]]
+    result = draw_inversions(SampleConfig(**_given(locals())))
+    rows = [["grid", result.grid_path], ["arrays", result.arrays_path],
+            ["samples", "x".join(map(str, result.samples.shape[:2]))], ["wall time", f"{result.seconds:.1f} s"]]
     if result.mean_l1_to_original is not None:
         rows.append(["mean L1 |h(sample) - h(x)|", f"{result.mean_l1_to_original:.4f}"])
     console.print(_table("Samples", ["", "value"], rows))
 
 
+def _given(options: dict) -> dict:
+    """The options the user gave (not None): the config's own defaults fill in the rest, so
+    each default is written once, in the config."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 @app.command(
     "estimate-mi",
     epilog=_examples(
-        "invkeras estimate-mi --inverter runs/procedural/conv/inverters/conv1 --inverter runs/procedural/conv/inverters/fc3 "
-        "--unconditional runs/procedural/conv/inverters/none --reference conv1",
+        "invkeras estimate-mi --inverter runs/procedural/conv/inverters/pixelcnn/conv1 "
+        "--inverter runs/procedural/conv/inverters/pixelcnn/fc3 "
+        "--unconditional runs/procedural/conv/inverters/pixelcnn/none --reference conv1",
     ),
 )
 def estimate_mi(
-    inverter: List[str] = typer.Option(..., help="Inverter directory (repeatable)."),
+    inverter: List[str] = typer.Option(..., help="Inverter directory with a pixel likelihood (repeatable)."),
     unconditional: Optional[str] = typer.Option(None, help="Unconditional inverter, for H*(x) - H*(x|h)."),
     reference: Optional[str] = typer.Option(None, help="Layer whose NCE the others are compared with."),
-    split: str = typer.Option("test", help="validation | test."),
+    split: Optional[str] = typer.Option(None, help="validation | test [default: test]."),
     eval_examples: Optional[int] = typer.Option(None, help="Evaluate on the first N held-out images."),
     out: Optional[str] = typer.Option(None, help="JSON path (a CSV twin is written beside it)."),
 ) -> None:
     """Held-out NLL per inverter, the NCE bound on I(x;h), and MI estimates, as a table, JSON and CSV."""
+    from invkeras.analyses.mi import EstimateMIConfig
     from invkeras.analyses.mi import estimate_mi as estimate
 
-    report, path = estimate(inverter, split=split, unconditional=unconditional, reference_layer=reference,
-                            eval_examples=eval_examples, out=out)
+    options = _given(locals())
+    options["inverters"] = options.pop("inverter")
+    report, path = estimate(EstimateMIConfig(**options))
     console.print(mi_table(report))
     console.print(f"written: {path} and {path.with_suffix('.csv')}")
 
@@ -486,61 +505,64 @@ def report(
 
 @app.command(
     epilog=_examples(
-        "invkeras compare --inverter runs/procedural/conv/inverters/fc3",
-        "invkeras compare --inverter runs/procedural/conv/inverters/conv1 --num-images 100 --num-samples 10 --grid-samples 256",
-        "invkeras compare --inverter runs/procedural/conv/inverters/fc3 --decoder runs/procedural/conv/decoders/fc3",
+        "invkeras compare --inverter runs/procedural/conv/inverters/pixelcnn/fc3 --inverter runs/procedural/conv/inverters/mse/fc3",
+        "invkeras compare --inverter runs/procedural/conv/inverters/pixelcnn/conv1 --num-images 100 --grid-samples 256",
+        "invkeras compare --inverter A --inverter B --label small --label paper --out comparisons/fc3",
     ),
 )
 def compare(
-    inverter: str = typer.Option(..., help="Inverter directory or inverter.keras (needs its classifier run)."),
-    num_images: int = typer.Option(500, help="Held-out images N."),
-    num_samples: int = typer.Option(10, help="Samples K per image: IM-S uses one, IM-NN the closest."),
-    split: str = typer.Option("test", help="validation | test."),
-    seed: int = typer.Option(0, help="Same seed, same samples."),
-    top_k: int = typer.Option(8, help="Samples and training neighbours shown per grid row."),
-    grid_samples: int = typer.Option(64, help="Samples K' drawn per grid row, of which the top-k are shown."),
-    grid_inputs: int = typer.Option(4, help="Grid rows (0: no grid)."),
-    batch_size: int = typer.Option(64, help="Images sampled in parallel."),
+    inverter: List[str] = typer.Option(..., help="Inverter directory of one layer, any kind (repeatable)."),
+    label: List[str] = typer.Option([], help="Row name per --inverter (default: the kinds)."),
+    num_images: Optional[int] = typer.Option(None, help="Held-out images N [default: 500, as the paper]."),
+    num_samples: Optional[int] = typer.Option(None, help="Samples K per image: IM-S uses one, IM-NN the closest [default: 10]."),
+    split: Optional[str] = typer.Option(None, help="validation | test [default: test]."),
+    seed: Optional[int] = typer.Option(None, help="Same seed, same samples [default: 0]."),
+    top_k: Optional[int] = typer.Option(None, help="Samples and training neighbours shown per grid row [default: 8]."),
+    grid_samples: Optional[int] = typer.Option(None, help="Samples K' drawn per grid row, of which the top-k are shown [default: 64]."),
+    grid_inputs: Optional[int] = typer.Option(None, help="Grid rows (0: no grid) [default: 4]."),
+    batch_size: Optional[int] = typer.Option(None, help="Images sampled in parallel [default: 64]."),
     max_train_examples: Optional[int] = typer.Option(None, help="Search only the first N training images (default all)."),
-    decoder: Optional[str] = typer.Option(None, help="An MSE decoder of the same layer: adds a row for its reconstruction."),
-    out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default runs/<dataset>/<arch>/comparisons/<layer>)."),
 ) -> None:
-    """L1 distance in the layer's space to 1NN, IM-S and IM-NN (Nash et al. 2019 Table 1), plus a top-k grid."""
-    from invkeras.analyses.compare import compare_representations
+    """Inverters of one layer side by side: L1 distance in the layer's space to 1NN, IM-S and IM-NN
+    (Nash et al. 2019 Table 1), label agreement, sample diversity and NLL, plus top-k grids."""
+    from invkeras.analyses.compare import CompareConfig, compare_inverters
 
-    result = compare_representations(inverter, num_images=num_images, num_samples=num_samples, split=split, seed=seed,
-                                     top_k=top_k, grid_samples=grid_samples, grid_inputs=grid_inputs,
-                                     batch_size=batch_size, max_train_examples=max_train_examples, decoder=decoder,
-                                     out=out)
-    rows = [[r["method"], r["n"], f"{r['mean_l1']:.3f} ± {r['se']:.3f}", f"{r['mean_l1_per_dim']:.5f}"] for r in result.rows]
-    console.print(_table(f"L1 distance to h(x) at {result.layer} ({result.split} split, mean ± s.e.)",
-                         ["x'", "n", "||h(x) - h(x')||_1", "per dimension"], rows))
-    written = [result.json_path, result.csv_path, result.arrays_path, result.grid_path]
+    options = _given(locals())
+    options["inverters"] = options.pop("inverter")
+    options["labels"] = options.pop("label") or None
+    result = compare_inverters(CompareConfig(**options))
+    console.print(comparison_table(json.loads(result.json_path.read_text())))
+    written = [result.json_path, result.csv_path, result.arrays_path, *result.grid_paths.values()]
     console.print("written: " + ", ".join(str(p) for p in written if p is not None))
 
 
 @app.command(
     "sample-grid",
     epilog=_examples(
-        "invkeras sample-grid --inverter runs/procedural/conv/inverters/fc3 --decoder runs/procedural/conv/decoders/fc3",
+        "invkeras sample-grid --inverter runs/procedural/conv/inverters/pixelcnn/fc3 "
+        "--reconstructor runs/procedural/conv/inverters/mse/fc3",
     ),
 )
 def sample_grid(
-    inverter: str = typer.Option(..., help="Inverter directory or inverter.keras."),
-    decoder: str = typer.Option(..., help="MSE decoder directory of the same layer (`train-inverter --kind mse`)."),
-    num_inputs: int = typer.Option(8, help="Held-out inputs N (rows of the grid)."),
-    num_samples: int = typer.Option(8, help="Samples K per input."),
-    split: str = typer.Option("test", help="validation | test."),
-    seed: int = typer.Option(0, help="Same seed, same samples."),
+    inverter: str = typer.Option(..., help="Inverter directory or inverter.keras (draws the samples)."),
+    reconstructor: str = typer.Option(..., "--reconstructor", "--decoder",
+                                      help="An inverter of the same layer that can reconstruct (e.g. kind mse)."),
+    num_inputs: Optional[int] = typer.Option(None, help="Held-out inputs N (rows of the grid) [default: 8]."),
+    num_samples: Optional[int] = typer.Option(None, help="Samples K per input [default: 8]."),
+    split: Optional[str] = typer.Option(None, help="validation | test [default: test]."),
+    seed: Optional[int] = typer.Option(None, help="Same seed, same samples [default: 0]."),
     out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
 ) -> None:
-    """Write samples_mse.png: original | MSE reconstruction | K samples, as in Nash et al. (2019) Figs. 1 and 4."""
-    from invkeras.decoders import save_samples_with_reconstruction
+    """Write samples_reconstruction.png: input | reconstruction | K samples, as in Nash et al. (2019) Figs. 1 and 4."""
+    from invkeras.analyses.samples import SampleConfig, save_samples_with_reconstruction
 
-    result = save_samples_with_reconstruction(inverter, decoder, out, num_inputs, num_samples, seed, split=split)
+    options = _given(locals())
+    reconstructor = options.pop("reconstructor")
+    result = save_samples_with_reconstruction(SampleConfig(**options), reconstructor)
     rows = [["grid", result.grid_path], ["reconstruction MSE per pixel", f"{result.mse_per_pixel:.1f}"],
             ["wall time", f"{result.seconds:.1f} s"]]
-    console.print(_table("Samples with MSE reconstruction", ["", "value"], rows))
+    console.print(_table("Samples with reconstruction", ["", "value"], rows))
 
 
 @app.callback(invoke_without_command=True)

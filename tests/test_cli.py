@@ -1,5 +1,7 @@
 """The CLI via typer's CliRunner: bad input is one line and exit code 2; good input prints tables."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -69,7 +71,7 @@ def test_extract_prints_table(tiny_classifier):
     assert "Extracted features" in result.output and "(256,)" in result.output
 
 
-@pytest.mark.parametrize("command", ["train-inverter", "sample", "estimate-mi"])
+@pytest.mark.parametrize("command", ["train-inverter", "sample", "estimate-mi", "compare", "sample-grid", "kinds"])
 def test_inversion_commands_have_examples(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Examples" in result.output and f"invkeras {command}" in result.output
@@ -95,3 +97,34 @@ def test_sample_and_estimate_mi_commands(tiny_inverters, tmp_path):
     assert_one_line_error(invoke("sample", "--inverter", tmp_path / "missing"), "missing", "not found")
     assert_one_line_error(invoke("estimate-mi", "--inverter", fc3, "--reference", "conv9", "--out", tmp_path / "x.json"),
                           "conv9")
+
+
+def test_compare_prints_one_row_per_kind_and_estimate_mi_refuses_a_kind_without_likelihood(tiny_inverters, tmp_path):
+    pixelcnn = tiny_inverters["fc3"].model_path.parent
+    mse = tiny_inverters["mse_fc3"].model_path.parent
+    result = invoke("compare", "--inverter", pixelcnn, "--inverter", mse, "--num-images", 3, "--num-samples", 2,
+                    "--grid-inputs", 1, "--grid-samples", 3, "--top-k", 2, "--max-train-examples", 128,
+                    "--out", tmp_path / "cmp")
+    assert result.exit_code == 0, result.output
+    table = json.loads((tmp_path / "cmp/compare.json").read_text())
+    assert [r["label"] for r in table["rows"]] == ["pixelcnn", "mse"]
+    assert "1NN (training)" in result.output and "pixelcnn" in result.output and "mse" in result.output
+    assert_one_line_error(invoke("estimate-mi", "--inverter", mse, "--out", tmp_path / "mi.json"),
+                          "kind 'mse'", "pixel log prob")
+    assert not (tmp_path / "mi.json").exists()
+
+
+def test_an_out_that_cannot_be_written_is_one_line(tiny_inverters, tmp_path):
+    fc3 = tiny_inverters["fc3"].model_path.parent
+    occupied = tmp_path / "a-file"
+    occupied.write_text("keep me")
+    result = invoke("sample", "--inverter", fc3, "--num-inputs", 1, "--num-samples", 1, "--out", occupied)
+    assert_one_line_error(result, "a-file")
+    assert occupied.read_text() == "keep me"
+
+
+def test_kinds_lists_every_registered_kind():
+    result = invoke("kinds")
+    assert result.exit_code == 0
+    for fragment in ("pixelcnn", "mse", "pixel_log_prob", "reconstruct", "--scale"):
+        assert fragment in result.output

@@ -123,9 +123,10 @@ def test_defaults_variants_and_dropped_steps(tmp_path):
     assert (inv.max_steps, inv.lr_decay, inv.dataset) == (100000, 0.99, "procedural")
     assert inv.scale == "tiny"  # the command's default is more specific than the top-level scale
     assert own.max_steps == 7  # a step's own key wins over defaults
-    assert type(mse).__name__ == "TrainMSEDecoderStep" and mse.max_steps == 100000
+    assert type(mse).__name__ == "TrainInverterStep_mse" and mse.max_steps == 100000
     assert not hasattr(mse, "lr_decay")  # defaults reach only steps whose schema has the key
-    assert str(mse.model_path()).endswith("procedural/conv/decoders/fc3/decoder.keras")
+    assert str(mse.model_path()).endswith("procedural/conv/inverters/mse/fc3/inverter.keras")
+    assert str(inv.model_path()).endswith("procedural/conv/inverters/pixelcnn/fc3/inverter.keras")
 
     small = load_recipe(path, ["scale=small"])
     assert list(small.steps) == ["inv", "own", "mse"]
@@ -144,7 +145,9 @@ def test_defaults_variants_and_dropped_steps(tmp_path):
         ("defaults:\n  fly: {}\nsteps:\n  a: {command: extract, layers: [fc3]}\n", r"defaults\.fly: unknown command"),
         ("scale: small\nvariants:\n  small: {steps.b.layers: [x]}\nsteps:\n  a: {command: extract, layers: [fc3]}\n",
          r"variants\.small\.steps\.b\.layers: 'steps\.b' is not a section"),
-        ("steps:\n  a: {command: train-inverter, kind: gan}\n", r"steps\.a\.kind: .*'pixelcnn'.*'gan'"),
+        ("steps:\n  a: {command: train-inverter, kind: gan}\n",
+         r"steps\.a\.kind: unknown inverter kind 'gan'; choose from mse, pixelcnn"),
+        ("steps:\n  a: {command: compare, layers: [fc3], kinds: [pixelcnn, vae]}\n", r"steps\.a\.kinds.*'vae'"),
     ],
 )
 def test_bad_defaults_and_variants_get_one_line(tmp_path, body, message):
@@ -155,17 +158,19 @@ def test_bad_defaults_and_variants_get_one_line(tmp_path, body, message):
 
 
 @pytest.mark.slow
-def test_mse_decoder_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inverters, tiny_classifier, tmp_path):
-    """The decoder, sample-with-decoder and compare steps on the session's tiny fc3 inverter."""
+def test_mse_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inverters, tiny_classifier, tmp_path):
+    """The MSE kind, the sample-with-reconstruction and the kinds-side-by-side compare steps on
+    the session's tiny fc3 inverter."""
     import json
+    import shutil
 
     from invkeras import artifacts
 
     workspace = tmp_path / "ws"
-    # A private copy of the classifier run, so this test's outputs never land in the shared fixture.
-    import shutil
-
+    # A private copy of the classifier run, so this test's outputs never land in the shared fixture;
+    # without its MSE inverter, which the recipe trains again.
     shutil.copytree(tiny_classifier / "procedural", workspace / "procedural")
+    shutil.rmtree(workspace / "procedural/conv/inverters/mse")
     path = write(tmp_path, f"""
         name: baselines
         dataset: procedural
@@ -173,65 +178,38 @@ def test_mse_decoder_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inv
         steps:
           decoder: {{command: train-inverter, kind: mse, layer: fc3, max_steps: 20, steps_per_checkpoint: 10,
                      train_examples: 512, eval_examples: 48, filters: 8}}
-          samples: {{command: sample, layers: [fc3], num_inputs: 2, num_samples: 2, with_decoder: true}}
+          samples: {{command: sample, layers: [fc3], num_inputs: 2, num_samples: 2, reconstruction: mse}}
           distances: {{command: compare, layers: [fc3], num_images: 3, num_samples: 2, grid_inputs: 1,
-                       grid_samples: 4, top_k: 2, max_train_examples: 256, with_decoder: true}}
+                       grid_samples: 4, top_k: 2, max_train_examples: 256, kinds: [pixelcnn, mse]}}
     """)
     results = run_recipe(load_recipe(path), source=path)
     assert [r.status for r in results] == ["ran", "ran", "ran"]
-    inverter = workspace / "procedural/conv/inverters/fc3"
-    decoder = workspace / "procedural/conv/decoders/fc3/decoder.keras"
+    inverter = workspace / "procedural/conv/inverters/pixelcnn/fc3"
+    decoder = workspace / "procedural/conv/inverters/mse/fc3/inverter.keras"
+    comparison = workspace / "procedural/conv/comparisons/fc3"
     assert artifacts.read_metadata(decoder)["results"]["steps"] == 20
-    for name in ("samples.png", "samples_mse.png", "compare.json", "compare_topk.png"):
+    for name in ("samples.png", "samples_reconstruction.png"):
         assert artifacts.is_complete(inverter / name), name
-    table = json.loads((inverter / "compare.json").read_text())
-    assert [row["method"] for row in table["rows"]][:3] == ["1NN", "IM-S", "IM-NN"]
-    assert any("MSE" in row["method"] for row in table["rows"])
+    assert artifacts.is_complete(comparison / "compare.json")
+    table = json.loads((comparison / "compare.json").read_text())
+    assert [row["kind"] for row in table["rows"]] == ["pixelcnn", "mse"]
+    assert table["rows"][1]["diversity_pixel_l1"]["mean"] == 0 < table["rows"][0]["diversity_pixel_l1"]["mean"]
     assert table["training_examples_searched"] == 256 and table["n_images"] == 3
-    assert "1NN" in results[2].summary
+    assert "IM-NN" in results[2].summary
 
     again = run_recipe(load_recipe(path), source=path)
     assert [r.status for r in again] == ["skipped", "skipped", "skipped"]
 
-    # The MSE grid showed the samples already drawn for samples.png rather than drawing them again...
-    import invkeras.inverters.pixelcnn.sampling
-    from invkeras.decoders import save_samples_with_reconstruction
-
-    recipe_grid = (inverter / "samples_mse.png").read_bytes()
-
-    def no_sampling(*args, **kwargs):
-        raise AssertionError("sampled again")
-
-    original_sample = invkeras.inverters.pixelcnn.sampling.sample
-    invkeras.inverters.pixelcnn.sampling.sample = no_sampling
-    try:
-        save_samples_with_reconstruction(inverter, decoder.parent, None, 2, 2, 0)
-    finally:
-        invkeras.inverters.pixelcnn.sampling.sample = original_sample
-    assert (inverter / "samples_mse.png").read_bytes() == recipe_grid
-    # ...and they are exactly the samples a fresh draw gives.
-    fresh = save_samples_with_reconstruction(inverter, decoder.parent, tmp_path / "fresh", 2, 2, 0, reuse_samples=False)
-    assert fresh.grid_path.read_bytes() == recipe_grid
-
-    # `invkeras run` prints the distance table (Table 1) once the steps are done.
+    # `invkeras run` prints the side-by-side table once the steps are done.
     from typer.testing import CliRunner
 
     from invkeras.cli import app
 
     result = CliRunner().invoke(app, ["run", str(path)], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "Mean L1 distance" in result.output and f"{table['rows'][0]['mean_l1']:.2f} ±" in result.output
-
-    # The report gives the decoder and the distance table their own sections.
-    from invkeras.reports.report import write_report
-
-    html_path, _ = write_report(workspace, out=tmp_path / "report.html")
-    html = html_path.read_text()
-    test = artifacts.read_metadata(decoder)["results"]["test"]
-    assert "MSE decoders" in html and f"{test['mse_per_pixel']:.1f} ± {test['se']:.1f}" in html
-    one_nn = table["rows"][0]
-    assert "Representation-space distances" in html and f"{one_nn['mean_l1']:.2f} ± {one_nn['se']:.2f}" in html
-    assert "input | MSE reconstruction | samples" in html
+    nn = table["nearest_training"]
+    assert "1NN (training)" in result.output and f"{nn['mean_l1']:.2f} ±" in result.output
+    assert "diversity" in result.output
 
 
 def test_estimate_mi_across_architectures_has_its_own_table(tmp_path):
@@ -243,5 +221,58 @@ def test_estimate_mi_across_architectures_has_its_own_table(tmp_path):
     """)
     step = load_recipe(path).steps["info"]
     assert [(label, str(p)) for label, p in step.rows()] == [
-        ("conv/fc3", "runs/affnist/conv/inverters/fc3"), ("fc/fc3", "runs/affnist/fc/inverters/fc3")]
+        ("conv/fc3", "runs/affnist/conv/inverters/pixelcnn/fc3"), ("fc/fc3", "runs/affnist/fc/inverters/pixelcnn/fc3")]
     assert str(step.out()) == "runs/affnist/architectures/mi/test.json"
+
+
+def test_recipe_paths_stay_inside_the_workspace(tmp_path):
+    body = """
+        name: escape
+        workspace: {ws}
+        steps:
+          clf: {{command: train-classifier, out: {out}}}
+    """
+    inside = write(tmp_path, body.format(ws=tmp_path / "ws", out=tmp_path / "ws/m.keras"))
+    assert load_recipe(inside).steps["clf"].out.endswith("m.keras")
+    outside = write(tmp_path, body.format(ws=tmp_path / "ws", out=tmp_path / "elsewhere/m.keras"))
+    with pytest.raises(InvkerasError, match=r"steps\.clf\.out: .* is outside the recipe's workspace") as info:
+        load_recipe(outside)
+    assert "\n" not in str(info.value) and "--allow-outside-workspace" in str(info.value)
+    assert load_recipe(outside, allow_outside_workspace=True).steps["clf"].out.endswith("elsewhere/m.keras")
+    with pytest.raises(InvkerasError, match=r"name: '\.\./\.\./x' must be a plain name"):
+        load_recipe(write(tmp_path, "name: ../../x\nsteps:\n  a: {command: extract, layers: [fc3]}\n"))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("steps.a.layers=[1", r"--set 'steps\.a\.layers=\[1': the value is not valid YAML"),
+        ("seed=!!python/object/apply:os.system [echo hi]", r"the value is not valid YAML"),
+    ],
+)
+def test_bad_set_values_are_one_line(tmp_path, override, message):
+    path = write(tmp_path, "name: s\nsteps:\n  a: {command: extract, layers: [fc3]}\n")
+    with pytest.raises(InvkerasError, match=message) as info:
+        load_recipe(path, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_a_recipe_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\nsteps:\n  a: {command: extract, layers: [fc3]}\n".encode("latin-1"))
+    with pytest.raises(InvkerasError, match=r"not UTF-8 text \(byte 9\)"):
+        load_recipe(path)
+
+
+def test_a_step_the_user_drops_stays_dropped_whatever_the_variant_sets_on_it(tmp_path):
+    path = write(tmp_path, """
+        name: v
+        scale: small
+        variants:
+          small: {steps.b.layers: [conv1]}
+        steps:
+          a: {command: extract, layers: [fc3]}
+          b: {command: extract, layers: [fc3]}
+    """)
+    assert load_recipe(path).steps["b"].layers == ["conv1"]
+    assert list(load_recipe(path, ["steps.b=null"]).steps) == ["a"]

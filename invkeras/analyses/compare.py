@@ -14,6 +14,17 @@ generates new images the layer cannot tell from x, rather than retrieving old on
 shows the same thing as pictures: for a few inputs, the top-k of K' samples next to the
 top-k training neighbours, both ranked by L1 in representation space.
 
+`compare_inverters` puts inverters of any kinds side by side on one layer: every one is
+scored on the same held-out images, with K samples each, in the same table. Beside IM-S and
+IM-NN each row has what tells the kinds apart:
+
+  label agreement   the share of samples to which the classifier gives the input's label;
+  diversity         the mean pairwise L1 distance between the K samples of one input, in
+                    pixels and in the layer's space: 0 for a point estimate (an MSE decoder
+                    "samples" its one reconstruction K times), which shows nothing of what
+                    the layer is invariant to;
+  NLL               the held-out -log p(x|h) in nats, for kinds with a pixel likelihood.
+
 Distances are L1 norms, summed over every feature (and every position, for a spatial h);
 the JSON also gives them per feature dimension. The nearest-neighbour search is exact and
 streams the extracted training split shard by shard, keeping a running top-k, so memory is
@@ -24,19 +35,24 @@ from __future__ import annotations
 
 import csv
 import io
-import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError
+from invkeras.stats import mean_and_se, standard_error
 
 METHODS = ("1NN", "IM-S", "IM-NN")
-MSE_METHOD = "MSE decoder"
+DISTANCE = "L1 (sum over features)"
+DIVERSITY = ("mean pairwise L1 distance between the K samples of one input (over all K(K-1)/2 pairs), then "
+             "averaged over inputs: diversity_pixel_l1 summed over pixels and channels (0..255 units), "
+             "diversity_h_l1 summed over the layer's features")
 # Upper bound on the elements of one |query - train| difference block (float32: 16 MB).
 BLOCK_ELEMENTS = 1 << 22
 
@@ -135,53 +151,105 @@ def per_image_distances(nn_distance: np.ndarray, sample_distances: np.ndarray) -
     }
 
 
-def standard_error(values: np.ndarray) -> float:
-    """Standard error of the mean over images: sample standard deviation (ddof=1) / sqrt(n)."""
-    values = np.asarray(values, np.float64)
-    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+def l1_summary(values: np.ndarray, feature_dims: int) -> dict:
+    """Mean L1 over images with its standard error, also per feature dimension."""
+    mean, se = float(np.mean(values)), standard_error(values)
+    return {"mean_l1": mean, "se": se, "mean_l1_per_dim": mean / feature_dims, "se_per_dim": se / feature_dims}
 
 
 def distance_table(per_image: dict[str, np.ndarray], feature_dims: int) -> list[dict]:
     """One row per method: n, mean L1 with its standard error, and the mean per feature dimension."""
-    rows = []
-    for method, values in per_image.items():
-        mean = float(np.mean(values))
-        se = standard_error(values)
-        rows.append({"method": method, "n": len(values), "mean_l1": mean, "se": se,
-                     "mean_l1_per_dim": mean / feature_dims, "se_per_dim": se / feature_dims})
-    return rows
+    return [{"method": method, "n": len(values), **l1_summary(values, feature_dims)}
+            for method, values in per_image.items()]
+
+
+def pairwise_l1(samples: np.ndarray) -> np.ndarray:
+    """Mean L1 distance between the K samples of each input, over all pairs: [N] from [N, K, ...] (K >= 2)."""
+    flat = np.asarray(samples, np.float64).reshape(samples.shape[0], samples.shape[1], -1)
+    k = flat.shape[1]
+    if k < 2:
+        raise InvkerasError(f"sample diversity needs at least 2 samples per input, got {k}")
+    total = np.zeros(len(flat))
+    for i in range(k):
+        for j in range(i + 1, k):
+            total += np.abs(flat[:, i] - flat[:, j]).sum(axis=1)
+    return total / (k * (k - 1) / 2)
+
+
+def label_agreement(input_labels: np.ndarray, sample_labels: np.ndarray) -> np.ndarray:
+    """Per input, the share of its samples given the input's predicted label: [N] from [N] and [N, K]."""
+    return (np.asarray(sample_labels) == np.asarray(input_labels).reshape(-1, 1)).mean(axis=1)
+
+
+def _flatten(row: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key} "))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def table_csv(rows: list[dict]) -> str:
+    """CSV of rows; nested statistics become columns like 'IM-S mean_l1', a null one empty cells."""
+    flat = [_flatten(row) for row in rows]
+    columns = list(dict.fromkeys(key for row in flat for key in row))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in flat])
     return buffer.getvalue()
 
 
+
+
 # --- the pipeline -------------------------------------------------------------------
+
+
+class CompareConfig(BaseModel):
+    """Settings of `invkeras compare` (and of the recipe step): inverters of one layer, side by side."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inverters: list[str] = Field(min_length=1, description="inverter directories or model files, of one layer")
+    labels: Optional[list[str]] = Field(None, description="row names; default the kinds, numbered when repeated")
+    num_images: int = Field(500, gt=0, description="held-out images N")
+    num_samples: int = Field(10, gt=0, description="samples K per image (>= 2, for diversity)")
+    split: str = Field("test", description="validation | test")
+    seed: int = Field(0, description="same seed, same samples")
+    top_k: int = Field(8, gt=0, description="samples and training neighbours shown per grid row")
+    grid_samples: int = Field(64, gt=0, description="samples K' drawn per grid row, of which the top-k are shown")
+    grid_inputs: int = Field(4, ge=0, description="grid rows (0: no grids)")
+    batch_size: int = Field(64, gt=0, description="images sampled in parallel")
+    chunk_size: int = Field(2048, gt=0, description="training features per nearest-neighbour chunk")
+    max_train_examples: Optional[int] = Field(None, gt=0, description="search only the first N training images")
+    out: Optional[str] = Field(None, description="output directory; default runs/<dataset>/<arch>/comparisons/<layer>")
 
 
 @dataclass
 class CompareResult:
     layer: str
     split: str
-    rows: list[dict]
-    per_image: dict[str, np.ndarray]
+    rows: list[dict]  # one per inverter, as in compare.json
+    nearest_training: dict
+    per_image: dict[str, dict[str, np.ndarray]]  # label -> {"IM-S", "IM-NN", "label_agreement", ...}
     json_path: Path
     csv_path: Path
     arrays_path: Path
-    grid_path: Path | None
+    grid_paths: dict[str, Path]  # label -> top-k grid
     seconds: float
 
+    @property
+    def grid_path(self) -> Path | None:
+        """The first inverter's grid (None without grids)."""
+        return next(iter(self.grid_paths.values()), None)
 
-def training_features(meta: dict):
-    """The extracted training split at the inverter's layer (extracted now if not cached yet)."""
+
+def training_features(config):
+    """The extracted training split at an inverter config's layer (extracted now if not cached yet)."""
     from invkeras.data.features import ExtractConfig, extract_features, open_features
-    from invkeras.train_inverter import InverterConfig
 
-    config = InverterConfig(**meta["config"])
     extract = ExtractConfig(dataset=config.dataset, data_dir=config.data_dir, arch=config.arch, model=config.model,
                             layers=[config.layer], splits=["train"], seed=config.seed, workspace=config.workspace)
     manifest = extract_features(extract, progress=False)[config.layer]["train"]
@@ -209,7 +277,12 @@ def _with_progress(batches: Iterator[dict], bar, task) -> Iterator[np.ndarray]:
 
 def _array_name(method: str) -> str:
     """'IM-NN' -> 'distance_IM_NN': a key that is also a safe file name inside the .npz."""
-    return "distance_" + "".join(c if c.isalnum() else "_" for c in method)
+    return "distance_" + _safe(method, "_")
+
+
+def _safe(text: str, fill: str = "-") -> str:
+    """A label as part of a file or array name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+" if fill == "-" else r"[^A-Za-z0-9]", fill, text).strip(fill) or "inverter"
 
 
 def topk_rows(originals: np.ndarray, top_samples: np.ndarray, top_neighbours: np.ndarray) -> list[list[np.ndarray]]:
@@ -218,103 +291,180 @@ def topk_rows(originals: np.ndarray, top_samples: np.ndarray, top_neighbours: np
     return [[originals[i], *top_samples[i], blank, *top_neighbours[i]] for i in range(len(originals))]
 
 
-def compare_representations(
-    inverter: str | Path,
-    *,
-    num_images: int = 500,
-    num_samples: int = 10,
-    split: str = "test",
-    seed: int = 0,
-    top_k: int = 8,
-    grid_samples: int = 64,
-    grid_inputs: int = 4,
-    batch_size: int = 64,
-    method: str = "cached",
-    chunk_size: int = 2048,
-    max_train_examples: int | None = None,
-    decoder: str | Path | None = None,
-    out: str | Path | None = None,
-    progress: bool = True,
-) -> CompareResult:
-    """Table 1 and Fig. 2 of Nash et al. (2019) for one inverter; writes JSON, CSV, NPZ and PNG.
+def default_labels(kinds: list[str]) -> list[str]:
+    """The kind names, numbered from the second of a kind: pixelcnn, mse, pixelcnn-2, ..."""
+    seen: dict[str, int] = {}
+    labels = []
+    for kind in kinds:
+        seen[kind] = seen.get(kind, 0) + 1
+        labels.append(kind if seen[kind] == 1 else f"{kind}-{seen[kind]}")
+    return labels
 
-    `num_images` held-out inputs; `num_samples` = K samples each for IM-S/IM-NN; the grid
-    shows `grid_inputs` inputs with the top `top_k` of `grid_samples` samples and of all
-    training images. `decoder` (an MSE decoder of the same layer) adds a row for its
-    reconstruction. `max_train_examples` caps the 1NN search (default: the whole split).
+
+def _data_key(config) -> str:
+    """The settings that decide an inverter's held-out images (not how many of them)."""
+    import json
+
+    from invkeras.inverters.data import PairedDataConfig
+
+    fields = set(PairedDataConfig.model_fields) - {"train_examples", "eval_examples"}
+    return json.dumps(config.model_dump(include=fields), sort_keys=True, default=str)
+
+
+def _checked_inverters(config: CompareConfig) -> tuple[list, list[str], Path]:
+    """The inverters, their labels and their one classifier; one line for anything that does not fit."""
+    from invkeras.analyses.common import classifier_of, inverter_label
+    from invkeras.inverters import load_inverter
+
+    inverters = [load_inverter(path) for path in config.inverters]
+    if config.labels is not None:
+        if len(config.labels) != len(inverters) or len(set(config.labels)) != len(config.labels):
+            raise InvkerasError(f"compare: need one distinct label per inverter ({len(inverters)}), got {config.labels}")
+        labels = list(config.labels)
+    else:
+        labels = default_labels([inverter.kind for inverter in inverters])
+    first = inverters[0]
+    for inverter in inverters:
+        if not inverter.conditional:
+            raise InvkerasError(f"compare: inverter {inverter_label(inverter)} is unconditional (layer 'none'); "
+                                "there is no representation to compare in")
+    classifiers = [classifier_of(inverter, "compare") for inverter in inverters]
+    for inverter, classifier in zip(inverters[1:], classifiers[1:]):
+        if inverter.layer != first.layer:
+            raise InvkerasError(f"compare: inverters of different layers: {inverter_label(first)} inverts layer "
+                                f"'{first.layer}', {inverter_label(inverter)} layer '{inverter.layer}'; "
+                                "compare inverters of one layer")
+        if classifier.resolve() != classifiers[0].resolve():
+            raise InvkerasError(f"compare: inverters of different classifiers: {inverter_label(first)} inverts "
+                                f"{classifiers[0]}, {inverter_label(inverter)} inverts {classifier}")
+    return inverters, labels, classifiers[0]
+
+
+def _held_out(inverters: list, split: str, num_images: int) -> dict:
+    """The first inverter's held-out images, after checking that every other one's are the same."""
+    from invkeras.analyses.common import inverter_label
+    from invkeras.inverters import data
+
+    by_key: dict[str, dict] = {}
+    first = None
+    for inverter in inverters:
+        key = _data_key(inverter.config)
+        if key not in by_key:
+            by_key[key] = data.held_out_inputs(inverter.config, split, num_images)
+        inputs = by_key[key]
+        if first is None:
+            first, first_print = (inverter, inputs), data.fingerprint(inputs["x"])
+            continue
+        found = data.fingerprint(inputs["x"])
+        if found != first_print:
+            raise InvkerasError(f"compare: inverters {inverter_label(first[0])} and {inverter_label(inverter)} have "
+                                f"different held-out {split} images (fingerprints {first_print} and {found}); "
+                                "compare inverters trained on the same data")
+    return first[1]
+
+
+def compare_inverters(config: CompareConfig, *, progress: bool = True) -> CompareResult:
+    """Table 1 and Fig. 2 of Nash et al. (2019) for several inverters of one layer, any kinds.
+
+    All are scored on the same `num_images` held-out images (those of the first inverter's
+    data, checked by fingerprint for the others), with K = `num_samples` samples each. Writes
+    compare.json, .csv and .npz, and one top-k grid per inverter, compare_topk_<label>.png,
+    showing `grid_inputs` inputs with the top `top_k` of `grid_samples` samples and of the
+    training images. `max_train_examples` caps the 1NN search (default: the whole split).
     """
-    from invkeras.reports.grids import save_grid
-    from invkeras.analyses.samples import held_out_inputs, reextract
+    from invkeras.analyses.common import ClassifierProbe
     from invkeras.progress import progress_bar
-    from invkeras.inverters.pixelcnn.sampling import sample
-    from invkeras.train_inverter import load_inverter
+    from invkeras.reports.grids import save_grid
 
-    if min(num_images, num_samples, top_k, grid_samples, chunk_size) < 1 or grid_inputs < 0:
-        raise InvkerasError("compare: --num-images, --num-samples, --top-k, --grid-samples must be >= 1")
+    if config.num_samples < 2:
+        raise InvkerasError(f"compare: --num-samples {config.num_samples}: sample diversity needs at least 2 samples "
+                            "per image")
     started = time.time()
-    model, net_config, meta = load_inverter(inverter)
-    model_file = Path(inverter) / "inverter.keras" if Path(inverter).is_dir() else Path(inverter)
-    layer = meta.get("layer")
-    if net_config.conditioning == "none":
-        raise InvkerasError(f"--inverter {inverter}: unconditional (layer 'none'); there is no representation to compare in")
-    classifier = (meta.get("data") or {}).get("classifier")
-    if not classifier:
-        raise InvkerasError(f"--inverter {inverter}: trained on user features (--features), so there is no classifier "
-                            "to re-extract the samples' features with; compare needs a classifier run and layer")
-    if not Path(classifier).exists():
-        raise InvkerasError(f"--inverter {inverter}: its classifier {classifier} no longer exists")
-
-    inputs = held_out_inputs(meta, split, num_images)
-    x, h = inputs["x"], inputs["h"].astype(np.float32)
+    inverters, labels, classifier = _checked_inverters(config)
+    first = inverters[0]
+    layer = first.layer
+    inputs = _held_out(inverters, config.split, config.num_images)
+    x, h = inputs["x"], np.asarray(inputs["h"], np.float32)
     feature_dims = int(np.prod(h.shape[1:]))
-    train_set = training_features(meta)
-    k_neighbours = max(1, top_k)
+    probe = ClassifierProbe(classifier, layer)
+    input_labels = probe.labels(x[:, None])
+    input_labels = None if input_labels is None else input_labels[:, 0]
 
+    train_set = training_features(first.config)
+    limit = config.max_train_examples
     with progress_bar(disable=not progress) as bar:
-        total = train_set.num_examples if max_train_examples is None else min(max_train_examples, train_set.num_examples)
+        total = train_set.num_examples if limit is None else min(limit, train_set.num_examples)
         task = bar.add_task(f"1NN over {total} training images", total=total)
-        batches = _limited(train_set.iter_batches(chunk_size), max_train_examples)
-        nn_d, nn_i = nearest_neighbours(h, _with_progress(batches, bar, task), k=k_neighbours)
+        batches = _limited(train_set.iter_batches(config.chunk_size), limit)
+        nn_d, nn_i = nearest_neighbours(h, _with_progress(batches, bar, task), k=config.top_k)
+    nearest = l1_summary(nn_d[:, 0], feature_dims)
 
-    samples = sample(model, net_config, h, num_samples=num_samples, seed=seed, batch_size=batch_size, method=method)
-    sample_d = l1_to_reference(h, reextract(classifier, layer, samples))
-    per_image = per_image_distances(nn_d[:, 0], sample_d)
-    if decoder is not None:
-        from invkeras.decoders import reconstruct
+    def sample(inverter, h_rows, count, seed):
+        return inverter.sample(h_rows, count, seed=seed, batch_size=config.batch_size)
 
-        recon = reconstruct(decoder, h=h)
-        per_image[MSE_METHOD] = l1_to_reference(h, reextract(classifier, layer, recon[:, None]))[:, 0]
-    rows = distance_table(per_image, feature_dims)
+    rows, per_image, arrays = [], {}, {"nn_index": nn_i, "nn_distance": nn_d, "distance_1NN": nn_d[:, 0]}
+    for inverter, label in zip(inverters, labels):
+        samples = sample(inverter, h, config.num_samples, config.seed)
+        samples_h, sample_labels = probe(samples)
+        sample_d = l1_to_reference(h, samples_h)
+        distances = per_image_distances(nn_d[:, 0], sample_d)
+        values = {"IM-S": distances["IM-S"], "IM-NN": distances["IM-NN"], "sample_distance": sample_d,
+                  "diversity_pixel_l1": pairwise_l1(samples), "diversity_h_l1": pairwise_l1(samples_h)}
+        if input_labels is not None and sample_labels is not None:
+            values["label_agreement"] = label_agreement(input_labels, sample_labels)
+        if inverter.has("pixel_log_prob"):
+            values["nll_nats"] = -np.asarray(inverter.log_prob(x, h, batch_size=config.batch_size), np.float64)
+        per_image[label] = values
+        rows.append({
+            "label": label, "kind": inverter.kind, "inverter": str(inverter.path),
+            "IM-S": l1_summary(values["IM-S"], feature_dims), "IM-NN": l1_summary(values["IM-NN"], feature_dims),
+            "label_agreement": mean_and_se(values["label_agreement"]) if "label_agreement" in values else None,
+            "diversity_pixel_l1": mean_and_se(values["diversity_pixel_l1"]),
+            "diversity_h_l1": mean_and_se(values["diversity_h_l1"]),
+            "nll_nats": mean_and_se(values["nll_nats"]) if "nll_nats" in values else None,
+        })
+        name = _safe(label, "_")
+        arrays.update({f"{key}_{name}": np.asarray(value, np.float32) for key, value in values.items()})
 
-    out_dir = Path(out) if out else model_file.parent
-    grid_path = None
-    if grid_inputs > 0:
-        shown = min(grid_inputs, len(x))
-        # Its own seed stream, so the grid's samples do not repeat the table's.
-        many = sample(model, net_config, h[:shown], num_samples=grid_samples, seed=seed + 1, batch_size=batch_size,
-                      method=method)
-        many_d = l1_to_reference(h[:shown], reextract(classifier, layer, many))
-        k = min(top_k, grid_samples)
-        order = np.argsort(many_d, axis=1, kind="stable")[:, :k]
-        top_samples = np.take_along_axis(many, order[:, :, None, None, None], axis=1)
-        neighbours = gather_examples(_limited(train_set.iter_batches(chunk_size), max_train_examples),
-                                     nn_i[:shown, :top_k])
-        grid_path = save_grid(out_dir / "compare_topk.png", topk_rows(x[:shown], top_samples, neighbours))
+    out_dir = Path(config.out) if config.out else _default_out(first)
+    recorded = {**config.model_dump(), "inverters": [str(inverter.path) for inverter in inverters], "labels": labels}
+    facts = {"layer": layer, "split": config.split, "n_images": len(x), "samples_per_image": config.num_samples,
+             "feature_dims": feature_dims, "training_examples_searched": int(total), "distance": DISTANCE}
+    grid_paths: dict[str, Path] = {}
+    if config.grid_inputs > 0:
+        shown = min(config.grid_inputs, len(x))
+        k = min(config.top_k, config.grid_samples)
+        neighbours = gather_examples(_limited(train_set.iter_batches(config.chunk_size), limit), nn_i[:shown, : config.top_k])
+        for inverter, label in zip(inverters, labels):
+            # Its own seed stream, so the grid's samples do not repeat the table's.
+            many = sample(inverter, h[:shown], config.grid_samples, config.seed + 1)
+            many_d = l1_to_reference(h[:shown], probe.features(many))
+            order = np.argsort(many_d, axis=1, kind="stable")[:, :k]
+            top_samples = np.take_along_axis(many, order[:, :, None, None, None], axis=1)
+            grid_paths[label] = save_grid(out_dir / f"compare_topk_{_safe(label)}.png",
+                                          topk_rows(x[:shown], top_samples, neighbours))
 
-    config = {"inverter": str(model_file), "num_images": num_images, "num_samples": num_samples, "split": split,
-              "top_k": top_k, "grid_samples": grid_samples, "grid_inputs": grid_inputs, "batch_size": batch_size,
-              "method": method, "chunk_size": chunk_size, "max_train_examples": max_train_examples,
-              "decoder": str(decoder) if decoder else None}
-    facts = {"layer": layer, "split": split, "n_images": len(x), "samples_per_image": num_samples,
-             "training_examples_searched": int(total), "feature_dims": feature_dims, "distance": "L1 (sum over features)"}
-    json_path = artifacts.write_json_atomic(out_dir / "compare.json", {**facts, "rows": rows})
-    csv_path = artifacts.write_text_atomic(out_dir / "compare.csv", table_csv(rows))
-    arrays_path = artifacts.save_npz_atomic(out_dir / "compare.npz", nn_index=nn_i, nn_distance=nn_d,
-                                            sample_distance=sample_d.astype(np.float32),
-                                            **{_array_name(m): v for m, v in per_image.items()})
+    payload = {**facts, "nearest_training": nearest, "rows": rows, "diversity": DIVERSITY}
+    json_path = artifacts.write_json_atomic(out_dir / "compare.json", payload)
+    csv_path = artifacts.write_text_atomic(out_dir / "compare.csv",
+                                           table_csv([{**row, "1NN": nearest} for row in rows]))
+    arrays_path = artifacts.save_npz_atomic(out_dir / "compare.npz", **arrays)
     seconds = time.time() - started
-    for path in (json_path, csv_path, arrays_path, grid_path):
-        if path is not None:
-            artifacts.write_metadata(path, kind="representation-comparison", config=config, seed=seed,
-                                     data=meta.get("data"), results={"rows": rows, "seconds": seconds}, **facts)
-    return CompareResult(layer, split, rows, per_image, json_path, csv_path, arrays_path, grid_path, seconds)
+    common = dict(kind="representation-comparison", seed=config.seed, data=first.meta.get("data"),
+                  results={"rows": rows, "seconds": seconds}, **facts)
+    for path in (json_path, csv_path, arrays_path):
+        artifacts.write_metadata(path, config=recorded, **common)
+    for inverter, label in zip(inverters, labels):
+        if label in grid_paths:
+            artifacts.write_metadata(grid_paths[label], config={**recorded, "inverter": str(inverter.path)},
+                                     label=label, inverter_kind=inverter.kind, **common)
+    return CompareResult(layer, config.split, rows, nearest, per_image, json_path, csv_path, arrays_path, grid_paths,
+                         seconds)
+
+
+def _default_out(inverter) -> Path:
+    """runs/<dataset>/<arch>/comparisons/<layer> of the inverter's run; its own directory for user features."""
+    config = inverter.config
+    if config.features:
+        return inverter.path.parent
+    return artifacts.comparison_dir(config.dataset, config.arch, inverter.layer, config.workspace)

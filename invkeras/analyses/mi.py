@@ -9,21 +9,52 @@ Hence
   * with an unconditional model q(x), H*(x) - H*(x|h) is only an *estimate* of I(x;h)
     (H*(x) is itself an upper bound, so the difference is not a bound either way).
 All inverters are evaluated on the same images in the same order, so differences between
-layers use paired standard errors.
+layers use paired standard errors; every estimate carries the fingerprint of its images and
+a report refuses to mix estimates of different images.
+
+The table is honest about what the numbers cannot mean: an estimate H*(x) - H*(x|h) above the
+exact H(x) is impossible for I(x;h) <= H(x), so the unconditional model is undertrained by at
+least the excess (flag "estimate exceeds H(x)"); a bound H(x) - H*(x|h) below zero says
+nothing (flag "lower bound vacuous"). The raw numbers are kept either way.
+
+Only kinds with a pixel likelihood (`pixel_log_prob`) give such bounds; any other kind is
+refused in one line.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError
+from invkeras.stats import standard_error
+
+COMMAND = "estimate-mi"
+ESTIMATE = "H*(x) - H*(x|h) [estimate]"
+LOWER_BOUND = "H(x) - H*(x|h) [lower bound on I]"
+EXCEEDS = "estimate exceeds H(x)"
+VACUOUS = "lower bound vacuous"
+
+
+class EstimateMIConfig(BaseModel):
+    """Settings of `invkeras estimate-mi` (and of the recipe step)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inverters: list[str] = Field(min_length=1, description="inverter directories or model files (pixel likelihoods)")
+    unconditional: Optional[str] = Field(None, description="an unconditional inverter (layer 'none'), for H*(x) - H*(x|h)")
+    reference: Optional[str] = Field(None, description="layer (or label) whose NCE the others are compared with")
+    split: str = Field("test", description="validation | test")
+    eval_examples: Optional[int] = Field(None, gt=0, description="evaluate on the first N held-out images")
+    out: Optional[str] = Field(None, description="JSON path (a CSV twin beside it); default runs/<dataset>/<arch>/mi/<split>.json")
+    labels: Optional[list[str]] = Field(None, description="row names instead of the layers, one per inverter")
 
 
 @dataclass
@@ -32,6 +63,8 @@ class LayerEstimate:
     inverter: str
     nll_nats: np.ndarray  # per image
     bits_per_dim_factor: float
+    fingerprint: str | None = None  # of the held-out images (None: unknown, e.g. hand-made)
+    kind: str | None = None
 
     @property
     def n(self) -> int:
@@ -43,7 +76,7 @@ class LayerEstimate:
 
     @property
     def se(self) -> float:
-        return _se(self.nll_nats)
+        return standard_error(self.nll_nats)
 
 
 @dataclass
@@ -52,6 +85,7 @@ class MIReport:
     dataset: str
     entropy_nats: float | None
     rows: list[dict] = field(default_factory=list)
+    fingerprint: str | None = None  # of the held-out images every row was evaluated on
 
     @classmethod
     def from_json(cls, path: str | Path) -> "MIReport":
@@ -59,46 +93,78 @@ class MIReport:
 
         payload = json.loads(Path(path).read_text())
         return cls(split=payload["split"], dataset=payload["dataset"], entropy_nats=payload["entropy_nats"],
-                   rows=payload["rows"])
+                   rows=payload["rows"], fingerprint=payload.get("fingerprint"))
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
-        columns = list(self.rows[0].keys()) if self.rows else []
-        writer = csv.DictWriter(buffer, fieldnames=columns)
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
         writer.writeheader()
         for row in self.rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
         return buffer.getvalue()
 
 
-def _se(values: np.ndarray) -> float:
-    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+def _load(inverter):
+    from invkeras.inverters import Inverter, load_inverter
+
+    return inverter if isinstance(inverter, Inverter) else load_inverter(inverter)
 
 
-def held_out_nll(inverter_path: str | Path, *, split: str = "test", eval_examples: int | None = None,
-                 batch_size: int = 64, reuse: bool = True) -> LayerEstimate:
-    """Per-image NLL (nats) of one inverter on a held-out split of the data it was trained for.
+def held_out_nll(inverter, *, split: str = "test", eval_examples: int | None = None, batch_size: int = 64,
+                 reuse: bool = True) -> LayerEstimate:
+    """Per-image NLL (nats) of one inverter (a path or a loaded inverter) on a held-out split
+    of the data it was trained for, with the fingerprint of those images.
 
-    The NLLs recorded at the end of training are reused when they cover the same images
-    (`reuse=False` evaluates the saved model afresh).
+    The kind must have a pixel likelihood. The NLLs recorded at the end of training are reused
+    when they cover the same images (`reuse=False` evaluates the saved model afresh).
     """
-    from invkeras.train_inverter import (InverterConfig, inverter_arrays, load_inverter, per_image_nll_nats,
-                                         saved_per_image_nll)
+    from invkeras.inverters.base import nats_to_bits_per_dim
+    from invkeras.inverters.data import fingerprint, held_out_inputs
 
-    model, net_config, meta = load_inverter(inverter_path)
-    config = InverterConfig(**meta["config"])
-    dims = int(np.prod(net_config.image_shape))
-    if reuse and eval_examples in (None, config.eval_examples):
-        saved = saved_per_image_nll(_inverter_file(inverter_path), split)
-        if saved is not None:
-            return LayerEstimate(config.layer, str(inverter_path), saved, 1.0 / (dims * math.log(2)))
-    config = config.model_copy(update={"eval_examples": eval_examples or config.eval_examples})
-    _, val, test, _ = inverter_arrays(config)
+    inverter = _load(inverter)
+    inverter.require("pixel_log_prob", COMMAND)
+    config = inverter.config
+    factor = nats_to_bits_per_dim(inverter.image_shape)
+    where = str(inverter.path)
+
+    def estimate(nll, prints):
+        return LayerEstimate(inverter.layer, where, np.asarray(nll, np.float64), factor, prints, inverter.kind)
+
+    recorded = inverter.recorded_nll(split) if reuse and hasattr(inverter, "recorded_nll") else None
+    if recorded is not None:
+        nll, prints = recorded
+        if eval_examples in (None, config.eval_examples, len(nll)):  # the same first images of the split
+            if prints is None:  # recorded before fingerprints were: take them from the images now
+                prints = fingerprint(held_out_inputs(config, split, len(nll))["x"])
+            return estimate(nll, prints)
+    count = eval_examples or config.eval_examples
+    inputs = held_out_inputs(config, split, count) if count else _whole_split(config, split)
+    nll = -np.asarray(inverter.log_prob(inputs["x"], inputs.get("h"), batch_size=batch_size), np.float64)
+    return estimate(nll, fingerprint(inputs["x"]))
+
+
+def _whole_split(config, split: str) -> dict:
+    """Every held-out pair of a split of the data the inverter was trained on."""
+    from invkeras.inverters.data import paired_arrays
+
+    _, val, test, _ = paired_arrays(config)
     arrays = {"validation": val, "test": test}.get(split)
     if arrays is None:
-        raise InvkerasError(f"--split {split}: inverter {inverter_path} has no held-out '{split}' data")
-    nll = per_image_nll_nats(model, net_config, arrays, batch_size=batch_size)
-    return LayerEstimate(config.layer, str(inverter_path), nll, 1.0 / (dims * math.log(2)))
+        raise InvkerasError(f"--split {split}: no held-out '{split}' data for this inverter (choose validation or test)")
+    return arrays
+
+
+def _check_same_images(estimates: list[LayerEstimate]) -> None:
+    sizes = {e.n for e in estimates}
+    if len(sizes) != 1:
+        raise InvkerasError(f"{COMMAND}: inverters were evaluated on different numbers of images {sorted(sizes)}")
+    known = [e for e in estimates if e.fingerprint is not None]
+    for other in known[1:]:
+        if other.fingerprint != known[0].fingerprint:
+            raise InvkerasError(f"{COMMAND}: inverters {known[0].inverter} and {other.inverter} were evaluated on "
+                                f"different held-out images (fingerprints {known[0].fingerprint} and "
+                                f"{other.fingerprint}); estimates of different data cannot share a table")
 
 
 def build_report(
@@ -110,12 +176,12 @@ def build_report(
     reference_layer: str | None = None,
     entropy_nats: float | None = None,
 ) -> MIReport:
-    """Rows of H*(x|h), NCE, NCE relative to a reference layer, and the MI estimates/bounds."""
+    """Rows of H*(x|h), NCE, NCE relative to a reference layer, and the MI estimates/bounds, flagged
+    where they cannot be read as they stand (see the module docstring)."""
     if not estimates:
-        raise InvkerasError("estimate-mi: no inverters given")
-    sizes = {e.n for e in estimates} | ({unconditional.n} if unconditional else set())
-    if len(sizes) != 1:
-        raise InvkerasError(f"estimate-mi: inverters were evaluated on different numbers of images {sorted(sizes)}")
+        raise InvkerasError(f"{COMMAND}: no inverters given")
+    everything = [*estimates, *([unconditional] if unconditional else [])]
+    _check_same_images(everything)
     reference = None
     if reference_layer is not None:
         matches = [e for e in estimates if e.layer == reference_layer]
@@ -124,8 +190,10 @@ def build_report(
             raise InvkerasError(f"--reference {reference_layer}: not among the inverters' layers ({layers})")
         reference = matches[0]
 
-    report = MIReport(split=split, dataset=dataset, entropy_nats=entropy_nats)
-    for estimate in [*estimates, *([unconditional] if unconditional else [])]:
+    prints = {e.fingerprint for e in everything if e.fingerprint is not None}
+    report = MIReport(split=split, dataset=dataset, entropy_nats=entropy_nats,
+                      fingerprint=prints.pop() if prints else None)
+    for estimate in everything:
         row = {
             "layer": estimate.layer,
             "n_images": estimate.n,
@@ -137,68 +205,92 @@ def build_report(
             "NCE nats": -estimate.mean,
             "NCE - NCE(ref)": None,
             "se (paired)": None,
-            "H*(x) - H*(x|h) [estimate]": None,
-            "H(x) - H*(x|h) [lower bound on I]": None,
+            ESTIMATE: None,
+            LOWER_BOUND: None,
+            EXCEEDS: None,
+            VACUOUS: None,
+            "note": None,
             "inverter": estimate.inverter,
         }
+        notes = []
         if reference is not None:
             diff = reference.nll_nats - estimate.nll_nats  # NCE(layer) - NCE(ref)
             row["NCE - NCE(ref)"] = float(np.mean(diff))
-            row["se (paired)"] = _se(diff)
+            row["se (paired)"] = standard_error(diff)
         if unconditional is not None and estimate is not unconditional:
-            row["H*(x) - H*(x|h) [estimate]"] = float(np.mean(unconditional.nll_nats - estimate.nll_nats))
+            row[ESTIMATE] = float(np.mean(unconditional.nll_nats - estimate.nll_nats))
+            if entropy_nats is not None:
+                excess = row[ESTIMATE] - entropy_nats
+                row[EXCEEDS] = bool(excess > 0)
+                if excess > 0:
+                    notes.append(f"H*(x) - H*(x|h) exceeds H(x) = {entropy_nats:.3f} nats by {excess:.3f}, but "
+                                 f"I(x;h) <= H(x): the unconditional model is undertrained by at least {excess:.3f} "
+                                 "nats, so this estimate overstates I(x;h)")
         if entropy_nats is not None:
-            row["H(x) - H*(x|h) [lower bound on I]"] = entropy_nats - estimate.mean
+            row[LOWER_BOUND] = entropy_nats - estimate.mean
+            row[VACUOUS] = bool(row[LOWER_BOUND] < 0)
+            if row[VACUOUS]:
+                notes.append(f"H(x) - H*(x|h) < 0: the bound I(x;h) >= {row[LOWER_BOUND]:.3f} says nothing "
+                             "(H*(x|h) is loose by at least that much)")
+        row["note"] = "; ".join(notes) or None
         report.rows.append(row)
     return report
 
 
-def estimate_mi(
-    inverters: list[str | Path],
-    *,
-    split: str = "test",
-    unconditional: str | Path | None = None,
-    reference_layer: str | None = None,
-    eval_examples: int | None = None,
-    out: str | Path | None = None,
-    labels: list[str] | None = None,
-) -> tuple[MIReport, Path]:
+def default_out(inverter, split: str) -> Path:
+    """runs/<dataset>/<arch>/mi/<split>.json of the inverter's run (beside it, for user features)."""
+    config = inverter.config
+    if config.features:
+        return inverter.path.parent / "mi" / f"{split}.json"
+    return artifacts.run_dir(config.dataset, config.arch, config.workspace) / "mi" / f"{split}.json"
+
+
+def estimate_mi(config: EstimateMIConfig) -> tuple[MIReport, Path]:
     """Evaluate inverters on one held-out split and write the report as JSON and CSV.
 
     `labels` name the rows instead of the layers, e.g. "conv/fc3" and "fc/fc3" when one layer of
-    several architectures is compared; `reference_layer` then names a label.
+    several architectures is compared; `reference` then names a label.
     """
     from invkeras.data import dataset_info
 
-    estimates = [held_out_nll(p, split=split, eval_examples=eval_examples) for p in inverters]
-    if labels is not None:
-        if len(labels) != len(estimates) or len(set(labels)) != len(labels):
-            raise InvkerasError(f"estimate-mi: need one distinct label per inverter, got {labels}")
-        for estimate, label in zip(estimates, labels):
-            estimate.layer = label
-    base = held_out_nll(unconditional, split=split, eval_examples=eval_examples) if unconditional else None
-    meta = artifacts.read_metadata(_inverter_file(inverters[0])) or {}
-    dataset = (meta.get("config") or {}).get("dataset", "unknown")
-    entropy = None
-    if not (meta.get("config") or {}).get("features"):
-        entropy = dataset_info(dataset).entropy_nats
-    report = build_report(
-        estimates, split=split, dataset=dataset, unconditional=base, reference_layer=reference_layer, entropy_nats=entropy
-    )
-    out_path = Path(out) if out else _inverter_file(inverters[0]).parent.parent.parent / "mi" / f"{split}.json"
-    payload = {"split": split, "dataset": dataset, "entropy_nats": entropy, "rows": report.rows}
+    inverters = [_load(path) for path in config.inverters]
+    for inverter in inverters:
+        inverter.require("pixel_log_prob", COMMAND)
+    base_inverter = _load(config.unconditional) if config.unconditional else None
+    if base_inverter is not None:
+        base_inverter.require("pixel_log_prob", COMMAND)
+        if base_inverter.conditional:
+            raise InvkerasError(f"--unconditional {base_inverter.path.parent}: inverts layer "
+                                f"'{base_inverter.layer}'; give an unconditional inverter (layer 'none')")
+    if config.labels is not None and (len(config.labels) != len(inverters)
+                                      or len(set(config.labels)) != len(config.labels)):
+        raise InvkerasError(f"{COMMAND}: need one distinct label per inverter, got {config.labels}")
+
+    estimates = [held_out_nll(i, split=config.split, eval_examples=config.eval_examples) for i in inverters]
+    for estimate, label in zip(estimates, config.labels or []):
+        estimate.layer = label
+    base = None
+    if base_inverter is not None:
+        base = held_out_nll(base_inverter, split=config.split, eval_examples=config.eval_examples)
+    first = inverters[0].config
+    if first.features:
+        dataset, entropy = f"features:{first.features}", None
+    else:
+        dataset = first.dataset
+        entropy = dataset_info(first.dataset, data_dir=first.data_dir, seed=first.seed).entropy_nats
+    report = build_report(estimates, split=config.split, dataset=dataset, unconditional=base,
+                          reference_layer=config.reference, entropy_nats=entropy)
+    out_path = Path(config.out) if config.out else default_out(inverters[0], config.split)
+    payload = {"split": config.split, "dataset": dataset, "entropy_nats": entropy, "fingerprint": report.fingerprint,
+               "rows": report.rows}
     artifacts.write_json_atomic(out_path, payload)
     artifacts.write_text_atomic(out_path.with_suffix(".csv"), report.to_csv())
     artifacts.write_metadata(
         out_path,
         kind="mi-estimate",
-        config={"inverters": [str(p) for p in inverters], "unconditional": str(unconditional) if unconditional else None,
-                "reference": reference_layer, "split": split, "eval_examples": eval_examples, "labels": labels},
+        config={**config.model_dump(), "inverters": [str(i.path) for i in inverters],
+                "unconditional": str(base_inverter.path) if base_inverter else None},
         data=dataset,
+        results={"fingerprint": report.fingerprint, "n_images": report.rows[0]["n_images"]},
     )
     return report, out_path
-
-
-def _inverter_file(path: str | Path) -> Path:
-    path = Path(path)
-    return path / "inverter.keras" if path.is_dir() else path

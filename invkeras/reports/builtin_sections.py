@@ -63,7 +63,8 @@ def classifiers_section(contents: RunContents, out_stem: Path) -> Section | None
     columns = ["dataset", "arch", "regime", "test accuracy", "best val accuracy", "epochs", "steps", "seconds",
                "train examples", "dropout", "checkpoints", "path"]
     rows = [[fmt(r[c], 4) if "accuracy" in c else fmt(r[c], 1) for c in columns] for r in classifiers]
-    return Section("Classifiers", tables=[Table("Classifiers", columns, rows)], provenance=contents.of_kind("classifier"))
+    return Section("Classifiers", tables=[Table("Classifiers", columns, rows)],
+                   provenance=contents.of_kind("classifier"))
 
 
 # --- inverters ----------------------------------------------------------------------

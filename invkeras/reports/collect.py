@@ -77,7 +77,8 @@ class RunContents:
 # --- the inverter metadata contract -------------------------------------------------
 
 
-# Kinds written before inverters had kinds: {artefact kind: (inverter kind, capabilities)}.
+# The artefact kinds that are inverters, and what one recorded without `inverter_kind` (written
+# before inverters had kinds) was: {artefact kind: (inverter kind, capabilities)}.
 _LEGACY_INVERTERS = {
     "inverter": ("pixelcnn", ["sample", "pixel_log_prob"]),
     "mse-decoder": ("mse", ["sample", "reconstruct"]),
@@ -101,7 +102,7 @@ def inverter_metadata(meta: dict) -> dict | None:
     meta = dict(meta)
     if kind != "inverter" or not meta.get("inverter_kind"):
         legacy_kind, capabilities = _LEGACY_INVERTERS[kind]
-        meta.setdefault("capabilities", capabilities)
+        meta.setdefault("capabilities", list(capabilities))
         meta["inverter_kind"] = legacy_kind
         if kind != "inverter":
             meta["recorded_kind"], meta["kind"] = kind, "inverter"

@@ -1,4 +1,5 @@
-"""Representation-space comparison (Nash et al. 2019, Table 1 / Fig. 2): exact 1NN, table arithmetic, pipeline."""
+"""Representation-space comparison (Nash et al. 2019, Table 1 / Fig. 2): exact 1NN, table arithmetic,
+and inverters of several kinds side by side on one layer."""
 
 import json
 import shutil
@@ -6,21 +7,25 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from invkeras import artifacts
-from invkeras.cli import app
 from invkeras.analyses.compare import (
     METHODS,
+    CompareConfig,
+    compare_inverters,
+    default_labels,
     distance_table,
     gather_examples,
     l1_distances,
     l1_to_reference,
+    label_agreement,
     nearest_neighbours,
+    pairwise_l1,
     per_image_distances,
-    standard_error,
+    table_csv,
 )
 from invkeras.errors import InvkerasError
+from invkeras.stats import standard_error
 
 
 def _chunks(array, size):
@@ -74,60 +79,189 @@ def test_table_arithmetic():
                      "mean_l1_per_dim": 1.25, "se_per_dim": pytest.approx(0.3227486)}]
 
 
-def test_compare_pipeline_on_tiny_inverter(tiny_inverters, tmp_path):
-    inverter = tiny_inverters["fc3"].model_path.parent
+def test_diversity_agreement_labels_and_csv_arithmetic():
+    samples = np.zeros((2, 3, 2, 2, 1), np.uint8)
+    samples[0, 1] = 2  # pairs of image 0: |0-2|*4 = 8, 0, 8 -> mean 16/3
+    np.testing.assert_allclose(pairwise_l1(samples), [16 / 3, 0.0])
+    with pytest.raises(InvkerasError, match="at least 2 samples"):
+        pairwise_l1(samples[:, :1])
+    np.testing.assert_allclose(label_agreement(np.array([1, 0]), np.array([[1, 1, 0], [2, 2, 2]])), [2 / 3, 0.0])
+    assert default_labels(["pixelcnn", "mse", "pixelcnn", "pixelcnn"]) == ["pixelcnn", "mse", "pixelcnn-2", "pixelcnn-3"]
+    text = table_csv([{"label": "a", "IM-S": {"mean_l1": 1.0, "se": 0.5}, "nll_nats": None},
+                      {"label": "b", "IM-S": {"mean_l1": 2.0, "se": 0.25}, "nll_nats": {"mean": 3.0, "se": 0.1}}])
+    lines = text.splitlines()
+    assert lines[0] == "label,IM-S mean_l1,IM-S se,nll_nats,nll_nats mean,nll_nats se"
+    assert lines[1] == "a,1.0,0.5,,," and lines[2] == "b,2.0,0.25,,3.0,0.1"
+
+
+def test_config_defaults():
+    config = CompareConfig(inverters=["a"])
+    assert (config.num_images, config.num_samples, config.split, config.seed, config.top_k, config.grid_samples,
+            config.grid_inputs, config.batch_size, config.chunk_size) == (500, 10, "test", 0, 8, 64, 4, 64, 2048)
+    assert config.labels is None and config.max_train_examples is None and config.out is None
+    with pytest.raises(ValueError):
+        CompareConfig(inverters=[])
+    with pytest.raises(ValueError):
+        CompareConfig(inverters=["a"], decoder="b")
+
+
+def _copy(model_path, directory, **changes):
+    """A copy of an inverter whose metadata is changed: top-level keys, or "config.<field>"/"data.<field>"."""
+    directory.mkdir(parents=True)
+    copy = directory / model_path.name
+    shutil.copy(model_path, copy)
+    meta = artifacts.read_metadata(model_path)
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        if name:
+            meta[section] = {**(meta.get(section) or {}), name: value}
+        else:
+            meta[key] = value
+    artifacts.write_json_atomic(artifacts.metadata_path(copy), meta)
+    return copy
+
+
+def test_pixelcnn_and_mse_side_by_side(tiny_inverters, tmp_path):
+    pixelcnn, mse = tiny_inverters["fc3"].model_path, tiny_inverters["mse_fc3"].model_path
     out = tmp_path / "cmp"
-    result = CliRunner().invoke(app, [
-        "compare", "--inverter", str(inverter), "--num-images", "4", "--num-samples", "2", "--top-k", "2",
-        "--grid-samples", "4", "--grid-inputs", "2", "--batch-size", "8", "--max-train-examples", "600",
-        "--out", str(out),
-    ])
-    assert result.exit_code == 0, result.output
-    for method in METHODS:
-        assert method in result.output
+    config = CompareConfig(inverters=[str(pixelcnn.parent), str(mse.parent)], num_images=6, num_samples=3, top_k=2,
+                           grid_samples=4, grid_inputs=2, batch_size=8, max_train_examples=600, out=str(out))
+    result = compare_inverters(config, progress=False)
 
     report = json.loads((out / "compare.json").read_text())
-    assert report["layer"] == "fc3" and report["n_images"] == 4 and report["training_examples_searched"] == 600
-    assert [r["method"] for r in report["rows"]] == list(METHODS)
-    for row in report["rows"]:
-        assert row["n"] == 4 and np.isfinite(row["mean_l1"]) and np.isfinite(row["se"]) and row["mean_l1"] >= 0
-    assert (out / "compare.csv").read_text().splitlines()[0].startswith("method,n,mean_l1,se")
-    for name in ("compare.json", "compare.csv", "compare.npz", "compare_topk.png"):
+    assert set(report) == {"layer", "split", "n_images", "samples_per_image", "feature_dims",
+                           "training_examples_searched", "distance", "nearest_training", "rows", "diversity"}
+    assert report["layer"] == "fc3" and report["split"] == "test" and report["n_images"] == 6
+    assert report["samples_per_image"] == 3 and report["feature_dims"] == 256
+    assert report["training_examples_searched"] == 600 and report["distance"] == "L1 (sum over features)"
+    assert set(report["nearest_training"]) == {"mean_l1", "se", "mean_l1_per_dim", "se_per_dim"}
+    rows = {row["label"]: row for row in report["rows"]}
+    assert list(rows) == ["pixelcnn", "mse"]
+    assert [rows[k]["kind"] for k in rows] == ["pixelcnn", "mse"] and rows["mse"]["inverter"] == str(mse)
+    for row in rows.values():
+        assert set(row) == {"label", "kind", "inverter", "IM-S", "IM-NN", "label_agreement", "diversity_pixel_l1",
+                            "diversity_h_l1", "nll_nats"}
+        for method in ("IM-S", "IM-NN"):
+            assert set(row[method]) == {"mean_l1", "se", "mean_l1_per_dim", "se_per_dim"}
+            assert row[method]["mean_l1"] >= 0 and np.isfinite(row[method]["se"])
+        assert row["IM-NN"]["mean_l1"] <= row["IM-S"]["mean_l1"]
+        assert 0.0 <= row["label_agreement"]["mean"] <= 1.0
+    # A point estimate has no diversity; PixelCNN samples do.
+    assert rows["mse"]["diversity_pixel_l1"]["mean"] == 0 and rows["mse"]["diversity_h_l1"]["mean"] == 0
+    assert rows["pixelcnn"]["diversity_pixel_l1"]["mean"] > 0 and rows["pixelcnn"]["diversity_h_l1"]["mean"] > 0
+    assert rows["mse"]["IM-NN"] == rows["mse"]["IM-S"]  # K copies of one image
+    # A pixel likelihood only where the kind has one.
+    assert rows["mse"]["nll_nats"] is None and np.isfinite(rows["pixelcnn"]["nll_nats"]["mean"])
+    assert result.rows == report["rows"]
+
+    for name in ("compare.json", "compare.csv", "compare.npz", "compare_topk_pixelcnn.png", "compare_topk_mse.png"):
         assert artifacts.is_complete(out / name), name
+        meta = artifacts.read_metadata(out / name)
+        assert meta["kind"] == "representation-comparison" and meta["layer"] == "fc3"
+        assert meta["results"]["rows"] == report["rows"] and meta["results"]["seconds"] > 0
+    grid_meta = artifacts.read_metadata(out / "compare_topk_mse.png")
+    assert grid_meta["label"] == "mse" and grid_meta["inverter_kind"] == "mse"
+    assert (out / "compare.csv").read_text().splitlines()[0].startswith("label,kind,inverter,IM-S mean_l1,IM-S se")
 
     # The 1NN distances are those of an exact search of the first 600 training features.
     with np.load(out / "compare.npz") as saved:
         arrays = {k: saved[k] for k in saved.files}
     from invkeras.analyses.compare import training_features
-    from invkeras.analyses.samples import held_out_inputs
+    from invkeras.inverters import load_inverter
+    from invkeras.inverters.data import held_out_inputs
 
-    meta = artifacts.read_metadata(inverter / "inverter.keras")
-    h = held_out_inputs(meta, "test", 4)["h"]
-    train_h = training_features(meta).load_all(600)["h"]
+    inverter_config = load_inverter(pixelcnn).config
+    h = held_out_inputs(inverter_config, "test", 6)["h"]
+    train_h = training_features(inverter_config).load_all(600)["h"]
     brute = np.abs(h[:, None] - train_h[None]).sum(-1)
     np.testing.assert_allclose(arrays["distance_1NN"], brute.min(1), rtol=1e-5)
-    assert np.all(arrays["distance_IM_NN"] <= arrays["distance_IM_S"])
-    assert arrays["sample_distance"].shape == (4, 2)
+    assert report["nearest_training"]["mean_l1"] == pytest.approx(float(brute.min(1).mean()), rel=1e-5)
+    assert np.all(arrays["IM-NN_pixelcnn"] <= arrays["IM-S_pixelcnn"])
+    assert arrays["sample_distance_mse"].shape == (6, 3)
 
     # Fig. 2 grid: 2 rows of original | 2 samples | gap | 2 neighbours, 20 px, padding 2, wide gap after the first.
-    width, height = Image.open(out / "compare_topk.png").size
+    width, height = Image.open(out / "compare_topk_pixelcnn.png").size
     assert height == 2 * (2 * 20 + 3 * 2) and width == 2 * (6 * 20 + 7 * 2 + 6)
 
 
-def test_inverter_without_classifier_is_one_line_error(tiny_inverters, tmp_path):
-    source = tiny_inverters["fc3"].model_path
-    copy = tmp_path / "user" / "inverter.keras"
-    copy.parent.mkdir()
-    shutil.copy(source, copy)
-    meta = artifacts.read_metadata(source)
-    meta["data"] = {"features": "mine.npz"}
-    artifacts.write_json_atomic(artifacts.metadata_path(copy), meta)
-    result = CliRunner().invoke(app, ["compare", "--inverter", str(copy.parent)])
-    assert result.exit_code == 2
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "user features" in lines[0], result.output
+def test_default_out_and_labels(tiny_inverters, tiny_classifier, tmp_path, monkeypatch):
+    import invkeras.analyses.compare as compare
+    from invkeras.inverters import load_inverter
 
-    from invkeras.analyses.compare import compare_representations
+    pixelcnn = tiny_inverters["fc3"].model_path.parent
+    # The default: the run's comparisons/<layer> folder (not written here: the workspace is shared).
+    expected = tiny_classifier / "procedural" / "conv" / "comparisons" / "fc3"
+    assert compare._default_out(load_inverter(pixelcnn)) == expected
+    monkeypatch.setattr(compare, "_default_out", lambda inverter: tmp_path / "default")
+    mse = tiny_inverters["mse_fc3"].model_path.parent  # the fast kind: only labels and paths are checked here
+    result = compare_inverters(CompareConfig(inverters=[str(mse), str(mse)], num_images=3, num_samples=2,
+                                             grid_inputs=0, max_train_examples=50), progress=False)
+    assert [row["label"] for row in result.rows] == ["mse", "mse-2"] and result.grid_paths == {}
+    assert result.json_path == tmp_path / "default" / "compare.json"
+    assert result.rows[0]["IM-S"] == result.rows[1]["IM-S"]  # same seed, same samples
+    with pytest.raises(InvkerasError, match="distinct label"):
+        compare_inverters(CompareConfig(inverters=[str(pixelcnn)] * 2, labels=["a", "a"], num_images=2, num_samples=2))
+
+
+def _one_line(error) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_mixing_layers_classifiers_or_images_is_refused(tiny_inverters, tiny_classifier, tmp_path, monkeypatch):
+    pixelcnn = tiny_inverters["fc3"].model_path
+    small = dict(num_images=3, num_samples=2, grid_inputs=0, max_train_examples=20, out=str(tmp_path / "out"))
+
+    conv1 = _copy(pixelcnn, tmp_path / "conv1", layer="conv1", **{"config.layer": "conv1"})
+    with pytest.raises(InvkerasError, match="different layers") as error:
+        compare_inverters(CompareConfig(inverters=[str(pixelcnn), str(conv1)], **small), progress=False)
+    message = _one_line(error)
+    assert str(pixelcnn.parent) in message and str(conv1.parent) in message and "'conv1'" in message
+
+    other_model = tmp_path / "other" / "model.keras"
+    other_model.parent.mkdir()
+    classifier = artifacts.classifier_path("procedural", "conv", str(tiny_classifier))
+    shutil.copy(classifier, other_model)
+    elsewhere = _copy(pixelcnn, tmp_path / "elsewhere", **{"data.classifier": str(other_model)})
+    with pytest.raises(InvkerasError, match="different classifiers") as error:
+        compare_inverters(CompareConfig(inverters=[str(pixelcnn), str(elsewhere)], **small), progress=False)
+    assert str(other_model) in _one_line(error)
+
+    # Same layer and classifier, but other held-out images (here: another data source, faked).
+    from invkeras.inverters import data
+
+    real = data.held_out_inputs
+
+    def held_out_inputs(config, split, n):
+        if config.data_dir == "other-data":
+            inputs = real(config.model_copy(update={"data_dir": None}), split, n)
+            x = inputs["x"].copy()
+            x[0, 0, 0, 0] ^= 1
+            return {**inputs, "x": x}
+        return real(config, split, n)
+
+    monkeypatch.setattr(data, "held_out_inputs", held_out_inputs)
+    other_data = _copy(pixelcnn, tmp_path / "other_data", **{"config.data_dir": "other-data"})
+    with pytest.raises(InvkerasError, match="different held-out test images") as error:
+        compare_inverters(CompareConfig(inverters=[str(pixelcnn), str(other_data)], **small), progress=False)
+    assert str(other_data.parent) in _one_line(error)
+
+
+def test_inverter_without_classifier_or_h_is_one_line_error(tiny_inverters, tmp_path):
+    source = tiny_inverters["fc3"].model_path
+    copy = _copy(source, tmp_path / "user", data={"features": "mine.npz"})
+    with pytest.raises(InvkerasError, match="user features") as error:
+        compare_inverters(CompareConfig(inverters=[str(copy.parent)]))
+    _one_line(error)
+
+    gone = _copy(source, tmp_path / "gone", **{"data.classifier": str(tmp_path / "no" / "model.keras")})
+    with pytest.raises(InvkerasError, match="no longer exists") as error:
+        compare_inverters(CompareConfig(inverters=[str(gone)]))
+    _one_line(error)
 
     with pytest.raises(InvkerasError, match="unconditional"):
-        compare_representations(tiny_inverters["none"].model_path.parent, num_images=2)
+        compare_inverters(CompareConfig(inverters=[str(tiny_inverters["none"].model_path.parent)], num_images=2))
+    with pytest.raises(InvkerasError, match="at least 2 samples") as error:
+        compare_inverters(CompareConfig(inverters=[str(source)], num_samples=1))
+    _one_line(error)

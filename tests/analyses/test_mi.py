@@ -5,19 +5,26 @@ the generative factors I(x;h) = H(h) is known too. A correct, normalised, causal
 only *over*-estimate H(x|h), so H(x) - H*(x|h) must never exceed the true I(x;h).
 """
 
+import json
 import math
 
 import numpy as np
 import pytest
 
+from invkeras import artifacts
+from invkeras.analyses.mi import EstimateMIConfig, LayerEstimate, build_report, default_out, estimate_mi, held_out_nll
 from invkeras.data import procedural
 from invkeras.errors import InvkerasError
-from invkeras.analyses.mi import LayerEstimate, build_report, held_out_nll
-from invkeras.train_inverter import InverterConfig, train_inverter
+from invkeras.inverters import config_for, inverter_class, load_inverter
+from invkeras.inverters.data import fingerprint, held_out_inputs
 
 
-def estimate(layer, values):
-    return LayerEstimate(layer, f"/inv/{layer}", np.asarray(values, dtype=float), 1.0 / (4 * math.log(2)))
+def estimate(layer, values, prints=None):
+    return LayerEstimate(layer, f"/inv/{layer}", np.asarray(values, dtype=float), 1.0 / (4 * math.log(2)), prints)
+
+
+def train_pixelcnn(**options):
+    return inverter_class("pixelcnn").train(config_for("pixelcnn", options), progress=False)
 
 
 def test_report_arithmetic_with_paired_differences():
@@ -35,6 +42,33 @@ def test_report_arithmetic_with_paired_differences():
     assert rows["fc3"]["H(x) - H*(x|h) [lower bound on I]"] == pytest.approx(18.0)
     assert rows["fc3"]["bits/dim"] == pytest.approx(22.0 / (4 * math.log(2)))
     assert "H*(x|h) nats" in report.to_csv().splitlines()[0]
+    # Nothing here is beyond what the numbers can mean: no flags, no notes.
+    assert all(row["estimate exceeds H(x)"] is False for row in report.rows[:2])
+    assert rows["none"]["estimate exceeds H(x)"] is None
+    assert rows["conv1"]["lower bound vacuous"] is False and rows["none"]["lower bound vacuous"] is False
+    assert all(row["note"] is None for row in report.rows)
+
+
+def test_report_flags_estimates_the_numbers_cannot_support():
+    """An estimate above the exact H(x) and a negative lower bound are flagged; the raw numbers stay."""
+    conv1, fc3, none = estimate("conv1", [10, 12, 14]), estimate("fc3", [20, 21, 25]), estimate("none", [30, 30, 33])
+    report = build_report([conv1, fc3], split="test", dataset="d", unconditional=none, entropy_nats=15.0)
+    rows = {r["layer"]: r for r in report.rows}
+    # conv1: H*(x) - H*(x|h) = 31 - 12 = 19 > H(x) = 15: impossible for I <= H(x).
+    assert rows["conv1"]["H*(x) - H*(x|h) [estimate]"] == pytest.approx(19.0)
+    assert rows["conv1"]["estimate exceeds H(x)"] is True
+    assert "undertrained by at least 4.000 nats" in rows["conv1"]["note"]
+    # fc3: 31 - 22 = 9 <= 15, fine; but its bound 15 - 22 = -7 says nothing.
+    assert rows["fc3"]["estimate exceeds H(x)"] is False
+    assert rows["fc3"]["H(x) - H*(x|h) [lower bound on I]"] == pytest.approx(-7.0)
+    assert rows["fc3"]["lower bound vacuous"] is True and "says nothing" in rows["fc3"]["note"]
+    assert rows["conv1"]["lower bound vacuous"] is False  # 15 - 12 = 3
+    assert rows["none"]["lower bound vacuous"] is True and rows["none"]["estimate exceeds H(x)"] is None
+    # Without an exact H(x) there is nothing to flag against.
+    plain = build_report([conv1, fc3], split="test", dataset="d", unconditional=none)
+    assert all(row["estimate exceeds H(x)"] is None and row["lower bound vacuous"] is None for row in plain.rows)
+    header = report.to_csv().splitlines()[0]
+    assert "estimate exceeds H(x)" in header and "lower bound vacuous" in header
 
 
 def test_report_rejects_mismatched_inputs():
@@ -42,6 +76,18 @@ def test_report_rejects_mismatched_inputs():
         build_report([estimate("fc3", [1, 2])], split="test", dataset="d", reference_layer="conv9")
     with pytest.raises(InvkerasError, match="different numbers"):
         build_report([estimate("a", [1, 2]), estimate("b", [1, 2, 3])], split="test", dataset="d")
+
+
+def test_report_refuses_estimates_of_different_images():
+    """Equal counts are not enough: two datasets with the same --eval-examples must not share a table."""
+    a, b = estimate("a", [1, 2], prints="f00d"), estimate("b", [1, 2], prints="beef")
+    with pytest.raises(InvkerasError, match="different held-out images") as error:
+        build_report([a, b], split="test", dataset="d")
+    assert "\n" not in str(error.value) and "/inv/a" in str(error.value) and "/inv/b" in str(error.value)
+    with pytest.raises(InvkerasError, match="different held-out images"):
+        build_report([a], split="test", dataset="d", unconditional=estimate("none", [3, 4], prints="beef"))
+    same = build_report([a, estimate("b", [3, 4], prints="f00d")], split="test", dataset="d")
+    assert same.fingerprint == "f00d"
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +106,10 @@ def known_information_inverters(tmp_path_factory):
     out = {}
     for name, (h, information) in representations.items():
         np.savez(root / f"{name}.npz", x=x, h=h)
-        result = train_inverter(InverterConfig(features=str(root / f"{name}.npz"), layer=name, out=str(root / name), **common))
+        result = train_pixelcnn(features=str(root / f"{name}.npz"), layer=name, out=str(root / name), **common)
         out[name] = (result, information)
     # The unconditional model reads the same file's images and ignores h.
-    result = train_inverter(InverterConfig(features=str(root / "shape.npz"), layer="none", out=str(root / "none"), **common))
+    result = train_pixelcnn(features=str(root / "shape.npz"), layer="none", out=str(root / "none"), **common)
     out["none"] = (result, 0.0)
     return out
 
@@ -100,12 +146,10 @@ def test_conditional_model_starts_identical_to_the_unconditional_one():
 
 def test_labelled_rows_compare_inverters_of_one_layer_paired(known_information_inverters, tmp_path):
     """Rows named by label (as for one layer across architectures), with paired differences to a label."""
-    from invkeras.analyses.mi import estimate_mi
-
     identity = known_information_inverters["identity"][0].model_path
     shape = known_information_inverters["shape"][0].model_path
-    report, path = estimate_mi([identity, shape], split="validation", labels=["a/h", "b/h"], reference_layer="a/h",
-                               out=tmp_path / "mi.json")
+    report, path = estimate_mi(EstimateMIConfig(inverters=[str(identity), str(shape)], split="validation",
+                                                labels=["a/h", "b/h"], reference="a/h", out=str(tmp_path / "mi.json")))
     rows = {r["layer"]: r for r in report.rows}
     assert list(rows) == ["a/h", "b/h"]
     each = {label: held_out_nll(p, split="validation").nll_nats for label, p in (("a/h", identity), ("b/h", shape))}
@@ -113,4 +157,60 @@ def test_labelled_rows_compare_inverters_of_one_layer_paired(known_information_i
     assert rows["b/h"]["NCE - NCE(ref)"] < 0  # the shape alone says less about x than x itself
     assert path.exists()
     with pytest.raises(InvkerasError, match="distinct label"):
-        estimate_mi([identity, shape], split="validation", labels=["same", "same"], out=tmp_path / "x.json")
+        estimate_mi(EstimateMIConfig(inverters=[str(identity), str(shape)], split="validation", labels=["same", "same"],
+                                     out=str(tmp_path / "x.json")))
+    # User features: no exact H(x), so nothing is flagged; the rows carry the images' fingerprint.
+    assert report.entropy_nats is None and report.fingerprint is not None
+    assert all(row["lower bound vacuous"] is None for row in report.rows)
+
+
+def test_config_defaults():
+    config = EstimateMIConfig(inverters=["a"])
+    assert (config.unconditional, config.reference, config.split, config.eval_examples, config.out, config.labels) == (
+        None, None, "test", None, None, None)
+    with pytest.raises(ValueError):
+        EstimateMIConfig(inverters=[])
+    with pytest.raises(ValueError):
+        EstimateMIConfig(inverters=["a"], reference_layer="fc3")
+
+
+def test_kind_without_a_pixel_likelihood_is_refused_in_one_line(tiny_inverters, tmp_path):
+    mse = str(tiny_inverters["mse_fc3"].model_path.parent)
+    for call in (lambda: held_out_nll(mse, split="test"),
+                 lambda: estimate_mi(EstimateMIConfig(inverters=[mse], out=str(tmp_path / "mi.json"))),
+                 lambda: estimate_mi(EstimateMIConfig(inverters=[str(tiny_inverters["fc3"].model_path)],
+                                                      unconditional=mse, out=str(tmp_path / "mi.json")))):
+        with pytest.raises(InvkerasError, match="estimate-mi") as error:
+            call()
+        message = str(error.value)
+        assert "\n" not in message and "'mse'" in message and "pixel log prob" in message
+    assert not (tmp_path / "mi.json").exists()
+
+
+def test_estimates_carry_fingerprints_and_reuse_recorded_nlls(tiny_inverters, tmp_path):
+    fc3, none = tiny_inverters["fc3"].model_path, tiny_inverters["none"].model_path
+    inverter = load_inverter(fc3)
+    images = held_out_inputs(inverter.config, "test", 48)["x"]
+    reused = held_out_nll(inverter, split="test")
+    assert reused.fingerprint == fingerprint(images) and reused.n == 48 and reused.kind == "pixelcnn"
+    fresh = held_out_nll(fc3, split="test", eval_examples=48, reuse=False)
+    assert fresh.fingerprint == reused.fingerprint
+    np.testing.assert_allclose(fresh.nll_nats, reused.nll_nats, rtol=1e-5)
+    fewer = held_out_nll(fc3, split="test", eval_examples=5)
+    assert fewer.n == 5 and fewer.fingerprint == fingerprint(images[:5])
+    np.testing.assert_allclose(fewer.nll_nats, reused.nll_nats[:5], rtol=1e-5)
+
+    # The unconditional model sees the same images: one table, with procedural's exact H(x) and its flags.
+    report, path = estimate_mi(EstimateMIConfig(inverters=[str(fc3)], unconditional=str(none), reference="fc3",
+                                                out=str(tmp_path / "mi.json")))
+    assert report.fingerprint == fingerprint(images) and report.entropy_nats == pytest.approx(procedural.ENTROPY_NATS)
+    rows = {row["layer"]: row for row in report.rows}
+    assert rows["fc3"]["lower bound vacuous"] is (procedural.ENTROPY_NATS < rows["fc3"]["H*(x|h) nats"])
+    assert isinstance(rows["fc3"]["estimate exceeds H(x)"], bool)
+    meta = artifacts.read_metadata(path)
+    assert meta["kind"] == "mi-estimate" and meta["config"]["reference"] == "fc3"
+    assert json.loads(path.read_text())["fingerprint"] == report.fingerprint
+
+    # The default output is the run's mi/<split>.json, from the inverter's config, whatever its directory depth.
+    workspace = inverter.config.workspace
+    assert default_out(inverter, "validation") == artifacts.run_dir("procedural", "conv", workspace) / "mi" / "validation.json"

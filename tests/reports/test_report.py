@@ -59,8 +59,8 @@ def inverter(directory, layer, classifier_path, nll, *, command="invkeras train-
     """A PixelCNN inverter: a pixel likelihood, so NLL and bits/dim besides its headline."""
     summary = {"n": 48, "nll_nats": nll, "se_nats": 1.25, "bits_per_dim": nll / 400 / 0.6931, "se_bits_per_dim": 0.001,
                "headline": {"name": "NLL nats", "value": nll, "se": 1.25}}
-    return any_inverter(directory, layer, classifier_path, "pixelcnn", summary, capabilities=("sample", "pixel_log_prob"),
-                        command=command, scale="tiny")
+    return any_inverter(directory, layer, classifier_path, "pixelcnn", summary,
+                        capabilities=("sample", "pixel_log_prob"), command=command, scale="tiny")
 
 
 def mse_inverter(directory, layer, classifier_path, mse=1234.5, se=6.78):
@@ -74,7 +74,8 @@ def l1(mean, se, dims):
     return {"mean_l1": mean, "se": se, "mean_l1_per_dim": mean / dims, "se_per_dim": se / dims}
 
 
-def compare_row(inverter_path, kind, ims, imnn, *, label=None, agreement=0.9, diversity=(500.0, 12.0), nll=None, dims=64):
+def compare_row(inverter_path, kind, ims, imnn, *, label=None, agreement=0.9, diversity=(500.0, 12.0), nll=None,
+                dims=64):
     """One inverter's row of compare.json; diversity (pixel, h) of 0 for a point estimate."""
     return {"label": label or kind, "kind": kind, "inverter": str(inverter_path),
             "IM-S": l1(ims, 1.5, dims), "IM-NN": l1(imnn, 1.0, dims),
@@ -208,15 +209,17 @@ def test_report_of_a_workspace(fake_run, tmp_path):
     md = md_path.read_text()
     assert md_path == html_path.with_suffix(".md") and "| 0.8765 |" in md
     # One inverter table for every kind, each with its own headline; no separate MSE decoder section.
-    assert "| fc3 | mse | procedural | conv | procedural/conv/classifier/model.keras |  | normal | test | MSE per pixel | " \
-           "1234.50 ± 6.78 |  | 10 | 40 | 3.5 | procedural/conv/inverters/mse/fc3/inverter.keras |" in md
-    assert "| fc3 | pixelcnn | procedural | conv | procedural/conv/classifier/model.keras |  | normal | test | NLL nats | " \
-           "234.57 ± 1.25 | 0.8461 | 48 |" in md
+    assert ("| fc3 | mse | procedural | conv | procedural/conv/classifier/model.keras |  | normal | test | "
+            "MSE per pixel | 1234.50 ± 6.78 |  | 10 | 40 | 3.5 | "
+            "procedural/conv/inverters/mse/fc3/inverter.keras |") in md
+    assert ("| fc3 | pixelcnn | procedural | conv | procedural/conv/classifier/model.keras |  | normal | test | "
+            "NLL nats | 234.57 ± 1.25 | 0.8461 | 48 |") in md
     assert "MSE decoders" not in md
     # Comparisons: Table 1 across layers, then one table per compare.json with 1NN first.
     assert "| layer | split | n | K | dims | 1NN | pixelcnn IM-S | pixelcnn IM-NN | mse IM-S | mse IM-NN | path |" in md
     assert "| conv1 | test | 20 | 5 | 64 | 80.00 ± 2.00 | 60.00 ± 1.50 | 50.00 ± 1.00 |  |  | " in md
-    assert "| fc3 | test | 20 | 5 | 64 | 40.00 ± 2.00 | 30.00 ± 1.50 | 20.00 ± 1.00 | 25.00 ± 1.50 | 25.00 ± 1.00 | " in md
+    assert ("| fc3 | test | 20 | 5 | 64 | 40.00 ± 2.00 | 30.00 ± 1.50 | 20.00 ± 1.00 | 25.00 ± 1.50 | "
+            "25.00 ± 1.00 | ") in md
     fc3_table = md.split("### procedural/conv/compare/fc3: layer fc3, test split")[1].split("\n\n")[1].splitlines()
     assert fc3_table[2:] == [
         "| 1NN (training) |  |  |  | 40.00 ± 2.00 | 0.625 ± 0.031 |  |  |  |  |",
@@ -347,12 +350,12 @@ def test_an_inverter_kind_the_report_never_heard_of(tmp_path):
     html_path, md_path = write_report(tmp_path / "runs", out=tmp_path / "r.html")
     md = md_path.read_text()
     inverters = _section(md, "Inverters")
-    assert "| fc3 | toy | procedural | conv | procedural/conv/classifier/model.keras |  | normal | test | toy loss | " \
-           "0.0123 ± 0.0004 |  | 12 | 40 | 3.5 | procedural/conv/inverters/toy/fc3/inverter.keras |" in inverters
+    assert ("| fc3 | toy | procedural | conv | procedural/conv/classifier/model.keras |  | normal | test | toy loss | "
+            "0.0123 ± 0.0004 |  | 12 | 40 | 3.5 | procedural/conv/inverters/toy/fc3/inverter.keras |") in inverters
     distances = _section(md, "Representation-space distances")
     assert "| 1NN | pixelcnn IM-S | pixelcnn IM-NN | toy-v2 IM-S | toy-v2 IM-NN |" in distances
-    assert "| toy-v2 | toy | 35.00 ± 1.50 | 0.547 ± 0.023 | 22.00 ± 1.00 | 0.344 ± 0.016 |  | 500.00 ± 50.00 | " \
-           "12.00 ± 1.20 |  |" in distances
+    assert ("| toy-v2 | toy | 35.00 ± 1.50 | 0.547 ± 0.023 | 22.00 ± 1.00 | 0.344 ± 0.016 |  | 500.00 ± 50.00 | "
+            "12.00 ± 1.20 |  |") in distances
     assert "compare_topk_toy-v2.png" in distances
     assert "layer fc3, toy inverter: 2 samples per input" in _section(md, "Samples")
     # NCE needs a pixel likelihood: the toy inverter is not drawn, nor listed as unknown.
@@ -397,10 +400,11 @@ def test_legacy_metadata_still_renders(tmp_path):
     html_path, md_path = write_report(tmp_path / "runs", out=tmp_path / "r.html")
     md = md_path.read_text()
     inverters = _section(md, "Inverters")
-    assert "| fc3 | mse | procedural | conv | procedural/conv/classifier/model.keras |  | normal | test | MSE per pixel | " \
-           "1234.50 ± 6.78 |  | 10 | 9 |  | procedural/conv/decoders/fc3/decoder.keras |" in inverters
-    assert "| fc3 | pixelcnn | procedural | conv | procedural/conv/classifier/model.keras |  | normal | validation | " \
-           "NLL nats | 234.57 ± 1.25 | 0.8461 | 48 | 40 |" in inverters
+    assert ("| fc3 | mse | procedural | conv | procedural/conv/classifier/model.keras |  | normal | test | "
+            "MSE per pixel | 1234.50 ± 6.78 |  | 10 | 9 |  | "
+            "procedural/conv/decoders/fc3/decoder.keras |") in inverters
+    assert ("| fc3 | pixelcnn | procedural | conv | procedural/conv/classifier/model.keras |  | normal | validation | "
+            "NLL nats | 234.57 ± 1.25 | 0.8461 | 48 | 40 |") in inverters
     assert "recorded as mse-decoder" in inverters and "MSE decoders" not in md
     distances = _section(md, "Representation-space distances")
     assert "| 1NN | pixelcnn IM-S | pixelcnn IM-NN | path |" in distances
