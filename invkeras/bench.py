@@ -10,7 +10,7 @@ What is measured
 ----------------
 * Training speed at equal size (28x28x1, 64 filters, 3 resnet layers per block, three
   resolutions, 10 mixture components, dropout 0.5, batch 32). Ours is the model exactly as
-  `invkeras train-inverter` builds it (`build_inverter`: Adam with the per-step decay and the
+  `invkeras train-inverter` builds it (`build_network`: Adam with the per-step decay and the
   NLL loss, weight norm with data-dependent init), measured with XLA (`jit_compile=True`) and
   without. TFP's network is tf-keras layers; we train it with a `tf.function` train step
   (GradientTape over `dist.network.trainable_variables`, the same Adam schedule, loss
@@ -164,7 +164,7 @@ def _import_everything():
     tfp.distributions.PixelCNN  # noqa: B018  (TFP imports lazily; load it now)
     import invkeras.inverters.pixelcnn.network  # noqa: F401
     import invkeras.inverters.pixelcnn.sampling  # noqa: F401
-    import invkeras.train_inverter  # noqa: F401
+    import invkeras.inverters.pixelcnn.kind  # noqa: F401
 
 
 def _synthetic_batch(s: BenchSettings, batch: int, seed_offset: int = 0):
@@ -250,7 +250,7 @@ def _timed_steps(step: Callable[[], float], warmup: int, timed: int) -> dict:
 def _train_ours(s: BenchSettings, jit: bool) -> dict:
     import keras
 
-    from invkeras.train_inverter import build_inverter
+    from invkeras.inverters.pixelcnn.kind import build_network
     from invkeras.inverters.pixelcnn.weight_norm import initialize_weight_norm
 
     keras.utils.set_random_seed(s.seed)
@@ -258,12 +258,12 @@ def _train_ours(s: BenchSettings, jit: bool) -> dict:
     inputs = {"x": x, "h": h}
     config = _our_config(s, s.train_filters, s.train_nr_resnet)
     start = time.perf_counter()
-    model = build_inverter(config, learning_rate=s.learning_rate, lr_decay=s.lr_decay, jit_compile=str(jit).lower())
-    initialize_weight_norm(model, inputs)  # as train_inverter does before fit
+    model = build_network(config, learning_rate=s.learning_rate, lr_decay=s.lr_decay, jit_compile=str(jit).lower())
+    initialize_weight_norm(model, inputs)  # as the pixelcnn kind does before training
     build_s = time.perf_counter() - start
     params = sum(int(math.prod(v.shape)) for v in model.trainable_variables)
     result = _timed_steps(lambda: model.train_on_batch(inputs, x), s.warmup_steps, s.timed_steps)
-    how = "build_inverter + train_on_batch, " + ("XLA (jit_compile=True)" if jit else "no XLA (jit_compile=False)")
+    how = "build_network + train_on_batch, " + ("XLA (jit_compile=True)" if jit else "no XLA (jit_compile=False)")
     return {**result, "build_s": build_s, "params": params, "params_effective": params, "how": how}
 
 

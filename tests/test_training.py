@@ -11,6 +11,7 @@ import pytest
 
 from invkeras.errors import InvkerasError, NonFiniteLossError
 from invkeras.training import BatchOrder, CompiledModelTrainee, Schedule, TrainingHook, train
+from killing import Interrupt as Kill, KillAt  # tests/killing.py
 
 
 def _arrays(n=96, seed=0):
@@ -29,23 +30,6 @@ def _trainee(arrays, seed=0):
     return CompiledModelTrainee(
         model, inputs=lambda b: b["x"], targets=lambda b: b["y"],
         validate=lambda: {"val_loss": float(np.mean((model.predict(val["x"], verbose=0) - val["y"]) ** 2))})
-
-
-class Kill(Exception):
-    pass
-
-
-class KillAt(TrainingHook):
-    def __init__(self, step, at_checkpoint=False):
-        self.step, self.at_checkpoint = step, at_checkpoint
-
-    def on_step_end(self, step, logs):
-        if not self.at_checkpoint and step == self.step:
-            raise Kill
-
-    def on_checkpoint(self, step, logs):
-        if self.at_checkpoint and step == self.step:
-            raise Kill
 
 
 SCHEDULE = Schedule(max_steps=60, steps_per_checkpoint=10, patience=100, batch_size=8, seed=3)

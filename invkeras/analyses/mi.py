@@ -131,7 +131,7 @@ def held_out_nll(inverter, *, split: str = "test", eval_examples: int | None = N
     def estimate(nll, prints):
         return LayerEstimate(inverter.layer, where, np.asarray(nll, np.float64), factor, prints, inverter.kind)
 
-    recorded = inverter.recorded_nll(split) if reuse and hasattr(inverter, "recorded_nll") else None
+    recorded = inverter.recorded_nll(split) if reuse else None
     if recorded is not None:
         nll, prints = recorded
         if eval_examples in (None, config.eval_examples, len(nll)):  # the same first images of the split

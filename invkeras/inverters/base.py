@@ -28,7 +28,7 @@ from pydantic import Field
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError
-from invkeras.inverters.data import UNCONDITIONAL, PairedDataConfig
+from invkeras.inverters.data import UNCONDITIONAL, PairedDataConfig, paired_arrays
 
 MODEL_FILE = "inverter.keras"
 LEGACY_DECODER_FILE = "decoder.keras"  # MSE decoders before the interface
@@ -62,6 +62,23 @@ class InverterConfig(PairedDataConfig):
         from invkeras.training import trajectory_settings
 
         return trajectory_settings(self, NON_TRAJECTORY_FIELDS)
+
+
+@dataclass
+class PairedData:
+    """The pairs a training run works on, their shapes and provenance, and when it started."""
+
+    train: dict
+    validation: dict
+    test: dict | None
+    source: dict
+    image_shape: tuple[int, ...]
+    h_shape: tuple[int, ...] | None
+    started: float
+
+    @property
+    def provenance(self) -> dict:
+        return {**self.source, "train_examples": len(self.train["x"]), "validation_examples": len(self.validation["x"])}
 
 
 @dataclass
@@ -165,6 +182,11 @@ class Inverter:
         self.require("reconstruct", "reconstruct")
         raise NotImplementedError
 
+    def recorded_nll(self, split: str) -> tuple[np.ndarray, str | None] | None:
+        """(per-image NLL, fingerprint of the images) saved at the end of training, if the kind
+        keeps them and they belong to this model; None otherwise (then it is evaluated afresh)."""
+        return None
+
     def check_h(self, h: np.ndarray | None, what: str) -> np.ndarray | None:
         """h as float32, refused in one line if its shape is not the one trained on."""
         if h is None:
@@ -179,24 +201,49 @@ class Inverter:
             raise InvkerasError(f"{what}: features h contain NaN or inf")
         return h
 
-    # --- saving, shared by every kind -------------------------------------------------
+    # --- training and saving, shared by every kind ------------------------------------
+
+    @staticmethod
+    def prepare(config: InverterConfig) -> "PairedData":
+        """Seed everything and load the config's pairs: the first thing every kind's `train` does."""
+        import keras
+
+        started = time.time()
+        keras.utils.set_random_seed(config.seed)
+        train, validation, test, source = paired_arrays(config)
+        image_shape = tuple(int(d) for d in train["x"].shape[1:])
+        h_shape = tuple(int(d) for d in train["h"].shape[1:]) if config.conditional else None
+        return PairedData(train, validation, test, source, image_shape, h_shape, started)
+
+    @staticmethod
+    def fit(trainee, data: "PairedData", config: InverterConfig, *, hooks=(), progress: bool = True,
+            non_finite_hint=None):
+        """Run the shared training loop on the pairs under the config's schedule."""
+        from invkeras.training import Schedule, train
+
+        schedule = Schedule(config.max_steps, config.steps_per_checkpoint, config.patience, config.batch_size,
+                            config.seed)
+        return train(trainee, data.train, schedule, out_dir=config.out_dir(), settings=config.trajectory(),
+                     what=f"train-inverter --kind {config.kind} layer '{config.layer}'", hooks=hooks,
+                     progress=progress, non_finite_hint=non_finite_hint)
 
     @classmethod
-    def save(cls, model, config: InverterConfig, *, data: dict, image_shape, h_shape, validation: dict,
-             test: dict | None, outcome, started: float, **extra: Any) -> TrainedInverter:
+    def save(cls, model, config: InverterConfig, data: PairedData, *, validation: dict, test: dict | None, outcome,
+             **extra: Any) -> TrainedInverter:
         """Write inverter.keras atomically, then its metadata (the commit point), then drop the backup."""
         from invkeras.training import BACKUP_DIR, Backup
 
         path = config.model_path()
         with artifacts.atomic_path(path) as tmp:
             model.save(tmp)
-        seconds = time.time() - started
+        seconds = time.time() - data.started
+        image_shape, h_shape = data.image_shape, data.h_shape
         results = {"validation": validation, "test": test, "steps": outcome.steps, "seconds": seconds,
                    "resumed_from_step": outcome.resumed_from_step, "stopped_early": outcome.stopped_early,
                    "best_step": outcome.best_step, **extra.pop("results", {})}
         artifacts.write_metadata(
             path, kind="inverter", inverter_kind=cls.kind, capabilities=sorted(cls.capabilities), config=config,
-            seed=config.seed, data=data, results=results, layer=config.layer, image_shape=list(image_shape),
+            seed=config.seed, data=data.provenance, results=results, layer=config.layer, image_shape=list(image_shape),
             h_shape=list(h_shape) if h_shape else None, history=outcome.history, **extra)
         Backup(path.parent / BACKUP_DIR).remove()  # only once the artefact is complete
         return TrainedInverter(path, cls.kind, config.layer, outcome.steps, validation, test, seconds,

@@ -10,7 +10,6 @@ mean training image, the baseline it has to beat.
 from __future__ import annotations
 
 import math
-import time
 from typing import Literal
 
 import numpy as np
@@ -18,7 +17,6 @@ from pydantic import Field
 
 from invkeras.errors import InvkerasError, NonFiniteLossError
 from invkeras.inverters.base import Inverter, InverterConfig, headline_summary, register_inverter
-from invkeras.inverters.data import paired_arrays
 from invkeras.inverters.mse.network import DEFAULT_FILTERS, build_mse_decoder, h_statistics
 
 
@@ -70,16 +68,13 @@ class MSEInverter(Inverter):
     def train(cls, config: MSEInverterConfig, *, hooks=(), progress: bool = True):
         import keras
 
-        from invkeras.training import CompiledModelTrainee, Schedule, train
+        from invkeras.training import CompiledModelTrainee
 
-        started = time.time()
-        keras.utils.set_random_seed(config.seed)
-        train_arrays, val, test, source = paired_arrays(config)
-        image_shape = tuple(int(d) for d in train_arrays["x"].shape[1:])
-        h_shape = tuple(int(d) for d in train_arrays["h"].shape[1:])
-        mean_image = train_arrays["x"].astype(np.float64).mean(axis=0)
-        h_mean, h_variance = h_statistics(train_arrays["h"])
-        model = build_mse_decoder(image_shape, h_shape, config.filters, h_mean=h_mean, h_variance=h_variance)
+        data = cls.prepare(config)
+        val, test = data.validation, data.test
+        mean_image = data.train["x"].astype(np.float64).mean(axis=0)
+        h_mean, h_variance = h_statistics(data.train["h"])
+        model = build_mse_decoder(data.image_shape, data.h_shape, config.filters, h_mean=h_mean, h_variance=h_variance)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mean_squared_error")
 
         def evaluate(arrays):
@@ -91,15 +86,12 @@ class MSEInverter(Inverter):
             model, inputs=lambda batch: np.asarray(batch["h"], "float32"),
             targets=lambda batch: np.asarray(batch["x"], "float32"),
             validate=lambda: {"val_loss": float(np.mean(per_image_mse(_predict(model, val["h"]), val["x"])))})
-        schedule = Schedule(config.max_steps, config.steps_per_checkpoint, config.patience, config.batch_size, config.seed)
-        outcome = train(trainee, train_arrays, schedule, out_dir=config.out_dir(), settings=config.trajectory(),
-                        what=f"train-inverter --kind mse layer '{config.layer}'", hooks=hooks, progress=progress)
+        outcome = cls.fit(trainee, data, config, hooks=hooks, progress=progress)
         validation = evaluate(val)
         if not math.isfinite(validation["mse_per_pixel"]):
             raise NonFiniteLossError(f"--kind mse layer '{config.layer}': validation MSE is not finite")
-        data = {**source, "train_examples": len(train_arrays["x"]), "validation_examples": len(val["x"])}
-        return cls.save(model, config, data=data, image_shape=image_shape, h_shape=h_shape, validation=validation,
-                        test=evaluate(test) if test is not None else None, outcome=outcome, started=started)
+        return cls.save(model, config, data, validation=validation, test=evaluate(test) if test is not None else None,
+                        outcome=outcome)
 
     def reconstruct(self, h, *, batch_size: int = 256):
         return _predict(self.model, self.check_h(h, "reconstruct"), batch_size)

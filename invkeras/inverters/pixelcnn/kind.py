@@ -10,7 +10,6 @@ Weight normalisation is initialised from one training batch before the first ste
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Literal, Optional
@@ -21,7 +20,7 @@ from pydantic import Field
 from invkeras import artifacts
 from invkeras.errors import InvkerasError, NonFiniteLossError
 from invkeras.inverters.base import Inverter, InverterConfig, headline_summary, nats_to_bits_per_dim, register_inverter
-from invkeras.inverters.data import fingerprint, paired_arrays
+from invkeras.inverters.data import fingerprint
 
 PER_IMAGE_NLL_FILE = "per_image_nll.npz"  # beside inverter.keras: {"validation", "test", "token"}
 VECTOR_LAYERS_HINT = "vector h (fc3, logits) or spatial h (conv1, conv2)"
@@ -159,14 +158,11 @@ class PixelCNNInverter(Inverter):
 
         from invkeras.distribution import get_strategy, strategy_scope
         from invkeras.inverters.pixelcnn.weight_norm import initialize_weight_norm
-        from invkeras.training import BatchOrder, CompiledModelTrainee, Schedule, train
+        from invkeras.training import BatchOrder, CompiledModelTrainee
 
-        started = time.time()
-        keras.utils.set_random_seed(config.seed)
-        train_arrays, val, test, source = paired_arrays(config)
-        image_shape = tuple(int(d) for d in train_arrays["x"].shape[1:])
-        h_shape = tuple(int(d) for d in train_arrays["h"].shape[1:]) if config.conditional else None
-        net_config = network_config(config, image_shape, h_shape)
+        data = cls.prepare(config)
+        train_arrays, val, test, image_shape = data.train, data.validation, data.test, data.image_shape
+        net_config = network_config(config, image_shape, data.h_shape)
         out_dir = config.out_dir()
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
@@ -185,11 +181,8 @@ class PixelCNNInverter(Inverter):
                 trainee = CompiledModelTrainee(
                     model, inputs=inputs, targets=lambda batch: np.asarray(batch["x"], "float32"),
                     validate=lambda: {"val_loss": float(np.mean(per_image_nll_nats(model, net_config, val)))})
-            schedule = Schedule(config.max_steps, config.steps_per_checkpoint, config.patience, config.batch_size,
-                                config.seed)
-            outcome = train(trainee, train_arrays, schedule, out_dir=out_dir, settings=config.trajectory(),
-                            what=f"train-inverter layer '{config.layer}'", hooks=hooks, progress=progress,
-                            non_finite_hint=_non_finite_hint(train_arrays.get("h")))
+            outcome = cls.fit(trainee, data, config, hooks=hooks, progress=progress,
+                              non_finite_hint=_non_finite_hint(train_arrays.get("h")))
         finally:
             if config.mixed_precision:
                 keras.mixed_precision.set_global_policy("float32")
@@ -207,13 +200,11 @@ class PixelCNNInverter(Inverter):
         # also in the model's metadata, ties them to this model.
         token = uuid.uuid4().hex
         nll_path = artifacts.save_npz_atomic(out_dir / PER_IMAGE_NLL_FILE, token=np.array(token), **per_image)
-        artifacts.write_metadata(nll_path, kind="per-image-nll", config=config, seed=config.seed, data=source,
+        artifacts.write_metadata(nll_path, kind="per-image-nll", config=config, seed=config.seed, data=data.source,
                                  results={split: len(v) for split, v in per_image.items()},
                                  inverter=str(config.model_path()))
-        data = {**source, "train_examples": len(train_arrays["x"]), "validation_examples": len(val["x"])}
-        return cls.save(model, config, data=data, image_shape=image_shape, h_shape=h_shape, validation=validation,
-                        test=test_summary, outcome=outcome, started=started, network=net_config,
-                        results={"per_image_nll_token": token, "fingerprints": prints})
+        return cls.save(model, config, data, validation=validation, test=test_summary, outcome=outcome,
+                        network=net_config, results={"per_image_nll_token": token, "fingerprints": prints})
 
     def sample(self, h, num_samples: int = 1, *, seed: int = 0, batch_size: int = 64, method: str = "cached",
                **options):

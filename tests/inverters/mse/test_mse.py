@@ -14,7 +14,7 @@ from invkeras.errors import InvkerasError
 from invkeras.inverters import load_inverter
 from invkeras.inverters.mse.kind import MSEInverter, MSEInverterConfig, per_image_mse, summarize_mse
 from invkeras.inverters.mse.network import PixelRange, build_mse_decoder
-from invkeras.training import TrainingHook
+from killing import Interrupt, KillAt  # tests/killing.py
 
 
 @pytest.mark.parametrize(
@@ -124,19 +124,6 @@ def test_a_pixelcnn_option_is_refused_for_kind_mse(factor_features, tmp_path):
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert "--scale" in lines[0] and "kind 'mse'" in lines[0]
     assert not (tmp_path / "dec").exists()
-
-
-class Interrupt(Exception):
-    pass
-
-
-class KillAt(TrainingHook):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, step, logs):
-        if step == self.step:
-            raise Interrupt
 
 
 def test_three_kills_resume_exactly(factor_features, tmp_path):

@@ -16,7 +16,7 @@ from invkeras.inverters.pixelcnn.kind import (
     network_config as pixelcnn_config_for,
     summarize_nll,
 )
-from invkeras.training import TrainingHook
+from killing import Interrupt, KillAt  # tests/killing.py
 
 
 def train_inverter(config, hooks=()):
@@ -70,21 +70,6 @@ def _user_features(tmp_path, h_scale=1.0, n=96):
     path = tmp_path / "mine.npz"
     np.savez(path, x=x, h=h)
     return path
-
-
-class Interrupt(Exception):
-    pass
-
-
-class KillAt(TrainingHook):
-    """'Kills' the run after `step` optimiser steps (mid-interval: the interval is redone)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, step, logs):
-        if step == self.step:
-            raise Interrupt
 
 
 def test_three_kills_resume_exactly(tmp_path):
