@@ -217,12 +217,6 @@ def inverter_dir(dataset: str, arch: str, layer: str, workspace: str | os.PathLi
     return run_dir(dataset, arch, workspace) / "inverters" / kind / layer
 
 
-def legacy_inverter_dirs(dataset: str, arch: str, layer: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> dict:
-    """Where invkeras wrote inverters before kinds had folders: {kind: directory}."""
-    root = run_dir(dataset, arch, workspace)
-    return {"pixelcnn": root / "inverters" / layer, "mse": root / "decoders" / layer}
-
-
 def comparison_dir(dataset: str, arch: str, layer: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
     """`runs/<dataset>/<arch>/comparisons/<layer>`: kinds compared side by side on one layer."""
     return run_dir(dataset, arch, workspace) / "comparisons" / layer

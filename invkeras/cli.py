@@ -335,10 +335,10 @@ def train_inverter(
     (Nash et al. 2019). Options of the kind itself (--scale, --filters, ...) follow the others."""
     from invkeras.inverters import config_for, train_inverter
 
-    options = {k: v for k, v in ctx.params.items()}
-    given = {k for k, v in options.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
+    # Only what the user gave: the kind's config supplies every default (the layer of --features too).
+    given = {k: v for k, v in ctx.params.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
     extra = _kind_options(kind, ctx.args)
-    config = config_for(kind, {**options, **extra}, given=given | set(extra))
+    config = config_for(kind, {**given, **extra}, given=set(given) | set(extra))
     result = train_inverter(config)
     rows = _held_out_rows(result, lambda name, s: [
         f"{name} {s['headline']['name']}", f"{_pm(s['headline'])} (n={s['n']})"
@@ -422,9 +422,10 @@ def sample(
     out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
 ) -> None:
     """Draw K samples of p(x|h(x)) for N held-out images: a PNG grid and an .npz."""
+    options = _given(locals())
     from invkeras.analyses.samples import SampleConfig, draw_inversions
 
-    result = draw_inversions(SampleConfig(**_given(locals())))
+    result = draw_inversions(SampleConfig(**options))
     rows = [["grid", result.grid_path], ["arrays", result.arrays_path],
             ["samples", "x".join(map(str, result.samples.shape[:2]))], ["wall time", f"{result.seconds:.1f} s"]]
     if result.mean_l1_to_original is not None:
@@ -455,10 +456,10 @@ def estimate_mi(
     out: Optional[str] = typer.Option(None, help="JSON path (a CSV twin is written beside it)."),
 ) -> None:
     """Held-out NLL per inverter, the NCE bound on I(x;h), and MI estimates, as a table, JSON and CSV."""
+    options = _given(locals())
     from invkeras.analyses.mi import EstimateMIConfig
     from invkeras.analyses.mi import estimate_mi as estimate
 
-    options = _given(locals())
     options["inverters"] = options.pop("inverter")
     report, path = estimate(EstimateMIConfig(**options))
     console.print(mi_table(report))
@@ -526,9 +527,9 @@ def compare(
 ) -> None:
     """Inverters of one layer side by side: L1 distance in the layer's space to 1NN, IM-S and IM-NN
     (Nash et al. 2019 Table 1), label agreement, sample diversity and NLL, plus top-k grids."""
+    options = _given(locals())
     from invkeras.analyses.compare import CompareConfig, compare_inverters
 
-    options = _given(locals())
     options["inverters"] = options.pop("inverter")
     options["labels"] = options.pop("label") or None
     result = compare_inverters(CompareConfig(**options))
@@ -555,9 +556,9 @@ def sample_grid(
     out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
 ) -> None:
     """Write samples_reconstruction.png: input | reconstruction | K samples, as in Nash et al. (2019) Figs. 1 and 4."""
+    options = _given(locals())
     from invkeras.analyses.samples import SampleConfig, save_samples_with_reconstruction
 
-    options = _given(locals())
     reconstructor = options.pop("reconstructor")
     result = save_samples_with_reconstruction(SampleConfig(**options), reconstructor)
     rows = [["grid", result.grid_path], ["reconstruction MSE per pixel", f"{result.mse_per_pixel:.1f}"],

@@ -10,8 +10,17 @@ from invkeras.cli import app
 runner = CliRunner()
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+def invoke(*args, width=None):
+    """Run the CLI; `width` widens its rich console so that wide tables print unfolded."""
+    import invkeras.cli
+
+    saved = invkeras.cli.console.width
+    if width:
+        invkeras.cli.console.width = width
+    try:
+        return runner.invoke(app, [str(a) for a in args])
+    finally:
+        invkeras.cli.console.width = saved
 
 
 def assert_one_line_error(result, *fragments):
@@ -104,11 +113,12 @@ def test_compare_prints_one_row_per_kind_and_estimate_mi_refuses_a_kind_without_
     mse = tiny_inverters["mse_fc3"].model_path.parent
     result = invoke("compare", "--inverter", pixelcnn, "--inverter", mse, "--num-images", 3, "--num-samples", 2,
                     "--grid-inputs", 1, "--grid-samples", 3, "--top-k", 2, "--max-train-examples", 128,
-                    "--out", tmp_path / "cmp")
+                    "--out", tmp_path / "cmp", width=200)
     assert result.exit_code == 0, result.output
     table = json.loads((tmp_path / "cmp/compare.json").read_text())
     assert [r["label"] for r in table["rows"]] == ["pixelcnn", "mse"]
     assert "1NN (training)" in result.output and "pixelcnn" in result.output and "mse" in result.output
+    assert f"{table['nearest_training']['mean_l1']:.2f} ± {table['nearest_training']['se']:.2f}" in result.output
     assert_one_line_error(invoke("estimate-mi", "--inverter", mse, "--out", tmp_path / "mi.json"),
                           "kind 'mse'", "pixel log prob")
     assert not (tmp_path / "mi.json").exists()

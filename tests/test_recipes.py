@@ -158,7 +158,8 @@ def test_bad_defaults_and_variants_get_one_line(tmp_path, body, message):
 
 
 @pytest.mark.slow
-def test_mse_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inverters, tiny_classifier, tmp_path):
+def test_mse_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inverters, tiny_classifier, tmp_path,
+                                                                 monkeypatch):
     """The MSE kind, the sample-with-reconstruction and the kinds-side-by-side compare steps on
     the session's tiny fc3 inverter."""
     import json
@@ -205,7 +206,10 @@ def test_mse_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inverters, 
 
     from invkeras.cli import app
 
-    result = CliRunner().invoke(app, ["run", str(path)], terminal_width=200)
+    import invkeras.cli
+
+    monkeypatch.setattr(invkeras.cli.console, "width", 250)  # wide tables print unfolded
+    result = CliRunner().invoke(app, ["run", str(path)])
     assert result.exit_code == 0, result.output
     nn = table["nearest_training"]
     assert "1NN (training)" in result.output and f"{nn['mean_l1']:.2f} ±" in result.output

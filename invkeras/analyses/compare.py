@@ -334,10 +334,18 @@ def _checked_inverters(config: CompareConfig) -> tuple[list, list[str], Path]:
             raise InvkerasError(f"compare: inverters of different layers: {inverter_label(first)} inverts layer "
                                 f"'{first.layer}', {inverter_label(inverter)} layer '{inverter.layer}'; "
                                 "compare inverters of one layer")
-        if classifier.resolve() != classifiers[0].resolve():
+        if not _same_file(classifier, classifiers[0]):
             raise InvkerasError(f"compare: inverters of different classifiers: {inverter_label(first)} inverts "
                                 f"{classifiers[0]}, {inverter_label(inverter)} inverts {classifier}")
     return inverters, labels, classifiers[0]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One classifier: the same path, or a byte-identical copy (a workspace copied elsewhere)."""
+    import filecmp
+
+    a, b = Path(a), Path(b)
+    return a.resolve() == b.resolve() or (a.stat().st_size == b.stat().st_size and filecmp.cmp(a, b, shallow=False))
 
 
 def _held_out(inverters: list, split: str, num_images: int) -> dict:

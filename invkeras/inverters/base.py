@@ -114,6 +114,10 @@ class Inverter:
     capabilities: ClassVar[frozenset[str]] = frozenset()
     description: ClassVar[str] = ""
     unconditional_ok: ClassVar[bool] = False  # can it model p(x) alone (layer 'none')?
+    # Workspaces from before kinds had folders: the artefact kind its metadata recorded, and
+    # where under runs/<dataset>/<arch>/ it lived ({layer} filled in).
+    legacy_artifact_kind: ClassVar[str | None] = None
+    legacy_layout: ClassVar[str | None] = None
 
     def __init__(self, model, meta: dict, path: Path):
         self.model, self.meta, self.path = model, meta, Path(path)
@@ -253,8 +257,6 @@ class Inverter:
 # --- the registry -------------------------------------------------------------------
 
 _KINDS: dict[str, type[Inverter]] = {}
-# Metadata of artefacts written before the interface: (meta kind) -> inverter kind.
-_LEGACY_KINDS = {"inverter": "pixelcnn", "mse-decoder": "mse"}
 
 
 def register_inverter(cls: type[Inverter]) -> type[Inverter]:
@@ -314,7 +316,8 @@ def inverter_kind_of(meta: dict) -> str | None:
     """The kind named by an artefact's metadata, including artefacts from before the interface."""
     if meta.get("kind") == "inverter" and meta.get("inverter_kind"):
         return str(meta["inverter_kind"])
-    return _LEGACY_KINDS.get(str(meta.get("kind")))
+    legacy = {cls.legacy_artifact_kind: name for name, cls in inverter_kinds().items() if cls.legacy_artifact_kind}
+    return legacy.get(str(meta.get("kind")))
 
 
 def load_inverter(path: str | Path, *, flag: str = "--inverter") -> Inverter:
@@ -344,10 +347,10 @@ def train_inverter(config: InverterConfig, *, hooks=(), progress: bool = True) -
     if not config.conditional and not cls.unconditional_ok:
         raise InvkerasError(f"--kind {config.kind} --layer none: kind '{config.kind}' models x given a representation "
                             "h; it has no unconditional form")
-    if not config.out and not config.model_path().exists():
-        legacy = artifacts.legacy_inverter_dirs(config.dataset, config.arch, config.layer, config.workspace)
-        old = legacy.get(config.kind)
-        if old is not None and any((old / name).is_file() for name in (MODEL_FILE, LEGACY_DECODER_FILE)):
+    if not config.out and not config.model_path().exists() and cls.legacy_layout:
+        old = artifacts.run_dir(config.dataset, config.arch, config.workspace) / cls.legacy_layout.format(
+            layer=config.layer)
+        if any((old / name).is_file() for name in (MODEL_FILE, LEGACY_DECODER_FILE)):
             raise InvkerasError(f"{old} holds a {config.kind} inverter from an older invkeras; kinds now have their own "
                                 f"folders: move it with `mv {old} {config.out_dir()}` to keep it, or delete it")
     return cls.train(config, hooks=hooks, progress=progress)

@@ -11,11 +11,12 @@ All kinds read the same pairs, splits and order, so their held-out scores are pa
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError
@@ -45,6 +46,21 @@ class PairedDataConfig(BaseModel):
         if not layer.strip():
             raise ValueError("layer name is empty")
         return layer
+
+    @model_validator(mode="after")
+    def _layer_of_features(self):
+        """With --features and no --layer, the layer is the one the features' manifest records
+        (a user's .npz records none: then 'features'), never the default 'fc3'."""
+        if self.features and "layer" not in self.model_fields_set:
+            manifest = Path(self.features) / "train" / "manifest.json"
+            layer = None
+            if manifest.is_file():
+                try:
+                    layer = json.loads(manifest.read_text()).get("layer")
+                except (OSError, ValueError):
+                    layer = None
+            self.layer = str(layer or "features")
+        return self
 
     @property
     def conditional(self) -> bool:

@@ -77,12 +77,13 @@ class RunContents:
 # --- the inverter metadata contract -------------------------------------------------
 
 
-# The artefact kinds that are inverters, and what one recorded without `inverter_kind` (written
-# before inverters had kinds) was: {artefact kind: (inverter kind, capabilities)}.
-_LEGACY_INVERTERS = {
-    "inverter": ("pixelcnn", ["sample", "pixel_log_prob"]),
-    "mse-decoder": ("mse", ["sample", "reconstruct"]),
-}
+def _legacy_inverters() -> dict[str, tuple[str, list[str]]]:
+    """What an inverter recorded before inverters had kinds was, as each kind declares it:
+    {artefact kind: (inverter kind, capabilities)}."""
+    from invkeras.inverters import inverter_kinds
+
+    return {cls.legacy_artifact_kind: (name, sorted(cls.capabilities))
+            for name, cls in inverter_kinds().items() if cls.legacy_artifact_kind}
 # Summaries written before headlines: (headline name, value key, SE key), the first present wins.
 _LEGACY_HEADLINES = (("NLL nats", "nll_nats", "se_nats"), ("MSE per pixel", "mse_per_pixel", "se"))
 
@@ -97,11 +98,13 @@ def inverter_metadata(meta: dict) -> dict | None:
     from its NLL or MSE. The original kind, where different, is kept as `recorded_kind`.
     """
     kind = meta.get("kind")
-    if kind not in _LEGACY_INVERTERS:
+    if kind != "inverter" and kind not in _legacy_inverters():
         return None
     meta = dict(meta)
     if kind != "inverter" or not meta.get("inverter_kind"):
-        legacy_kind, capabilities = _LEGACY_INVERTERS[kind]
+        if kind not in _legacy_inverters():
+            return None
+        legacy_kind, capabilities = _legacy_inverters()[kind]
         meta.setdefault("capabilities", list(capabilities))
         meta["inverter_kind"] = legacy_kind
         if kind != "inverter":

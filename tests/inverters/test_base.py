@@ -69,7 +69,7 @@ def test_kinds_never_share_a_directory(tmp_path):
 
 
 def test_a_workspace_from_before_kinds_gets_one_line_saying_how_to_move_it(tmp_path):
-    old = artifacts.legacy_inverter_dirs("procedural", "conv", "fc3", tmp_path)["pixelcnn"]
+    old = artifacts.run_dir("procedural", "conv", tmp_path) / "inverters/fc3"  # where pixelcnn inverters were
     old.mkdir(parents=True)
     (old / "inverter.keras").write_bytes(b"old")
     config = config_for("pixelcnn", {"layer": "fc3", "workspace": str(tmp_path)})
@@ -129,3 +129,12 @@ def test_a_capability_a_kind_lacks_is_one_line(tiny_inverters):
     assert str(info.value).startswith("estimate-mi: inverter") and "kind 'mse'" in str(info.value)
     with pytest.raises(InvkerasError, match="NaN or inf"):
         inverter.reconstruct(np.full((1, 256), np.nan, np.float32))
+
+
+def test_features_without_a_layer_take_the_manifests_layer(tmp_path):
+    manifest = tmp_path / "feats/train/manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"layer": "dense_7"}))
+    assert config_for("pixelcnn", {"features": str(tmp_path / "feats")}).layer == "dense_7"
+    assert config_for("pixelcnn", {"features": str(tmp_path / "mine.npz")}).layer == "features"
+    assert config_for("pixelcnn", {"features": str(tmp_path / "feats"), "layer": "fc3"}).layer == "fc3"

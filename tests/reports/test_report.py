@@ -418,7 +418,7 @@ def test_inverter_metadata_normalisation():
     assert inverter_metadata({"kind": "classifier"}) is None
     legacy = inverter_metadata({"kind": "inverter", "results": {"test": {"n": 3, "nll_nats": 5.0, "se_nats": 0.5},
                                                                 "steps": 2}})
-    assert (legacy["inverter_kind"], legacy["capabilities"]) == ("pixelcnn", ["sample", "pixel_log_prob"])
+    assert (legacy["inverter_kind"], legacy["capabilities"]) == ("pixelcnn", ["pixel_log_prob", "sample"])
     assert legacy["results"]["test"]["headline"] == {"name": "NLL nats", "value": 5.0, "se": 0.5}
     decoder = inverter_metadata({"kind": "mse-decoder", "results": {"validation": {"mse_per_pixel": 9.0, "se": 1.0}}})
     assert (decoder["kind"], decoder["recorded_kind"], decoder["inverter_kind"]) == ("inverter", "mse-decoder", "mse")
@@ -434,11 +434,12 @@ def test_report_of_a_real_tiny_run(tiny_inverters, tiny_classifier, tmp_path):
     html = html_path.read_text()
     meta = artifacts.read_metadata(artifacts.classifier_path("procedural", "conv", tiny_classifier))
     assert f"{meta['results']['test_accuracy']:.4f}" in html
-    for layer, result in tiny_inverters.items():
-        held_out = result.test or result.validation
-        assert f"{held_out['nll_nats']:.2f} ± {held_out['se_nats']:.2f}" in html, layer
+    for name, result in tiny_inverters.items():
+        headline = (result.test or result.validation)["headline"]
+        assert headline["name"] in html and f"{headline['value']:.2f} ± {headline['se']:.2f}" in html, name
     assert "NCE by layer" in html and "Classifier test accuracy" in html and "data:image/png;base64," in html
-    assert "<details>" in html and "procedural/conv/inverters/fc3/inverter.keras" in html
+    assert "<details>" in html and "procedural/conv/inverters/pixelcnn/fc3/inverter.keras" in html
+    assert "procedural/conv/inverters/mse/fc3/inverter.keras" in html
     assert (tmp_path / "tiny-nce-by-layer.png").is_file() and md_path.is_file()
 
 
@@ -458,15 +459,21 @@ def _check_inputs_are_trained_first(recipe, label):
         if step.command in ("sample", "compare", "estimate-mi"):
             used = ([inverter for _, inverter in step.rows()] if step.command == "estimate-mi"
                     else [step.inverter(layer) for layer in step.layers])
-            if getattr(step, "with_decoder", False):
-                used += [step.decoder(layer) for layer in step.layers]
+            if getattr(step, "reconstruction", None):
+                used += [step.inverter(layer, step.reconstruction) for layer in step.layers]
+            if step.command == "compare":
+                used += [step.inverter(layer, kind) for layer in step.layers for kind in step.compared_kinds()]
             if step.command == "estimate-mi" and step.unconditional:
                 used.append(step.inverter("none"))
             assert set(used) <= made, (label, name)
 
 
+def _inverter_steps(recipe, kind):
+    return [s for s in recipe.steps.values() if s.command == "train-inverter" and s.kind == kind]
+
+
 def test_paper_recipes_validate():
-    from invkeras.recipes import TrainInverterStep, load_recipe
+    from invkeras.recipes import load_recipe
 
     assert sorted(p.stem for p in PAPER_RECIPES.glob("*.yaml")) == EXPECTED_RECIPES
     for path in sorted(PAPER_RECIPES.glob("*.yaml")):
@@ -483,7 +490,7 @@ def test_paper_recipes_validate():
         for name, step in paper.steps.items():
             if step.command == "train-classifier":
                 assert step.learning_rate == 3e-4, name
-            if isinstance(step, TrainInverterStep):
+            if step.command == "train-inverter" and step.kind == "pixelcnn":
                 assert (step.scale, step.learning_rate, step.lr_decay) == ("paper", 1e-3, 0.9999), name
                 if name in small.steps:
                     assert small.steps[name].scale in ("small", "tiny") and small.steps[name].max_steps <= 1000, name
@@ -495,14 +502,14 @@ def test_paper_recipes_validate():
 
 
 def test_paper_recipes_match_the_paper():
-    from invkeras.recipes import TrainInverterStep, TrainMSEDecoderStep, load_recipe
+    from invkeras.recipes import load_recipe
 
     for key in ("mnist", "svhn", "cifar10"):
         recipe = load_recipe(PAPER_RECIPES / f"layers_{key}.yaml")
         assert recipe.dataset == {"mnist": "mnist", "svhn": "svhn_cropped", "cifar10": "cifar10"}[key]
-        inverters = {s.layer: s for s in recipe.steps.values() if isinstance(s, TrainInverterStep)}
+        inverters = {s.layer: s for s in _inverter_steps(recipe, "pixelcnn")}
         assert set(inverters) == {"conv1", "conv2", "fc3", "logits", "none"}
-        decoders = {s.layer for s in recipe.steps.values() if isinstance(s, TrainMSEDecoderStep)}
+        decoders = {s.layer for s in _inverter_steps(recipe, "mse")}
         assert decoders == {"conv1", "conv2", "fc3", "logits"}
         assert recipe.steps["distances"].num_images == 500 and recipe.steps["distances"].num_samples == 10
         assert inverters["fc3"].h_dropout == (0.2 if key == "cifar10" else None)
@@ -512,9 +519,9 @@ def test_paper_recipes_match_the_paper():
     assert affnist.dataset == "affnist"
     archs = {s.arch for s in affnist.steps.values() if s.command == "train-classifier"}
     assert archs == {"conv", "conv-gpool", "fc"}
-    fc3 = {s.arch for s in affnist.steps.values() if isinstance(s, TrainInverterStep) and s.layer == "fc3"}
+    fc3 = {s.arch for s in _inverter_steps(affnist, "pixelcnn") if s.layer == "fc3"}
     assert fc3 == archs and {s.arch for s in affnist.steps.values() if s.command == "estimate-mi"} == archs
-    decoders = {s.arch for s in affnist.steps.values() if isinstance(s, TrainMSEDecoderStep)}
+    decoders = {s.arch for s in _inverter_steps(affnist, "mse")}
     assert decoders == archs  # an MSE decoder of FC3 beside each inverter
 
     dynamics = load_recipe(PAPER_RECIPES / "training_dynamics_mnist.yaml")
@@ -524,7 +531,7 @@ def test_paper_recipes_match_the_paper():
     assert (overfitted.train_examples, overfitted.dropout) == (100, False) and normal.dropout
     assert normal.model_path() != overfitted.model_path()
     assert normal.steps_per_epoch == overfitted.steps_per_epoch == 1000 and normal.epochs * 1000 == 100000
-    inverters = [s for s in dynamics.steps.values() if isinstance(s, TrainInverterStep)]
+    inverters = _inverter_steps(dynamics, "pixelcnn")
     checkpoints = {(s.model, s.layer) for s in inverters}
     for classifier_step in (normal, overfitted):
         for step in classifier_step.save_at:

@@ -63,6 +63,7 @@ class MSEInverter(Inverter):
     config_class = MSEInverterConfig
     capabilities = frozenset({"sample", "reconstruct"})
     description = "point-estimate decoder x_hat(h) trained with squared error (Dosovitskiy & Brox 2016)"
+    legacy_artifact_kind, legacy_layout = "mse-decoder", "decoders/{layer}"
 
     @classmethod
     def train(cls, config: MSEInverterConfig, *, hooks=(), progress: bool = True):

@@ -145,6 +145,7 @@ class PixelCNNInverter(Inverter):
     capabilities = frozenset({"sample", "pixel_log_prob"})
     description = "conditional PixelCNN++ p(x|h) with an exact likelihood (Nash et al. 2019)"
     unconditional_ok = True
+    legacy_artifact_kind, legacy_layout = "inverter", "inverters/{layer}"
 
     @property
     def network_config(self):

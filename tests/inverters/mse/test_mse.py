@@ -142,6 +142,18 @@ def test_three_kills_resume_exactly(factor_features, tmp_path):
     assert meta["results"]["resumed_from_step"] == 20 and len(meta["history"]["val_loss"]) == 3
 
 
+def test_resuming_under_another_config_is_refused(factor_features, tmp_path):
+    common = dict(features=str(factor_features), layer="factors", max_steps=20, steps_per_checkpoint=10,
+                  batch_size=16, filters=4, train_examples=200, out=str(tmp_path / "dec"))
+    with pytest.raises(Interrupt):
+        MSEInverter.train(MSEInverterConfig(**common), hooks=[KillAt(10, at_checkpoint=True)], progress=False)
+    with pytest.raises(InvkerasError) as info:
+        MSEInverter.train(MSEInverterConfig(**{**common, "filters": 8}), progress=False)
+    assert "\n" not in str(info.value) and "filters 4 -> 8" in str(info.value)
+    progress = json.loads((tmp_path / "dec/backup/progress.json").read_text())
+    assert progress["step"] == 10 and progress["best_step"] == 10  # early-stopping state on disk, kept
+
+
 def test_bad_kind_and_unconditional_layer_are_one_line_errors(tmp_path):
     runner = CliRunner()
     for args, fragment in ((["--kind", "vae"], "--kind vae"), (["--kind", "mse", "--layer", "none"], "has no unconditional form")):
