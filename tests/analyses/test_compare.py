@@ -224,6 +224,14 @@ def test_mixing_layers_classifiers_or_images_is_refused(tiny_inverters, tiny_cla
     classifier = artifacts.classifier_path("procedural", "conv", str(tiny_classifier))
     shutil.copy(classifier, other_model)
     elsewhere = _copy(pixelcnn, tmp_path / "elsewhere", **{"data.classifier": str(other_model)})
+    # A byte-identical copy (a workspace copied elsewhere) is the same classifier...
+    compare_inverters(CompareConfig(inverters=[str(pixelcnn), str(elsewhere)], **small), progress=False)
+    # ...another model, even of the same architecture, is not.
+    import keras
+
+    model = keras.saving.load_model(classifier)
+    model.get_layer("logits").bias.assign(model.get_layer("logits").bias + 1.0)
+    model.save(other_model)
     with pytest.raises(InvkerasError, match="different classifiers") as error:
         compare_inverters(CompareConfig(inverters=[str(pixelcnn), str(elsewhere)], **small), progress=False)
     assert str(other_model) in _one_line(error)
