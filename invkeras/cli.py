@@ -86,6 +86,12 @@ def _quiet_tensorflow_import() -> None:
         import tensorflow as tf
 
         tf.config.list_logical_devices()  # device discovery prints the "cuInit failed" line
+        # Library warnings (absl's "Variant folder ... has no dataset_info.json", TF's retracing
+        # notes) would stand before our one-line messages; errors still get through.
+        import logging
+
+        for name in ("absl", "tensorflow", "tensorflow_datasets"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -467,23 +473,35 @@ def estimate_mi(
 
 
 def mi_table(report) -> Table:
+    """The information table; an estimate above the exact H(x) is marked '!' and a lower bound
+    below zero 'vacuous', with the reason under the table (the JSON keeps the raw numbers)."""
+    from invkeras.analyses.mi import EXCEEDS, VACUOUS
+
     def fmt(value, digits=2):
         return "" if value is None else f"{value:.{digits}f}"
 
-    rows = []
+    rows, notes = [], []
     for r in report.rows:
+        estimate = fmt(r["H*(x) - H*(x|h) [estimate]"]) + (" !" if r.get(EXCEEDS) else "")
+        bound = "vacuous" if r.get(VACUOUS) else fmt(r["H(x) - H*(x|h) [lower bound on I]"])
         rows.append([
             r["layer"], r["n_images"], f"{r['H*(x|h) nats']:.2f} ± {r['se nats']:.2f}", fmt(r["bits/dim"], 4),
             fmt(r["NCE nats"]),
             "" if r["NCE - NCE(ref)"] is None else f"{r['NCE - NCE(ref)']:.2f} ± {r['se (paired)']:.2f}",
-            fmt(r["H*(x) - H*(x|h) [estimate]"]), fmt(r["H(x) - H*(x|h) [lower bound on I]"]),
+            estimate, bound,
         ])
+        if r.get("note"):
+            notes.append(f"{r['layer']}: {r['note']}")
     title = f"Information per layer, nats/image ({report.dataset}, {report.split})"
     if report.entropy_nats is not None:
         title += f", H(x) = {report.entropy_nats:.3f}"
     # Short headers keep the table readable at 80 columns; the JSON/CSV spell them out.
     columns = ["layer", "n", "H*(x|h) ± se", "bits/dim", "NCE", "NCE-ref ± se", "I est.", "I ≥"]
-    return _table(title, columns, rows)
+    table = _table(title, columns, rows)
+    if notes:
+        table.caption = "\n".join(notes)
+        table.caption_justify = "left"
+    return table
 
 
 @app.command(

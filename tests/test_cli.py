@@ -138,3 +138,67 @@ def test_kinds_lists_every_registered_kind():
     assert result.exit_code == 0
     for fragment in ("pixelcnn", "mse", "pixel_log_prob", "reconstruct", "--scale"):
         assert fragment in result.output
+
+
+def test_the_information_table_marks_impossible_numbers():
+    import numpy as np
+    from rich.console import Console
+
+    from invkeras.analyses.mi import LayerEstimate, build_report
+    from invkeras.cli import mi_table
+
+    def estimate(layer, values):
+        return LayerEstimate(layer, layer, np.asarray(values, np.float64), 0.01)
+
+    entropy = 8.841
+    report = build_report([estimate("conv1", [1.0, 2.0]), estimate("fc3", [9.0, 10.0])], split="test",
+                          dataset="procedural", unconditional=estimate("none", [14.0, 15.0]), entropy_nats=entropy)
+    console = Console(record=True, width=200)
+    console.print(mi_table(report))
+    text = console.export_text()
+    conv1 = next(line for line in text.splitlines() if line.strip("│ ").startswith("conv1"))
+    fc3 = next(line for line in text.splitlines() if line.strip("│ ").startswith("fc3 "))
+    assert "13.00 !" in conv1 and "7.34" in conv1  # 14.5 - 1.5 = 13 > H(x): marked; the bound 8.84 - 1.5
+    assert "vacuous" in fc3 and "5.00" in fc3 and "!" not in fc3  # 8.84 - 9.5 < 0; 14.5 - 9.5 = 5 < H(x)
+    assert "undertrained by at least" in text and "says nothing" in text
+    assert report.rows[0]["H*(x) - H*(x|h) [estimate]"] == 13.0  # the JSON keeps the raw number
+
+
+def test_no_classifier_yet_names_the_command_that_trains_one(tmp_path):
+    result = invoke("train-inverter", "--dataset", "procedural", "--layer", "fc3", "--workspace", tmp_path)
+    assert_one_line_error(result, "no classifier trained yet for --dataset procedural --arch conv",
+                          "invkeras train-classifier --dataset procedural --arch conv")
+    assert "--model" not in result.output.split("or give")[0]  # names no flag the user never gave
+
+
+@pytest.mark.parametrize("empty", [True, False])
+def test_empty_and_object_array_inputs_are_one_line(tmp_path, empty):
+    import numpy as np
+
+    path = tmp_path / "data.npz"
+    if empty:
+        np.savez(path, x=np.zeros((0, 8, 8), np.uint8), y=np.zeros((0,), np.int64), h=np.zeros((0, 4), np.float32))
+        fragment = "no"
+    else:
+        np.savez(path, x=np.array([np.zeros((2, 2)), "a"], dtype=object), y=np.zeros(2), h=np.zeros((2, 4)))
+        fragment = "object arrays, which are not accepted"
+    for args in (["train-classifier", "--dataset", f"npz:{path}", "--workspace", tmp_path / "ws"],
+                 ["train-inverter", "--features", path, "--out", tmp_path / "inv"]):
+        result = invoke(*args)
+        assert_one_line_error(result, fragment)
+    assert not (tmp_path / "inv").exists()
+
+
+def test_library_warnings_stay_out_of_the_one_line_error(tmp_path):
+    """TFDS warns through absl about a half-made dataset folder; the user sees only our line."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "tfds/affnist/official/1.0.0").mkdir(parents=True)  # no dataset_info.json: absl warns
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "invkeras.cli", "train-classifier", "--dataset", "affnist",
+                           "--data-dir", str(tmp_path / "tfds"), "--workspace", str(tmp_path / "ws")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: dataset 'affnist'"), lines

@@ -58,9 +58,11 @@ def load_model(model: str | Path):
 
     path = resolve_model_path(model)
     try:
-        return keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a bad file; the user needs one line
-        raise InvkerasError(f"--model {path}: could not load Keras model ({type(exc).__name__}: {exc})") from exc
+        reason = (str(exc).splitlines() or [""])[0][:160]
+        raise InvkerasError(f"--model {path}: not a loadable Keras model ({type(exc).__name__}"
+                            + (f": {reason}" if reason else "") + ")") from None
 
 
 # --- writing features ---------------------------------------------------------------
@@ -127,6 +129,10 @@ def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[st
     from invkeras.classifiers.architectures import layer_output_model
     from invkeras.data import dataset_info, load
 
+    if not config.model and not config.model_path().is_file():
+        raise InvkerasError(f"no classifier trained yet for --dataset {config.dataset} --arch {config.arch} (looked for "
+                            f"{config.model_path()}); train one with `invkeras train-classifier --dataset "
+                            f"{config.dataset} --arch {config.arch}`, or give --model")
     model_path = resolve_model_path(config.model_path())
     model = load_model(model_path)
     extractor = layer_output_model(model, config.layers)
@@ -392,7 +398,10 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except Exception as exc:
-        raise InvkerasError(f"features {path}: not a readable .npz file ({exc})") from exc
+        if "Object arrays" in str(exc):
+            raise InvkerasError(f"features {path}: holds object arrays, which are not accepted (they would need "
+                                "pickle); save x and h as numeric arrays") from None
+        raise InvkerasError(f"features {path}: not a readable .npz file ({type(exc).__name__})") from None
     for key in ("x", "h"):
         if key not in arrays:
             raise InvkerasError(f"features {path}: missing array '{key}' (found: {', '.join(sorted(arrays)) or 'none'})")
@@ -407,6 +416,8 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         x = x.astype(np.uint8)
     if len(h) != len(x):
         raise InvkerasError(f"features {path}: x has {len(x)} examples but h has {len(h)}")
+    if len(x) == 0:
+        raise InvkerasError(f"features {path}: no examples (x and h are empty)")
     h = h.astype(np.float32)
     if not np.all(np.isfinite(h)):
         raise InvkerasError(f"features {path}: h contains NaN or inf")

@@ -165,10 +165,15 @@ def read_npz(spec: str, path: Path) -> LocalPools:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except Exception as exc:  # zipfile, pickle and value errors all mean "not a usable npz"
+        if "Object arrays" in str(exc):
+            raise InvkerasError(f"dataset {spec!r}: {path} holds object arrays, which are not accepted (they would "
+                                "need pickle); save x and y as numeric arrays") from None
         raise InvkerasError(f"dataset {spec!r}: cannot read {path} as .npz ({type(exc).__name__})") from None
     missing = {"x", "y"} - arrays.keys()
     if missing:
         raise InvkerasError(f"dataset {spec!r}: {path} lacks array(s) {', '.join(sorted(missing))} (needs x and y)")
+    if len(arrays["x"]) == 0:
+        raise InvkerasError(f"dataset {spec!r}: {path} holds no images (x is empty)")
     pools = {"train": _check_xy(spec, f"{path.name}[x, y]", arrays["x"], arrays["y"])}
     if "x_test" in arrays or "y_test" in arrays:
         if not {"x_test", "y_test"} <= arrays.keys():
