@@ -291,18 +291,31 @@ def comparison_table(payload: dict) -> Table:
 
 
 @app.command(
-    epilog=_examples("invkeras export --model runs/procedural/conv --out exported/procedural-conv"),
+    epilog=_examples(
+        "invkeras export --model runs/procedural/conv --out exported/procedural-conv",
+        "invkeras export --inverter runs/procedural/conv/inverters/pixelcnn/fc3 --out exported/fc3-pixelcnn",
+    ),
 )
 def export(
-    model: str = typer.Option(..., help="A .keras file or run directory."),
     out: str = typer.Option(..., help="Directory for the TF SavedModel."),
+    model: Optional[str] = typer.Option(None, help="A classifier: .keras file or run directory."),
+    inverter: Optional[str] = typer.Option(None, help="An inverter directory (signatures log_prob, sample, ...)."),
+    batch_size: int = typer.Option(16, help="Rows of h per call of an inverter's `sample` signature."),
 ) -> None:
-    """Export a Keras model as a TensorFlow SavedModel (for TF Serving and friends)."""
-    from invkeras.export import export_saved_model
-    from invkeras.data.features import resolve_model_path
+    """Export a classifier or an inverter as a TensorFlow SavedModel (for TF Serving and friends)."""
+    from invkeras.export import export_inverter, export_saved_model
 
-    path = export_saved_model(resolve_model_path(model), out)
-    console.print(_table("Export", ["", "value"], [["model", resolve_model_path(model)], ["SavedModel", path]]))
+    if (model is None) == (inverter is None):
+        raise InvkerasError("export: give exactly one of --model or --inverter")
+    if inverter is not None:
+        path = export_inverter(inverter, out, batch_size=batch_size)
+        source = inverter
+    else:
+        from invkeras.data.features import resolve_model_path
+
+        source = resolve_model_path(model)
+        path = export_saved_model(source, out)
+    console.print(_table("Export", ["", "value"], [["source", source], ["SavedModel", path]]))
 
 
 @app.command(

@@ -1,9 +1,12 @@
-"""Export a Keras model as a TensorFlow SavedModel, for TF Serving and other TF runtimes.
+"""Export classifiers and inverters as TensorFlow SavedModels, for TF Serving and other TF runtimes.
 
-The SavedModel's `serve` endpoint takes raw images (as the classifier does) and returns the
-model's output (logits for our classifiers). The directory is written under a temporary
-name and renamed into place, so a kill never leaves a half-written export; its metadata is
-`<out>.meta.json` beside the directory.
+A classifier's `serve` endpoint takes raw images (as the classifier does) and returns its
+output (logits for our classifiers). An inverter gets one named signature per function its
+kind exports (`Inverter.export_functions`): `log_prob(x, h)` in nats per image for kinds with
+a pixel likelihood, `sample(h, seed)` through the compiled sampler (XLA, as the library's),
+`reconstruct(h)` for point estimates, and `serve`, the kind's default. The directory is
+written under a temporary name and renamed into place, so a kill never leaves a
+half-written export; its metadata is `<out>.meta.json` beside the directory.
 """
 
 from __future__ import annotations
@@ -42,6 +45,45 @@ def export_saved_model(model_or_path: keras.Model | str | os.PathLike, out_dir: 
         config={"source": str(source) if source else None, "model_name": model.name},
         results={"endpoint": "serve", **_io_specs(model)},
         source_metadata=artifacts.read_metadata(source) if source else None,
+    )
+    return out_dir
+
+
+def export_inverter(inverter_path: str | os.PathLike, out_dir: str | os.PathLike, *, batch_size: int = 16) -> Path:
+    """Write an inverter of any kind that can be exported as a SavedModel with named signatures."""
+    import tensorflow as tf
+
+    from invkeras.inverters import load_inverter
+
+    if keras.backend.backend() != "tensorflow":
+        raise InvkerasError(f"export --inverter needs KERAS_BACKEND=tensorflow, not {keras.backend.backend()}")
+    if batch_size < 1:
+        raise InvkerasError("export: --batch-size must be >= 1")
+    inverter = load_inverter(inverter_path)
+    functions = inverter.export_functions(batch_size)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvkerasError(f"{out_dir}: exists and is not a directory")
+    archive = keras.export.ExportArchive()
+    archive.track(inverter.model)
+    signatures = {}
+    for name, (fn, specs) in functions.items():
+        signature = [tf.TensorSpec(shape, dtype) for shape, dtype in specs]
+        # The sampler is a long loop: compiled with XLA, as the library compiles it (and so
+        # drawing the same random bits for the same seed).
+        traced = tf.function(fn, input_signature=signature, jit_compile=(name == "sample"), autograph=False)
+        archive.add_endpoint(name, traced)
+        signatures[name] = [{"shape": list(shape), "dtype": dtype} for shape, dtype in specs]
+    default = next(iter(functions))
+    archive.add_endpoint("serve", tf.function(functions[default][0], autograph=False,
+                                              input_signature=[tf.TensorSpec(s, d) for s, d in functions[default][1]]))
+    with artifacts.atomic_dir(out_dir) as tmp:
+        archive.write_out(str(tmp), verbose=False)
+    artifacts.write_metadata(
+        out_dir, kind="saved_model",
+        config={"inverter": str(inverter.path), "batch_size": batch_size, "inverter_kind": inverter.kind},
+        results={"signatures": signatures, "serve": default},
+        source_metadata=inverter.meta,
     )
     return out_dir
 

@@ -202,3 +202,10 @@ def test_library_warnings_stay_out_of_the_one_line_error(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: dataset 'affnist'"), lines
+
+
+def test_export_takes_exactly_one_of_model_or_inverter(tmp_path):
+    assert_one_line_error(invoke("export", "--out", tmp_path / "x"), "exactly one of --model or --inverter")
+    assert_one_line_error(invoke("export", "--out", tmp_path / "x", "--model", "a", "--inverter", "b"),
+                          "exactly one of --model or --inverter")
+    assert_one_line_error(invoke("export", "--out", tmp_path / "x", "--inverter", tmp_path / "nothing"), "not found")

@@ -186,6 +186,12 @@ class Inverter:
         self.require("reconstruct", "reconstruct")
         raise NotImplementedError
 
+    def export_functions(self, batch_size: int) -> dict[str, tuple[Any, list[tuple[tuple, str]]]]:
+        """Graph-traceable functions for a SavedModel: {endpoint: (fn, [(input shape, dtype), ...])},
+        written with keras.ops on the model's own variables. The first endpoint is the kind's
+        default (`serve`). `sample(h, seed)` takes `batch_size` rows of h and an int32 seed."""
+        raise InvkerasError(f"export: inverters of kind '{self.kind}' cannot be exported yet")
+
     def recorded_nll(self, split: str) -> tuple[np.ndarray, str | None] | None:
         """(per-image NLL, fingerprint of the images) saved at the end of training, if the kind
         keeps them and they belong to this model; None otherwise (then it is evaluated afresh)."""

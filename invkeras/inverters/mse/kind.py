@@ -97,6 +97,18 @@ class MSEInverter(Inverter):
     def reconstruct(self, h, *, batch_size: int = 256):
         return _predict(self.model, self.check_h(h, "reconstruct"), batch_size)
 
+    def export_functions(self, batch_size: int):
+        from keras import ops
+
+        def reconstruct(h):
+            return self.model(h, training=False)
+
+        def sample(h, seed):  # a point estimate: the seed changes nothing
+            return ops.cast(ops.clip(ops.round(self.model(h, training=False)), 0, 255), "uint8")
+
+        spec = ((None, *self.h_shape), "float32")
+        return {"reconstruct": (reconstruct, [spec]), "sample": (sample, [spec, ((), "int32")])}
+
     def sample(self, h, num_samples: int = 1, *, seed: int = 0, batch_size: int = 256, **options):
         """The reconstruction, K times: a point estimate has one 'sample' per h."""
         if options:

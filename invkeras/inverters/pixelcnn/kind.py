@@ -221,6 +221,30 @@ class PixelCNNInverter(Inverter):
         arrays = {"x": np.asarray(x), "h": self.check_h(h, "log_prob") if self.conditional else None}
         return -per_image_nll_nats(self.model, self.network_config, arrays, batch_size=batch_size)
 
+    def export_functions(self, batch_size: int):
+        from keras import ops
+
+        from invkeras.inverters.pixelcnn.likelihoods import log_prob_per_image
+        from invkeras.inverters.pixelcnn.network import model_inputs
+        from invkeras.inverters.pixelcnn.sampling import traceable_sampler
+
+        net = self.network_config
+        h_spec = [((None, *self.h_shape), "float32")] if self.conditional else []
+
+        def log_prob(x, *h):
+            params = self.model(model_inputs(net, x, h[0] if h else None), training=False)
+            return log_prob_per_image(params, x, net.likelihood, net.image_shape[-1])
+
+        draw = traceable_sampler(self.model, net, batch_size)
+
+        def sample(*args):
+            h, seed = (args[0], args[1]) if self.conditional else (None, args[0])
+            return draw(h, seed)
+
+        fixed_h = [((batch_size, *self.h_shape), "float32")] if self.conditional else []
+        return {"log_prob": (log_prob, [((None, *net.image_shape), "float32"), *h_spec]),
+                "sample": (sample, [*fixed_h, ((), "int32")])}
+
     def recorded_nll(self, split: str):
         """The per-image NLLs recorded at the end of training (None if absent or stale)."""
         return saved_per_image_nll(self.path, split)

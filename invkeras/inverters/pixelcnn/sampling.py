@@ -138,6 +138,25 @@ def _compiled(model, config: PixelCNNConfig, batch_size: int, method: str, jit: 
     return per_model[key]
 
 
+def traceable_sampler(model, config: PixelCNNConfig, batch_size: int, method: str = "cached") -> Callable:
+    """`fn(h, seed) -> uint8 images [batch_size, H, W, C]` on the model's own variables, for
+    tracing into a graph (SavedModel export). `seed` is an int32 scalar; the draws equal those
+    of `sample(..., num_samples=1, seed=seed, batch_size=batch_size)` on the same h."""
+    _check_method(method)
+
+    def fn(h, seed):
+        stateless = ops.stack([ops.zeros((), "int32"), ops.cast(seed, "int32")])
+        first_batch_seed = likelihoods.split_seed(stateless, n=2)[0]
+
+        def draw(params_here, step_seed, pixel):
+            return likelihoods.sample_from_params(params_here, step_seed, config.likelihood, config.num_channels)
+
+        image, _ = _pixel_loop(model, config, batch_size, h, first_batch_seed, method, draw, record=False)
+        return ops.cast(image, "uint8")
+
+    return fn
+
+
 def _check_h(config: PixelCNNConfig, h) -> np.ndarray | None:
     if config.conditioning == "none":
         if h is not None:
