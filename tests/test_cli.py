@@ -209,3 +209,16 @@ def test_export_takes_exactly_one_of_model_or_inverter(tmp_path):
     assert_one_line_error(invoke("export", "--out", tmp_path / "x", "--model", "a", "--inverter", "b"),
                           "exactly one of --model or --inverter")
     assert_one_line_error(invoke("export", "--out", tmp_path / "x", "--inverter", tmp_path / "nothing"), "not found")
+
+
+def test_corrupted_and_unsafe_inverter_files_given_to_sample_are_one_line(tiny_inverters, tmp_path):
+    import shutil
+
+    from invkeras import artifacts
+
+    source = tiny_inverters["fc3"].model_path
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "inverter.keras").write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    shutil.copy(artifacts.metadata_path(source), artifacts.metadata_path(broken / "inverter.keras"))
+    assert_one_line_error(invoke("sample", "--inverter", broken), "truncated or corrupted")

@@ -56,7 +56,11 @@ def load_model(model: str | Path):
 
     import invkeras.classifiers.architectures  # noqa: F401  (registers ConvBlock etc. for deserialisation)
 
+    import zipfile
+
     path = resolve_model_path(model)
+    if not zipfile.is_zipfile(path):  # Keras would call a truncated file "File not found"
+        raise InvkerasError(f"--model {path}: not a loadable Keras model (not a .keras archive: truncated or corrupted)")
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a bad file; the user needs one line

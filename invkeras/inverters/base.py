@@ -337,6 +337,10 @@ def load_inverter(path: str | Path, *, flag: str = "--inverter") -> Inverter:
         raise InvkerasError(f"{flag} {file}: no inverter metadata beside it ({artifacts.metadata_path(file).name})")
     cls = inverter_class(kind)
     meta = {**meta, "inverter_kind": kind}
+    import zipfile
+
+    if not zipfile.is_zipfile(file):  # Keras would call a truncated file "File not found"
+        raise InvkerasError(f"{flag} {file}: not a loadable inverter (not a .keras archive: truncated or corrupted)")
     try:
         model = keras.saving.load_model(file, compile=False, safe_mode=True)
     except (ValueError, OSError, KeyError, TypeError, EOFError) as exc:

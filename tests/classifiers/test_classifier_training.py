@@ -187,3 +187,23 @@ def test_config_defaults_and_normalisation(tmp_path):
     assert config.effective_dropout_rate() > 0
     assert ClassifierConfig(dropout=False).effective_dropout_rate() == 0
     assert str(_config(tmp_path, out=str(tmp_path / "m.keras")).model_path()) == str(tmp_path / "m.keras")
+
+
+def test_three_kills_resume_to_the_same_classifier(tmp_path):
+    """Killed at three random steps and resumed each time: the same weights and test accuracy as a
+    run never interrupted (batches and dropout draws are restored, not only the weights)."""
+    from killing import Interrupt, KillAt  # tests/killing.py
+
+    straight = train_classifier(_config(tmp_path / "straight", epochs=3, patience=5), progress=False)
+    config = _config(tmp_path / "killed", epochs=3, patience=5)
+    for step in sorted(np.random.default_rng(2).choice(np.arange(1, 3 * STEPS_PER_EPOCH), 3, replace=False)):
+        with pytest.raises(Interrupt):
+            train_classifier(config, hooks=[KillAt(int(step))], progress=False)
+    resumed = train_classifier(config, progress=False)
+    assert resumed.resumed_from_epoch > 0 and resumed.steps == straight.steps
+    assert resumed.test_accuracy == straight.test_accuracy
+    a, b = (keras.models.load_model(r.model_path).get_weights() for r in (straight, resumed))
+    for wa, wb in zip(a, b):
+        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+    history = read_metadata(resumed.model_path)["history"]
+    assert len(history["val_accuracy"]) == 3  # every epoch, not only those since the last restart

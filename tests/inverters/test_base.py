@@ -102,7 +102,8 @@ def test_truncated_and_unsafe_files_are_refused_in_one_line(tiny_inverters, tmp_
     shutil.copy(artifacts.metadata_path(source), artifacts.metadata_path(truncated / "inverter.keras"))
     with pytest.raises(InvkerasError) as info:
         load_inverter(truncated)
-    assert "\n" not in str(info.value) and "not a loadable inverter" in str(info.value)
+    assert "\n" not in str(info.value) and "not a loadable inverter (not a .keras archive" in str(info.value)
+    assert "File not found" not in str(info.value)
 
     unsafe = tmp_path / "unsafe"
     unsafe.mkdir()
