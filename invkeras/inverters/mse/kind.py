@@ -59,10 +59,11 @@ def _predict(model, h: np.ndarray, batch_size: int = 256) -> np.ndarray:
 
 @register_inverter
 class MSEInverter(Inverter):
-    kind = "mse"
-    config_class = MSEInverterConfig
-    capabilities = frozenset({"sample", "reconstruct"})
+    """x_hat(h) with its squared error; `sample` repeats it, `reconstruct` returns it unrounded."""
+
+    kind, config_class = "mse", MSEInverterConfig
     description = "point-estimate decoder x_hat(h) trained with squared error (Dosovitskiy & Brox 2016)"
+    capabilities = frozenset({"sample", "reconstruct"})  # no likelihood: estimate-mi refuses it
     legacy_artifact_kind, legacy_layout = "mse-decoder", "decoders/{layer}"
 
     @classmethod

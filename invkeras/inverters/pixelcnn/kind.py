@@ -140,6 +140,8 @@ def _non_finite_hint(h: np.ndarray | None):
 
 @register_inverter
 class PixelCNNInverter(Inverter):
+    """p(x | h) with an exact likelihood: samples through the compiled sampler, NLL per image."""
+
     kind = "pixelcnn"
     config_class = PixelCNNInverterConfig
     capabilities = frozenset({"sample", "pixel_log_prob"})
