@@ -167,6 +167,11 @@ class Inverter:
     # --- what a kind implements -------------------------------------------------------
 
     @classmethod
+    def register_layers(cls) -> None:
+        """Import the modules whose custom Keras layers the saved model holds, so that a fresh
+        process can load it (kinds keep heavy imports out of registration)."""
+
+    @classmethod
     def train(cls, config: InverterConfig, *, hooks=(), progress: bool = True) -> TrainedInverter:
         """Train on `config`'s pairs and write `<out>/inverter.keras` plus its metadata."""
         raise NotImplementedError
@@ -337,6 +342,7 @@ def load_inverter(path: str | Path, *, flag: str = "--inverter") -> Inverter:
         raise InvkerasError(f"{flag} {file}: no inverter metadata beside it ({artifacts.metadata_path(file).name})")
     cls = inverter_class(kind)
     meta = {**meta, "inverter_kind": kind}
+    cls.register_layers()
     import zipfile
 
     if not zipfile.is_zipfile(file):  # Keras would call a truncated file "File not found"

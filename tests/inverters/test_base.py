@@ -139,3 +139,18 @@ def test_features_without_a_layer_take_the_manifests_layer(tmp_path):
     assert config_for("pixelcnn", {"features": str(tmp_path / "feats")}).layer == "dense_7"
     assert config_for("pixelcnn", {"features": str(tmp_path / "mine.npz")}).layer == "features"
     assert config_for("pixelcnn", {"features": str(tmp_path / "feats"), "layer": "fc3"}).layer == "fc3"
+
+
+@pytest.mark.parametrize("name", ["fc3", "mse_fc3"])
+def test_a_fresh_process_loads_and_samples_every_kind(tiny_inverters, name):
+    """Loading must not depend on modules a test happened to import first."""
+    import subprocess
+    import sys
+
+    script = ("import sys, numpy as np\n"
+              "from invkeras.inverters import load_inverter\n"
+              "inverter = load_inverter(sys.argv[1])\n"
+              "print('SHAPE', inverter.sample(np.zeros((1, 256), np.float32), 2, seed=0).shape)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_inverters[name].model_path)], capture_output=True,
+                          text=True, timeout=300, env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0 and "SHAPE (1, 2, 20, 20, 1)" in proc.stdout, proc.stderr[-2000:]

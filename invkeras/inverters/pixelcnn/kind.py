@@ -149,6 +149,10 @@ class PixelCNNInverter(Inverter):
     unconditional_ok = True
     legacy_artifact_kind, legacy_layout = "inverter", "inverters/{layer}"
 
+    @classmethod
+    def register_layers(cls) -> None:
+        import invkeras.inverters.pixelcnn.network  # noqa: F401  (PixelCNNPlusPlus, GatedResnet, ...)
+
     @property
     def network_config(self):
         from invkeras.inverters.pixelcnn.network import PixelCNNConfig
