@@ -124,12 +124,18 @@ def test_compare_prints_one_row_per_kind_and_estimate_mi_refuses_a_kind_without_
     assert not (tmp_path / "mi.json").exists()
 
 
-def test_an_out_that_cannot_be_written_is_one_line(tiny_inverters, tmp_path):
+@pytest.mark.parametrize("command", ["sample", "estimate-mi", "extract", "train-inverter"])
+def test_an_out_that_is_an_existing_file_is_one_line(tiny_inverters, tiny_classifier, tmp_path, command):
     fc3 = tiny_inverters["fc3"].model_path.parent
     occupied = tmp_path / "a-file"
     occupied.write_text("keep me")
-    result = invoke("sample", "--inverter", fc3, "--num-inputs", 1, "--num-samples", 1, "--out", occupied)
-    assert_one_line_error(result, "a-file")
+    args = {
+        "sample": ["--inverter", fc3, "--num-inputs", 1, "--num-samples", 1, "--out", occupied],
+        "estimate-mi": ["--inverter", fc3, "--out", occupied / "mi.json"],
+        "extract": ["--workspace", tiny_classifier, "--layer", "fc3", "--split", "test", "--limit", 8, "--out", occupied],
+        "train-inverter": ["--workspace", tiny_classifier, "--scale", "tiny", "--max-steps", 1, "--out", occupied],
+    }[command]
+    assert_one_line_error(invoke(command, *args), "a-file")
     assert occupied.read_text() == "keep me"
 
 

@@ -66,6 +66,17 @@ def test_three_kills_resume_to_the_same_weights_as_an_uninterrupted_run(tmp_path
     assert outcome.history == straight.history  # every interval kept, not only those since the last restart
 
 
+def test_a_resumed_run_says_from_which_step(tmp_path, capsys):
+    arrays = _arrays()
+    with pytest.raises(Kill):
+        train(_trainee(arrays), arrays, SCHEDULE, out_dir=tmp_path / "run", settings={}, what="test run",
+              hooks=[KillAt(20, at_checkpoint=True)], progress=False)
+    capsys.readouterr()
+    train(_trainee(arrays), arrays, SCHEDULE, out_dir=tmp_path / "run", settings={}, what="test run", progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "resuming" in line]
+    assert len(lines) == 1 and "test run: resuming from step 20" in lines[0]
+
+
 def test_early_stopping_state_survives_a_kill(tmp_path):
     schedule = Schedule(max_steps=200, steps_per_checkpoint=10, patience=2, batch_size=8, seed=3)
     _, straight = _run(tmp_path, "straight", schedule=schedule)
