@@ -20,9 +20,11 @@ def write(tmp_path, text, name="r.yaml"):
 def test_quickstart_recipe_is_valid():
     recipe = load_recipe(Path(__file__).resolve().parents[1] / QUICKSTART)
     assert [step.command for step in recipe.steps.values()] == [
-        "train-classifier", "extract", "train-inverter", "train-inverter", "train-inverter", "sample", "estimate-mi"]
+        "train-classifier", "extract", "train-inverter", "train-inverter", "train-inverter", "train-inverter", "sample",
+        "sample", "estimate-mi"]
     assert recipe.steps["classifier"].dataset == "procedural"  # inherited from the top level
     assert recipe.steps["inverter_fc3"].scale == "tiny" and recipe.steps["inverter_fc3"].arch == "conv"
+    assert recipe.steps["inverter_fc3"].filters == 16 and recipe.steps["decoder_fc3"].kind == "mse"
 
 
 def test_overrides_reach_steps_and_shared_keys(tmp_path):
@@ -182,9 +184,12 @@ def test_mse_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inverters, 
           samples: {{command: sample, layers: [fc3], num_inputs: 2, num_samples: 2, reconstruction: mse}}
           distances: {{command: compare, layers: [fc3], num_images: 3, num_samples: 2, grid_inputs: 1,
                        grid_samples: 4, top_k: 2, max_train_examples: 256, kinds: [pixelcnn, mse]}}
+          information: {{command: estimate-mi, layers: [fc3], reference: fc3, eval_examples: 48}}
     """)
     results = run_recipe(load_recipe(path), source=path)
-    assert [r.status for r in results] == ["ran", "ran", "ran"]
+    assert [r.status for r in results] == ["ran", "ran", "ran", "ran"]
+    mi = json.loads((workspace / "procedural/conv/mi/test.json").read_text())
+    assert [row["layer"] for row in mi["rows"]] == ["fc3", "none"] and mi["rows"][0]["NCE - NCE(ref)"] == 0
     inverter = workspace / "procedural/conv/inverters/pixelcnn/fc3"
     decoder = workspace / "procedural/conv/inverters/mse/fc3/inverter.keras"
     comparison = workspace / "procedural/conv/comparisons/fc3"
@@ -199,7 +204,7 @@ def test_mse_samples_and_compare_steps_run_a_real_tiny_pipeline(tiny_inverters, 
     assert "IM-NN" in results[2].summary
 
     again = run_recipe(load_recipe(path), source=path)
-    assert [r.status for r in again] == ["skipped", "skipped", "skipped"]
+    assert [r.status for r in again] == ["skipped", "skipped", "skipped", "skipped"]
 
     # `invkeras run` prints the side-by-side table once the steps are done.
     from typer.testing import CliRunner

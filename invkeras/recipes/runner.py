@@ -65,7 +65,7 @@ def step_outputs(step: BaseModel) -> list[Path]:
 def _config_of(step: BaseModel, config_class: type[BaseModel], **values) -> BaseModel:
     """The library config a step stands for: the step's keys that the config has, plus `values`."""
     fields = set(config_class.model_fields)
-    return config_class(**{k: v for k, v in step.model_dump().items() if k in fields}, **values)
+    return config_class(**{**{k: v for k, v in step.model_dump().items() if k in fields}, **values})
 
 
 def _run_train_classifier(step: TrainClassifierStep) -> str:
