@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import keras
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from invkeras import artifacts

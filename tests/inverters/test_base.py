@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from typing import Literal
-
 import keras
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ from invkeras import artifacts
 from invkeras.errors import InvkerasError
 from invkeras.inverters import (
     Inverter,
-    InverterConfig,
     config_for,
     inverter_class,
     inverter_kinds,

@@ -228,8 +228,6 @@ class PixelCNNInverter(Inverter):
         return -per_image_nll_nats(self.model, self.network_config, arrays, batch_size=batch_size)
 
     def export_functions(self, batch_size: int):
-        from keras import ops
-
         from invkeras.inverters.pixelcnn.likelihoods import log_prob_per_image
         from invkeras.inverters.pixelcnn.network import model_inputs
         from invkeras.inverters.pixelcnn.sampling import traceable_sampler
