@@ -246,15 +246,22 @@ def train(
     progress: bool = True,
     non_finite_hint: Callable[[], str] | None = None,
     batch_transform: Callable[[dict], dict] | None = None,
+    console=None,
 ) -> TrainingOutcome:
     """Train `trainee` on `arrays` (all of equal length) under `schedule`; resume if a backup exists.
 
     `settings` are the trajectory-shaping settings (a rerun with others is refused); `what`
-    names the run in messages ("train-inverter layer 'fc3'"). The best weights are left in
-    the trainee at the end; the caller saves its artefacts and then calls
-    `Backup(out_dir / "backup").remove()`.
+    names the run in messages ("train-inverter layer 'fc3'"). With `progress`, a rich bar
+    runs on a terminal, and every checkpoint prints one permanent line (step, interval
+    means, validation, seconds) to `console` (default stderr), above the bar or, in a log,
+    alone. The best weights are left in the trainee at the end; the caller saves its
+    artefacts and then calls `Backup(out_dir / "backup").remove()`.
     """
-    from invkeras.progress import progress_bar
+    from rich.console import Console
+
+    from invkeras.progress import format_logs, progress_bar
+
+    console = console or Console(stderr=True)
 
     started = time.time()
     backup = Backup(Path(out_dir) / BACKUP_DIR)
@@ -272,17 +279,16 @@ def train(
         backup.directory.mkdir(parents=True, exist_ok=True)
         artifacts.write_json_atomic(backup.directory / CONFIG_FILE, settings)
     elif progress:
-        from rich.console import Console
-
-        Console(stderr=True).print(f"{what}: resuming from step {resumed_from} ({backup.directory})", highlight=False)
+        console.print(f"{what}: resuming from step {resumed_from} ({backup.directory})", highlight=False)
 
     step = resumed_from
     logs: dict[str, float] = {}
     for hook in hooks:
         hook.on_train_begin(trainee, step)
-    with progress_bar(disable=not progress) as bar:
+    with progress_bar(console, disable=not progress) as bar:
         task = bar.add_task(what, total=schedule.max_steps, completed=step, info="")
         while step < schedule.max_steps and not state["stopped"]:
+            interval_started = time.monotonic()
             interval_end = min(schedule.max_steps, (step // schedule.steps_per_checkpoint + 1) * schedule.steps_per_checkpoint)
             sums: dict[str, float] = {}
             count = 0
@@ -323,7 +329,9 @@ def train(
                     state["stopped"] = True
             state["step"] = step
             backup.save(trainee, dict(state), best_weights, changed)
-            bar.update(task, info=", ".join(f"{k} {v:.4g}" for k, v in interval_logs.items()))
+            if progress:  # a permanent record per checkpoint, above the live bar or alone in a log
+                bar.console.print(f"{what}: step {step}/{schedule.max_steps}  {format_logs(interval_logs)}  "
+                                  f"({time.monotonic() - interval_started:.1f}s)", soft_wrap=True, highlight=False)
             for hook in hooks:
                 hook.on_checkpoint(step, interval_logs)
 

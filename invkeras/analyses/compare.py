@@ -157,12 +157,6 @@ def l1_summary(values: np.ndarray, feature_dims: int) -> dict:
     return {"mean_l1": mean, "se": se, "mean_l1_per_dim": mean / feature_dims, "se_per_dim": se / feature_dims}
 
 
-def distance_table(per_image: dict[str, np.ndarray], feature_dims: int) -> list[dict]:
-    """One row per method: n, mean L1 with its standard error, and the mean per feature dimension."""
-    return [{"method": method, "n": len(values), **l1_summary(values, feature_dims)}
-            for method, values in per_image.items()]
-
-
 def pairwise_l1(samples: np.ndarray) -> np.ndarray:
     """Mean L1 distance between the K samples of each input, over all pairs: [N] from [N, K, ...] (K >= 2)."""
     flat = np.asarray(samples, np.float64).reshape(samples.shape[0], samples.shape[1], -1)

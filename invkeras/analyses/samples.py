@@ -139,15 +139,13 @@ def draw_inversions(config: SampleConfig, *, inverter=None) -> Inversions:
 # --- samples beside a point estimate ------------------------------------------------------
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
-
-
 def grid_rows_with_reconstruction(originals: np.ndarray, reconstructions: np.ndarray,
                                   samples: np.ndarray) -> list[list[np.ndarray]]:
     """Rows as in the paper's Figs. 1 and 4: [original, reconstruction, sample_1..K] per input."""
     if not (len(originals) == len(reconstructions) == len(samples)):
         raise ValueError(f"{len(originals)} originals, {len(reconstructions)} reconstructions, {len(samples)} sample sets")
+    from invkeras.reports.grids import to_uint8
+
     recon = to_uint8(reconstructions)
     return [[originals[i], recon[i], *samples[i]] for i in range(len(originals))]
 

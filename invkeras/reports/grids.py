@@ -62,3 +62,8 @@ def originals_and_samples(originals: np.ndarray | None, samples: np.ndarray) -> 
         row = [] if originals is None else [originals[i]]
         rows.append(row + [samples[i, k] for k in range(samples.shape[1])])
     return rows
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float pixel values (a reconstruction, say) as the uint8 images grids show: rounded, clipped."""
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8)

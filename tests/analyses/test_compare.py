@@ -10,11 +10,11 @@ from PIL import Image
 
 from invkeras import artifacts
 from invkeras.analyses.compare import (
+    l1_summary,
     METHODS,
     CompareConfig,
     compare_inverters,
     default_labels,
-    distance_table,
     gather_examples,
     l1_distances,
     l1_to_reference,
@@ -74,9 +74,9 @@ def test_table_arithmetic():
     assert np.all(random_images["IM-NN"] <= random_images["IM-S"])
 
     assert standard_error(np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(np.sqrt(5 / 3) / 2)
-    rows = distance_table({"1NN": np.array([1.0, 2.0, 3.0, 4.0])}, feature_dims=2)
-    assert rows == [{"method": "1NN", "n": 4, "mean_l1": 2.5, "se": pytest.approx(0.6454972),
-                     "mean_l1_per_dim": 1.25, "se_per_dim": pytest.approx(0.3227486)}]
+    summary = l1_summary(np.array([1.0, 2.0, 3.0, 4.0]), feature_dims=2)
+    assert summary == {"mean_l1": 2.5, "se": pytest.approx(0.6454972), "mean_l1_per_dim": 1.25,
+                       "se_per_dim": pytest.approx(0.3227486)}
 
 
 def test_diversity_agreement_labels_and_csv_arithmetic():

@@ -45,10 +45,6 @@ def summarize_mse(mse: np.ndarray, baseline: np.ndarray | None = None) -> dict:
     return summary
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
-
-
 def _predict(model, h: np.ndarray, batch_size: int = 256) -> np.ndarray:
     import keras
 
@@ -116,5 +112,7 @@ class MSEInverter(Inverter):
             raise InvkerasError(f"sample: kind mse has no sampling option {', '.join(sorted(options))}")
         if num_samples < 1:
             raise InvkerasError("sample: num_samples must be >= 1")
+        from invkeras.reports.grids import to_uint8
+
         images = to_uint8(self.reconstruct(h, batch_size=batch_size))
         return np.repeat(images[:, None], num_samples, axis=1)
