@@ -34,7 +34,8 @@ What is measured
 * Sampling time for `num_images` images (28x28x1, 32 filters, 1 resnet layer). TFP:
   `dist.sample(n, conditional_input=h, seed=...)` inside a `tf.function` (graph mode; one
   full forward pass per pixel), traced first and then timed once (it takes minutes on two
-  cores). Ours: `invkeras.inverters.pixelcnn.sampling.sample` with method "cached" (per-layer row caches, one
+  cores). Ours: `invkeras.inverters.pixelcnn.sampling.sample` with method "pixel" (the default: per-pixel
+  caches, each activation computed once), "cached" (per-layer row caches, one
   row per resolution per pixel) and "full" (one full forward pass per pixel, i.e. TFP's
   algorithm, XLA-compiled); each timed on its second call, the first call (compilation +
   one run) reported beside it.
@@ -327,7 +328,7 @@ def _sample_ours(s: BenchSettings, method: str) -> dict:
     import numpy as np
 
     from invkeras.inverters.pixelcnn.network import build_pixelcnn
-    from invkeras.inverters.pixelcnn.sampling import sample
+    from invkeras.inverters.pixelcnn.sampling import macs_per_image, sample
     from invkeras.inverters.pixelcnn.weight_norm import initialize_weight_norm
 
     keras.utils.set_random_seed(s.seed)
@@ -349,6 +350,8 @@ def _sample_ours(s: BenchSettings, method: str) -> dict:
     return {
         "sample_s": sample_s, "first_call_s": first_call_s, "compile_s": max(first_call_s - sample_s, 0.0),
         "build_s": build_s, "params": sum(int(math.prod(v.shape)) for v in model.trainable_variables),
+        # Multiply-accumulates per image, as a multiple of one forward pass (counted from the shapes).
+        "flops_x_forward": macs_per_image(config, method) / macs_per_image(config),
         "how": f"invkeras.inverters.pixelcnn.sampling.sample(method='{method}'), XLA; timed on the 2nd call",
     }
 
@@ -386,6 +389,7 @@ WORKERS: dict[str, tuple[str, Callable[[BenchSettings], dict]]] = {
     "sample_tfp": ("sample", _sample_tfp),
     "sample_ours_cached": ("sample", lambda s: _sample_ours(s, "cached")),
     "sample_ours_full": ("sample", lambda s: _sample_ours(s, "full")),
+    "sample_ours_pixel": ("sample", lambda s: _sample_ours(s, "pixel")),
 }
 LABELS = {
     "train_tfp": "TFP PixelCNN (tf.function step)",
@@ -395,6 +399,7 @@ LABELS = {
     "sample_tfp": "TFP dist.sample",
     "sample_ours_cached": "invkeras 'cached'",
     "sample_ours_full": "invkeras 'full'",
+    "sample_ours_pixel": "invkeras 'pixel' (per-pixel caches)",
 }
 
 
@@ -478,7 +483,8 @@ def summarize(train: dict, sample: dict) -> dict:
     if "sample_tfp" in sample:
         tfp_time = sample["sample_tfp"]["sample_s"]
         summary["sample_ratio"] = {
-            k: tfp_time / sample[k]["sample_s"] for k in ("sample_ours_cached", "sample_ours_full") if k in sample
+            k: tfp_time / sample[k]["sample_s"]
+            for k in ("sample_ours_cached", "sample_ours_full", "sample_ours_pixel") if k in sample
         }
         if "sample_ours_cached" in sample:
             summary["sample_target"] = SAMPLE_TARGET
@@ -570,13 +576,16 @@ def render(results: dict):
                       " + ".join(_seconds(t) for t in r["warmup_s"]), _ratio(ratio), _memory(r))
 
     sample = Table(title=f"Sampling time ({s['num_images']} images)", title_justify="left")
-    for col in ("Sampler", "Params", "Time (s)", "Compile/trace (s)", "vs TFP", "Peak RSS MiB (growth)"):
+    for col in ("Sampler", "Params", "Time (s)", "Compile/trace (s)", "vs TFP", "FLOPs/image (x fwd)",
+                "Peak RSS MiB (growth)"):
         sample.add_column(col, justify="left" if col == "Sampler" else "right")
     for name, r in _ordered(results["sample"]):
         ratio = 1.0 if name == "sample_tfp" else summary.get("sample_ratio", {}).get(name)
         setup = r.get("trace_s", r.get("compile_s"))
         params = f"{r['params_effective']:,} ({r['params']:,})" if "params_effective" in r else f"{r['params']:,}"
-        sample.add_row(LABELS[name], params, _seconds(r["sample_s"]), _seconds(setup), _ratio(ratio), _memory(r))
+        flops = f"{r['flops_x_forward']:.2f}" if "flops_x_forward" in r else "—"
+        sample.add_row(LABELS[name], params, _seconds(r["sample_s"]), _seconds(setup), _ratio(ratio), flops,
+                       _memory(r))
 
     targets = Table(title="Targets", title_justify="left")
     for col in ("Measure", "Ratio", "Target", "Met"):
@@ -594,6 +603,9 @@ def render(results: dict):
     if "sample_ours_full" in summary.get("sample_ratio", {}):
         targets.add_row("Sampling time, TFP / ours ('full', same algorithm as TFP)",
                         _ratio(summary["sample_ratio"]["sample_ours_full"]), "info", "")
+    if "sample_ours_pixel" in summary.get("sample_ratio", {}):
+        targets.add_row("Sampling time, TFP / ours ('pixel', the default sampler)",
+                        _ratio(summary["sample_ratio"]["sample_ours_pixel"]), "info", "")
     targets.add_row("Peak memory", "see the tables above", "reported", _yes(True))
     how = [f"  {LABELS[name]}: {r['how']}" for name, r in _ordered({**results["train"], **results["sample"]})]
     tfp_train = results["train"].get("train_tfp")

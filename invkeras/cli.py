@@ -134,6 +134,9 @@ def datasets() -> None:
         "invkeras train-classifier --dataset idx:../shared/data/mnist --arch conv --save-at 0,100,1000",
         "invkeras train-classifier --dataset mnist --train-examples 100 --no-dropout --batch-size 100 "
         "--steps-per-epoch 1000 --epochs 100 --save-at 0,100,1000,10000,100000   # overfitted regime",
+        "invkeras train-classifier --dataset mnist --adversarial pgd --epsilon 0.3 --pgd-steps 10 "
+        "--out runs/mnist/conv-robust/classifier/model.keras   # robust (Madry et al. 2018)",
+        "invkeras train-classifier --dataset mnist --epsilon 0.3   # standard training, robust accuracy reported",
     ),
 )
 def train_classifier(
@@ -153,8 +156,16 @@ def train_classifier(
     data_dir: Optional[str] = typer.Option(None, help="TFDS data directory holding prepared datasets."),
     workspace: str = typer.Option("runs", help="Root of runs/<dataset>/<arch>/..."),
     out: Optional[str] = typer.Option(None, help="Model path (default runs/<dataset>/<arch>/classifier/model.keras)."),
+    adversarial: Optional[str] = typer.Option(
+        None, help="none | pgd: train on PGD adversarial examples only (Madry et al. 2018) [default: none]."),
+    epsilon: Optional[float] = typer.Option(
+        None, help="L-inf radius on [0, 1] pixels (MNIST: 0.3); robust accuracy under PGD is reported whenever set."),
+    pgd_steps: Optional[int] = typer.Option(None, help="PGD steps [default: 10]."),
+    pgd_step_size: Optional[float] = typer.Option(None, help="PGD step size on [0, 1] pixels [default: 2.5 * eps / steps]."),
+    robust_eval_examples: Optional[int] = typer.Option(
+        None, help="Robust accuracy on the first N test images only [default: all]."),
 ) -> None:
-    """Train one of the paper's classifiers (layers conv1, conv2, fc3, logits)."""
+    """Train one of the paper's classifiers (layers conv1, conv2, fc3, logits), optionally robust to PGD."""
     from invkeras.classifiers.training import ClassifierConfig
     from invkeras.classifiers.training import train_classifier as train
 
@@ -174,11 +185,14 @@ def train_classifier(
         data_dir=data_dir,
         workspace=workspace,
         out=out,
+        **_given(dict(adversarial=adversarial, epsilon=epsilon, pgd_steps=pgd_steps, pgd_step_size=pgd_step_size,
+                      robust_eval_examples=robust_eval_examples)),
     )
     result = train(config)
     rows = [
         ["model", result.model_path],
         ["test accuracy", f"{result.test_accuracy:.4f}"],
+        *_robust_rows(result, config),
         ["best validation accuracy", f"{result.best_val_accuracy:.4f}"],
         ["epochs", result.epochs],
         ["steps", result.steps],
@@ -252,7 +266,6 @@ def run(
         False, "--allow-outside-workspace", help="Let steps write outside the recipe's workspace."),
 ) -> None:
     """Run a YAML recipe; finished steps are skipped, interrupted ones resume."""
-    from invkeras.analyses.mi import MIReport
     from invkeras.recipes import CompareStep, EstimateMIStep, load_recipe, run_recipe
 
     parsed = load_recipe(recipe, set_, allow_outside_workspace=allow_outside_workspace)
@@ -265,7 +278,7 @@ def run(
     console.print(_table(f"Recipe {parsed.name}", ["step", "command", "status", "time", "result"], rows))
     for step in parsed.steps.values():
         if isinstance(step, EstimateMIStep):  # the result people run the recipe for
-            console.print(mi_table(MIReport.from_json(step.out())))
+            console.print(mi_report_table(step.out()))
         if isinstance(step, CompareStep):
             for layer in step.layers:
                 console.print(comparison_table(json.loads((step.out(layer) / "compare.json").read_text())))
@@ -403,6 +416,57 @@ _COMMON_OPTIONS = ("kind", "layer", "dataset", "arch", "model", "features", "bat
                    "workspace", "out")
 
 
+@app.command(
+    "train-autoencoder",
+    epilog=_examples(
+        "invkeras train-autoencoder --dataset idx:../shared/data/mnist --latent-dim 64",
+        "invkeras train-autoencoder --dataset procedural --latent-dim 16 --max-steps 1000 --classifier runs/procedural/conv",
+        "invkeras train-inverter --kind cinn --dataset procedural --layer fc3 "
+        "--autoencoder runs/procedural/autoencoders/latent16     # then a cINN over its latent",
+    ),
+)
+def train_autoencoder(
+    dataset: Optional[str] = typer.Option(None, help="Dataset spec (see `invkeras datasets`) [default: procedural]."),
+    latent_dim: Optional[int] = typer.Option(None, help="Latent size [default: 64 for grey, 128 for colour images]."),
+    filters: Optional[int] = typer.Option(None, help="Convolution width [default: 32]."),
+    loss: Optional[str] = typer.Option(None, help="Reconstruction loss: l1 | l2 [default: l1]."),
+    latent_noise: Optional[float] = typer.Option(None, help="Std of the noise added to z in training [default: 0.1]."),
+    kl_weight: Optional[float] = typer.Option(None, help="Weight of the |z|^2/2 penalty [default: 0.001]."),
+    batch_size: Optional[int] = typer.Option(None, help="[default: 64]"),
+    learning_rate: Optional[float] = typer.Option(None, help="Adam learning rate [default: 0.001]."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimiser steps at most [default: 3000]."),
+    steps_per_checkpoint: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: 250]."),
+    patience: Optional[int] = typer.Option(None, help="Checkpoint intervals without improvement [default: 5]."),
+    train_examples: Optional[int] = typer.Option(None, help="Train on the first N images only."),
+    eval_examples: Optional[int] = typer.Option(None, help="Cap on validation/test images evaluated."),
+    classifier: Optional[str] = typer.Option(None, help="Classifier .keras or run dir: its accuracy on reconstructions."),
+    seed: Optional[int] = typer.Option(None),
+    data_dir: Optional[str] = typer.Option(None),
+    workspace: Optional[str] = typer.Option(None, help="Root of runs/<dataset>/autoencoders/<name> [default: runs]."),
+    name: Optional[str] = typer.Option(None, help="Folder name under runs/<dataset>/autoencoders/ [default: latent<d>]."),
+    out: Optional[str] = typer.Option(None, help="Output directory (overrides --workspace and --name)."),
+) -> None:
+    """Train a convolutional autoencoder x -> z -> x_hat, the latent space of `--kind cinn` inverters
+    (Rombach et al. 2020): held-out L1 and PSNR, a reconstruction grid, resumable."""
+    options = _given(locals())
+    from invkeras.autoencoders.training import AutoencoderConfig
+    from invkeras.autoencoders.training import train_autoencoder as train
+
+    result = train(AutoencoderConfig(**options))
+    rows = [["model", result.model_path], ["grid", result.grid_path], ["latent dim", result.latent_dim],
+            ["steps", result.steps], ["wall time", f"{result.seconds:.1f} s"]]
+    for split, summary in (("validation", result.validation), ("test", result.test)):
+        if summary:
+            rows.append([f"{split} L1 per pixel (mean image)",
+                         f"{_pm(summary['headline'])} ({summary['mean_image_l1_per_pixel']:.2f})"])
+            rows.append([f"{split} PSNR", f"{summary['psnr_db']:.2f} dB"])
+            if "classifier_accuracy_on_reconstructions" in summary:
+                rows.append([f"{split} classifier accuracy, reconstructions (originals)",
+                             f"{summary['classifier_accuracy_on_reconstructions']:.4f} "
+                             f"({summary['classifier_accuracy_on_originals']:.4f})"])
+    console.print(_table(f"Autoencoder on {result.model_path.parent}", ["", "value"], rows))
+
+
 @app.command(epilog=_examples("invkeras kinds"))
 def kinds() -> None:
     """List the inverter kinds, what each can do, and its own options for `train-inverter`."""
@@ -428,6 +492,7 @@ def _held_out_rows(result, describe: Callable[[str, dict], list]) -> list[list]:
         "invkeras sample --inverter runs/procedural/conv/inverters/pixelcnn/fc3 --num-inputs 8 --num-samples 8",
         "invkeras sample --inverter runs/procedural/conv/inverters/pixelcnn/none --num-samples 16 --seed 1",
         "invkeras sample --inverter runs/procedural/conv/inverters/mse/fc3      # any kind",
+        "invkeras sample --inverter runs/mnist/conv/inverters/gan/logits --misclassified   # the classifier's mistakes",
     ),
 )
 def sample(
@@ -439,6 +504,8 @@ def sample(
     batch_size: Optional[int] = typer.Option(None, help="Images sampled in parallel [default: 64]."),
     method: Optional[str] = typer.Option(None, help="A kind's sampler (pixelcnn: cached | full)."),
     out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
+    misclassified: bool = typer.Option(
+        False, "--misclassified", help="Inputs: held-out images the classifier gets wrong (samples_misclassified.png)."),
 ) -> None:
     """Draw K samples of p(x|h(x)) for N held-out images: a PNG grid and an .npz."""
     options = _given(locals())
@@ -449,7 +516,29 @@ def sample(
             ["samples", "x".join(map(str, result.samples.shape[:2]))], ["wall time", f"{result.seconds:.1f} s"]]
     if result.mean_l1_to_original is not None:
         rows.append(["mean L1 |h(sample) - h(x)|", f"{result.mean_l1_to_original:.4f}"])
+    chosen = result.selection
+    if chosen is not None:
+        rows.append(["misclassified", f"{chosen['misclassified']} of {chosen['searched']} searched; "
+                                      f"showing {chosen['found']}"])
+        rows.append(["true -> predicted", ", ".join(f"{int(t)}->{int(p)}" for t, p in
+                                                    zip(chosen["y"], chosen["predicted"]))])
+        if "share_samples_predicted_label" in chosen:
+            rows.append(["samples labelled predicted / true", f"{chosen['share_samples_predicted_label']:.0%} / "
+                                                              f"{chosen['share_samples_true_label']:.0%}"])
     console.print(_table("Samples", ["", "value"], rows))
+
+
+def _robust_rows(result, config) -> list[list]:
+    """Clean beside robust accuracy, on the same test images, when an attack was set."""
+    if result.robust_accuracy is None:
+        return []
+    from invkeras.classifiers.adversarial import Attack
+
+    attack = Attack(result.attack["epsilon"], result.attack["steps"], result.attack["step_size"])
+    trained = "adversarial (PGD)" if config.adversarial == "pgd" else "standard"
+    return [["training", trained],
+            [f"clean accuracy (n={result.robust_examples})", f"{result.clean_accuracy:.4f}"],
+            [f"robust accuracy ({attack.label()})", f"{result.robust_accuracy:.4f}"]]
 
 
 def _given(options: dict) -> dict:
@@ -464,10 +553,13 @@ def _given(options: dict) -> dict:
         "invkeras estimate-mi --inverter runs/procedural/conv/inverters/pixelcnn/conv1 "
         "--inverter runs/procedural/conv/inverters/pixelcnn/fc3 "
         "--unconditional runs/procedural/conv/inverters/pixelcnn/none --reference conv1",
+        "invkeras estimate-mi --inverter runs/mnist/conv/inverters/cinn/conv1 --inverter runs/mnist/conv/inverters/cinn/fc3 "
+        "--unconditional runs/mnist/conv/inverters/cinn/none   # latent-space estimate H*(z) - H*(z|h), mi/latent_test.json",
     ),
 )
 def estimate_mi(
-    inverter: List[str] = typer.Option(..., help="Inverter directory with a pixel likelihood (repeatable)."),
+    inverter: List[str] = typer.Option(..., help="Inverter directory with a pixel likelihood, or all with a latent "
+                                            "one (kind cinn: a separate latent-space table) (repeatable)."),
     unconditional: Optional[str] = typer.Option(None, help="Unconditional inverter, for H*(x) - H*(x|h)."),
     reference: Optional[str] = typer.Option(None, help="Layer whose NCE the others are compared with."),
     split: Optional[str] = typer.Option(None, help="validation | test [default: test]."),
@@ -481,8 +573,39 @@ def estimate_mi(
 
     options["inverters"] = options.pop("inverter")
     report, path = estimate(EstimateMIConfig(**options))
-    console.print(mi_table(report))
+    console.print(latent_mi_table(report) if getattr(report, "space", None) == "latent" else mi_table(report))
     console.print(f"written: {path} and {path.with_suffix('.csv')}")
+
+
+def mi_report_table(path: Path) -> Table:
+    """The table of a written estimate-mi JSON, pixel-space or latent-space."""
+    from invkeras.analyses.latent_mi import LatentMIReport
+    from invkeras.analyses.mi import MIReport
+
+    if json.loads(Path(path).read_text()).get("space") == "latent":
+        return latent_mi_table(LatentMIReport.from_json(path))
+    return mi_table(MIReport.from_json(path))
+
+
+def latent_mi_table(report) -> Table:
+    """The latent-space information table: H*(z|h) and H*(z) - H*(z|h) in nats per image, ± paired
+    standard errors; labelled as a latent-space estimate, never beside the pixel-space NCE."""
+    from invkeras.analyses.latent_mi import ESTIMATE, LABEL, NLL, NOTE
+
+    def pm(value, se):
+        return "" if value is None else f"{value:.2f} ± {se:.2f}"
+
+    rows = [[r["layer"], r["n_images"], pm(r[NLL], r["se nats"]), f"{r['nats/dim']:.3f}",
+             pm(r["H*(z|h) - H*(z|h)(ref)"], r["se (paired, ref)"]), pm(r[ESTIMATE], r["se (paired)"])]
+            for r in report.rows]
+    dim = (report.latent or {}).get("latent_dim")
+    title = (f"Latent information per layer, {LABEL.upper()}: nats/image of z = E(x)"
+             f"{f' ({dim}-d)' if dim else ''} ({report.dataset}, {report.split})")
+    table = _table(title, ["layer", "n", "H*(z|h) ± se", "nats/dim", "vs ref ± se (paired)",
+                           "I est. H*(z)-H*(z|h) ± se (paired)"], rows)
+    table.caption = NOTE
+    table.caption_justify = "left"
+    return table
 
 
 def mi_table(report) -> Table:
@@ -595,6 +718,181 @@ def sample_grid(
     rows = [["grid", result.grid_path], ["reconstruction MSE per pixel", f"{result.mse_per_pixel:.1f}"],
             ["wall time", f"{result.seconds:.1f} s"]]
     console.print(_table("Samples with reconstruction", ["", "value"], rows))
+
+
+def _parse_floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise InvkerasError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0,0.25,0.5,0.75,1") from None
+    if not values:
+        raise InvkerasError(f"{flag} {text!r}: give at least one number")
+    return values
+
+
+@app.command(
+    epilog=_examples(
+        "invkeras edit --inverter runs/mnist/conv/inverters/gan/logits --shift 3:10",
+        "invkeras edit --inverter runs/mnist/conv/inverters/pixelcnn/logits --shift 0:8 --shift 7:8 --scale 3 "
+        "--noise 2 --interpolate --num-inputs 6   # any kind that can sample",
+        "invkeras edit --inverter DIR --scale 0 --strengths 0,0.5,0.9,1 --num-samples 4",
+    ),
+)
+def edit(
+    inverter: str = typer.Option(..., help="Inverter directory or inverter.keras (any kind that can sample)."),
+    shift: List[str] = typer.Option([], "--shift", help="CLASS:DELTA: add DELTA to logit (unit) CLASS of h; repeatable."),
+    scale: Optional[float] = typer.Option(None, help="Multiply h by S (swept from 1 to S)."),
+    noise: Optional[float] = typer.Option(None, help="Add Gaussian noise of standard deviation SIGMA to h (h's units)."),
+    interpolate: bool = typer.Option(False, "--interpolate", help="Interpolate from each input's h to the next one's."),
+    strengths: Optional[str] = typer.Option(None, help="Comma-separated sweep, 0 = h unedited [default: 0,0.25,0.5,0.75,1]."),
+    num_inputs: Optional[int] = typer.Option(None, help="Held-out inputs N [default: 8]."),
+    num_samples: Optional[int] = typer.Option(None, help="Samples K per input and strength [default: 1]."),
+    split: Optional[str] = typer.Option(None, help="validation | test [default: test]."),
+    seed: Optional[int] = typer.Option(None, help="Same seed, same samples and noise [default: 0]."),
+    batch_size: Optional[int] = typer.Option(None, help="Images sampled in parallel [default: 64]."),
+    method: Optional[str] = typer.Option(None, help="A kind's sampler (pixelcnn: cached | full)."),
+    out: Optional[str] = typer.Option(None, help="Output directory (default <inverter dir>/edits)."),
+) -> None:
+    """Edit the logits (or any layer's h) of held-out images, decode them with the inverter, and label the
+    results: a grid per operation sweeping its strength, and edits.json (Teterwak et al. 2021)."""
+    options = _given(locals())
+    from invkeras.analyses.edit import EditConfig, edit_inverter
+
+    if not shift:
+        options.pop("shift")
+    if not interpolate:
+        options.pop("interpolate")
+    if strengths is not None:
+        options["strengths"] = _parse_floats(strengths, "--strengths")
+    result = edit_inverter(EditConfig(**options))
+    console.print(edit_table(result))
+    console.print("written: " + ", ".join(str(p) for p in [result.json_path, result.arrays_path,
+                                                           *result.grid_paths.values()]))
+
+
+def edit_table(result) -> Table:
+    """Per operation and strength: the share of edited samples keeping the input's label, and
+    the share labelled with the shifted class or the interpolation partner's label."""
+    rows = []
+    for op in result.operations:
+        for row in op["per_strength"]:
+            target = row.get("share_target_class", row.get("share_partner_label"))
+            moves = f"{row['moved_towards']} / {row['moved_away']}" if "moved_towards" in row else ""
+            asked = row.get("share_argmax_h")
+            rows.append([op["name"], f"{row['strength']:g}", row["edit"], f"{row['share_input_label']:.0%}",
+                         "" if target is None else f"{target:.0%}", moves, "" if asked is None else f"{asked:.0%}"])
+    title = f"Edits of {result.layer} decoded by a {result.kind} inverter, labelled by the classifier"
+    return _table(title, ["operation", "t", "edit", "input's label", "target label", "moved to / from",
+                          "argmax h label"], rows)
+
+
+@app.command(
+    "ground-truth",
+    epilog=_examples(
+        "invkeras ground-truth                       # 6 subsets, from all factors to none",
+        "invkeras ground-truth --subset all --subset shape+size --subset none --max-steps 3000",
+    ),
+)
+def ground_truth(
+    subset: List[str] = typer.Option([], "--subset", help="Factor subset: all, none, or names joined by + "
+                                     "(shape, size, row, col, intensity); repeatable."),
+    max_steps: Optional[int] = typer.Option(None, help="Training steps per inverter [default: 1500]."),
+    steps_per_checkpoint: Optional[int] = typer.Option(None, help="[default: 500]"),
+    filters: Optional[int] = typer.Option(None, help="PixelCNN++ filters [default: 16]."),
+    learning_rate: Optional[float] = typer.Option(None, help="[default: 0.003]"),
+    eval_examples: Optional[int] = typer.Option(None, help="Validation and test images per subset [default: 500]."),
+    seed: Optional[int] = typer.Option(None, help="[default: 0]"),
+    workspace: Optional[str] = typer.Option(None, help="[default: runs]"),
+    out: Optional[str] = typer.Option(None, help="Output directory (default runs/procedural/ground-truth)."),
+) -> None:
+    """The bound against the truth: on the procedural dataset, with h a subset of its factors, H(x|h) is exact.
+    Trains one PixelCNN++ per subset (finished ones are reused) and tables test NLL, truth and gap."""
+    options = _given(locals())
+    from invkeras.analyses.ground_truth import ground_truth as run_ground_truth, GroundTruthConfig
+
+    if subset:
+        options["subsets"] = options.pop("subset")
+    else:
+        options.pop("subset")
+    result = run_ground_truth(GroundTruthConfig(**options))
+    rows = [[r["subset"], f"{r['true_nats']:.3f}", f"{r['estimate_nats']:.3f} ± {r['se_nats']:.3f}",
+             f"{r['gap_nats']:+.3f}", "yes" if r["within_tolerance"] else "no",
+             "yes" if r["bound_holds"] else "VIOLATED"] for r in result["rows"]]
+    console.print(_table(f"H*(x|h) vs exact H(x|h), nats per image (test, {result['rows'][0]['num_images']} images)",
+                         ["h = factors", "exact", "estimate ± se", "gap", f"within {result['tolerance_nats']}",
+                          "bound"], rows))
+    console.print(f"written: {result['path']} and {result['plot']}")
+
+
+@app.command(
+    epilog=_examples(
+        "invkeras mix --inverter runs/procedural/conv/inverters/cinn/fc3",
+        "invkeras mix --inverter runs/procedural/conv/inverters/cinn/conv1 --num-inputs 8 --split validation",
+    ),
+)
+def mix(
+    inverter: str = typer.Option(..., help="Inverter directory or inverter.keras of a kind with a latent residual (cinn)."),
+    num_inputs: Optional[int] = typer.Option(None, help="Held-out images N; the grid is N x N [default: 6]."),
+    split: Optional[str] = typer.Option(None, help="validation | test [default: test]."),
+    batch_size: Optional[int] = typer.Option(None, help="[default: 256]"),
+    out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
+) -> None:
+    """Image A's residual under image B's representation, D(t^-1(v_A | h_B)) (Rombach et al. 2020):
+    an N x N grid, rows A, columns B; the diagonal is the autoencoder's reconstruction."""
+    options = _given(locals())
+    from invkeras.analyses.mix import MixConfig, mix_images
+
+    result = mix_images(MixConfig(**options))
+    rows = [["grid", result.grid_path], ["arrays", result.arrays_path], ["wall time", f"{result.seconds:.1f} s"]]
+    if result.share_label_of_b is not None:
+        rows.append(["mixes labelled as image B (as image A)",
+                     f"{result.share_label_of_b:.2f} ({result.share_label_of_a:.2f})"])
+    console.print(_table("Mixes", ["", "value"], rows))
+
+
+@app.command(
+    epilog=_examples(
+        "invkeras attack --inverter runs/mnist/conv/inverters/cinn/fc3 --epsilon 0.3",
+        "invkeras attack --inverter runs/mnist/conv/inverters/cinn/logits --epsilon 0.1 --method fgsm --num-inputs 16",
+        "invkeras attack --inverter DIR --epsilon 0.3 --pgd-steps 40 --out attacks/fc3-pgd40",
+    ),
+)
+def attack(
+    inverter: str = typer.Option(..., help="Inverter directory or inverter.keras of a kind with a latent residual (cinn)."),
+    epsilon: float = typer.Option(..., help="L-inf radius on [0, 1] pixels (MNIST: 0.3)."),
+    method: Optional[str] = typer.Option(None, help="pgd | fgsm [default: pgd]."),
+    pgd_steps: Optional[int] = typer.Option(None, help="PGD steps [default: 10]."),
+    pgd_step_size: Optional[float] = typer.Option(None, help="PGD step size on [0, 1] pixels [default: 2.5 * eps / steps]."),
+    num_inputs: Optional[int] = typer.Option(None, help="Held-out images N (rows of the grid) [default: 8]."),
+    split: Optional[str] = typer.Option(None, help="validation | test [default: test]."),
+    seed: Optional[int] = typer.Option(None, help="PGD's random start [default: 0]."),
+    batch_size: Optional[int] = typer.Option(None, help="[default: 256]"),
+    out: Optional[str] = typer.Option(None, help="Output directory (default <inverter dir>/attacks/<method>_eps<e>)."),
+) -> None:
+    """Adversarial examples x' (FGSM or PGD) for the inverter's classifier, and D(t^-1(v_x | h(x'))): what the
+    attack changed in the layer's representation, with x's own residual (Rombach et al. 2020). Rows:
+    x | D(E(x)) || x' | decoded."""
+    options = _given(locals())
+    from invkeras.analyses.attack import AttackConfig, attack_inverter
+
+    result = attack_inverter(AttackConfig(**options))
+    s = result.summary
+
+    def share(value):
+        return "" if value is None else f"{value:.0%}"
+
+    rows = [["attack", s["label"]], ["inputs", s["n"]],
+            ["attack success rate (label of x' != label of x)", share(s["attack_success_rate"])],
+            ["decoded labelled with the adversarial label of x' (successful attacks only)",
+             f"{share(s['share_decoded_with_adversarial_label'])} "
+             f"({share(s['share_decoded_with_adversarial_label_successful'])})"],
+            ["decoded keeping x's label", share(s["share_decoded_with_input_label"])],
+            ["reconstructions keeping x's label", share(s["share_reconstructions_with_input_label"])],
+            ["labels x / D(E(x)) / x' / decoded",
+             ", ".join(f"{p['x']}/{p['reconstruction']}/{p['x_adv']}/{p['decoded']}" for p in s["per_input"])],
+            ["wall time", f"{result.seconds:.1f} s"]]
+    console.print(_table("Attack on the representation", ["", "value"], rows))
+    console.print("written: " + ", ".join(str(p) for p in result.paths))
 
 
 @app.callback(invoke_without_command=True)

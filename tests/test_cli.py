@@ -80,7 +80,7 @@ def test_extract_prints_table(tiny_classifier):
     assert "Extracted features" in result.output and "(256,)" in result.output
 
 
-@pytest.mark.parametrize("command", ["train-inverter", "sample", "estimate-mi", "compare", "sample-grid", "kinds"])
+@pytest.mark.parametrize("command", ["train-inverter", "sample", "estimate-mi", "compare", "sample-grid", "kinds", "edit"])
 def test_inversion_commands_have_examples(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Examples" in result.output and f"invkeras {command}" in result.output

@@ -27,6 +27,30 @@ def test_quickstart_recipe_is_valid():
     assert recipe.steps["inverter_fc3"].filters == 16 and recipe.steps["decoder_fc3"].kind == "mse"
 
 
+def test_ground_truth_recipe_runs_from_all_factors_to_none():
+    from invkeras.analyses.ground_truth import parse_subset, true_conditional_entropy
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/ground_truth_procedural.yaml")
+    step = recipe.steps["bounds"]
+    assert step.command == "ground-truth" and step.scale == "tiny"
+    truths = [true_conditional_entropy(parse_subset(s)) for s in step.subsets]
+    assert truths[0] == 0.0 and truths == sorted(truths) and len(set(truths)) == len(truths)
+    assert truths[-1] == pytest.approx(8.841, abs=1e-3)
+
+
+def test_the_top_level_scale_does_not_reach_an_edit_steps_own_scale(tmp_path):
+    path = write(tmp_path, """
+        name: t
+        dataset: procedural
+        scale: small
+        steps:
+          shift: {command: edit, layers: [logits], shift: "1:5"}
+          multiply: {command: edit, layers: [logits], scale: 3.0, subdir: scaled}
+    """)
+    recipe = load_recipe(path)
+    assert recipe.steps["shift"].scale is None and recipe.steps["multiply"].scale == 3.0
+
+
 def test_overrides_reach_steps_and_shared_keys(tmp_path):
     path = write(tmp_path, """
         name: t
@@ -147,8 +171,8 @@ def test_defaults_variants_and_dropped_steps(tmp_path):
         ("defaults:\n  fly: {}\nsteps:\n  a: {command: extract, layers: [fc3]}\n", r"defaults\.fly: unknown command"),
         ("scale: small\nvariants:\n  small: {steps.b.layers: [x]}\nsteps:\n  a: {command: extract, layers: [fc3]}\n",
          r"variants\.small\.steps\.b\.layers: 'steps\.b' is not a section"),
-        ("steps:\n  a: {command: train-inverter, kind: gan}\n",
-         r"steps\.a\.kind: unknown inverter kind 'gan'; choose from .*mse.*pixelcnn"),
+        ("steps:\n  a: {command: train-inverter, kind: vae}\n",
+         r"steps\.a\.kind: unknown inverter kind 'vae'; choose from .*mse.*pixelcnn"),
         ("steps:\n  a: {command: compare, layers: [fc3], kinds: [pixelcnn, vae]}\n", r"steps\.a\.kinds.*'vae'"),
     ],
 )

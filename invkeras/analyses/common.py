@@ -45,6 +45,7 @@ class ClassifierProbe:
         from invkeras.data.features import load_model
 
         model = load_model(classifier_path)
+        self.model = model  # the whole classifier, e.g. for attacks on it
         self.layer, self.batch_size = layer, batch_size
         self.final = model.layers[-1].name
         self._extractor = layer_output_model(model, [layer, self.final])

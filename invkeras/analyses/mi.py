@@ -18,7 +18,9 @@ least the excess (flag "estimate exceeds H(x)"); a bound H(x) - H*(x|h) below ze
 nothing (flag "lower bound vacuous"). The raw numbers are kept either way.
 
 Only kinds with a pixel likelihood (`pixel_log_prob`) give such bounds; any other kind is
-refused in one line.
+refused in one line. Kinds with a latent likelihood (`latent_likelihood`, e.g. cinn) get a
+separate latent-space table instead (`invkeras.analyses.latent_mi`, written to
+mi/latent_<split>.json); latent-space and pixel-space inverters in one run are refused.
 """
 
 from __future__ import annotations
@@ -237,12 +239,40 @@ def build_report(
     return report
 
 
+def report_name(split: str, latent: bool = False) -> str:
+    """<split>.json for the pixel-space table, latent_<split>.json for the latent-space one."""
+    return f"latent_{split}.json" if latent else f"{split}.json"
+
+
 def default_out(inverter, split: str) -> Path:
-    """runs/<dataset>/<arch>/mi/<split>.json of the inverter's run (beside it, for user features)."""
+    """runs/<dataset>/<arch>/mi/<split>.json of the inverter's run (beside it, for user features);
+    latent_<split>.json for inverters with a latent likelihood."""
     config = inverter.config
+    name = report_name(split, bool(getattr(inverter, "latent_likelihood", False)))
     if config.features:
-        return inverter.path.parent / "mi" / f"{split}.json"
-    return artifacts.run_dir(config.dataset, config.arch, config.workspace) / "mi" / f"{split}.json"
+        return inverter.path.parent / "mi" / name
+    return artifacts.run_dir(config.dataset, config.arch, config.workspace) / "mi" / name
+
+
+def _check_unconditional(inverter) -> None:
+    if inverter.conditional:
+        raise InvkerasError(f"--unconditional {inverter.path.parent}: inverts layer '{inverter.layer}'; give an "
+                            "unconditional inverter (layer 'none')")
+
+
+def _split_by_space(inverters: list) -> bool:
+    """True when every inverter has a latent likelihood, False when none has; latent-space and
+    pixel-space inverters together are refused in one line (their entropies are of different things)."""
+    from invkeras.analyses.latent_mi import is_latent
+
+    latent = [i for i in inverters if is_latent(i)]
+    if latent and len(latent) != len(inverters):
+        other = next(i for i in inverters if not is_latent(i))
+        raise InvkerasError(f"{COMMAND}: inverter {latent[0].path.parent} (kind '{latent[0].kind}') gives a "
+                            f"latent-space estimate (differential entropies of an autoencoder latent), inverter "
+                            f"{other.path.parent} (kind '{other.kind}') does not; they cannot share a table: run "
+                            f"{COMMAND} once for the latent-space and once for the pixel-space inverters")
+    return bool(latent)
 
 
 def estimate_mi(config: EstimateMIConfig) -> tuple[MIReport, Path]:
@@ -254,17 +284,21 @@ def estimate_mi(config: EstimateMIConfig) -> tuple[MIReport, Path]:
     from invkeras.data import dataset_info
 
     inverters = [_load(path) for path in config.inverters]
-    for inverter in inverters:
-        inverter.require("pixel_log_prob", COMMAND)
     base_inverter = _load(config.unconditional) if config.unconditional else None
-    if base_inverter is not None:
-        base_inverter.require("pixel_log_prob", COMMAND)
-        if base_inverter.conditional:
-            raise InvkerasError(f"--unconditional {base_inverter.path.parent}: inverts layer "
-                                f"'{base_inverter.layer}'; give an unconditional inverter (layer 'none')")
     if config.labels is not None and (len(config.labels) != len(inverters)
                                       or len(set(config.labels)) != len(config.labels)):
         raise InvkerasError(f"{COMMAND}: need one distinct label per inverter, got {config.labels}")
+    if _split_by_space([*inverters, *([base_inverter] if base_inverter is not None else [])]):
+        from invkeras.analyses.latent_mi import estimate_latent_mi
+
+        if base_inverter is not None:
+            _check_unconditional(base_inverter)
+        return estimate_latent_mi(config, inverters, base_inverter, default_out=default_out(inverters[0], config.split))
+    for inverter in inverters:
+        inverter.require("pixel_log_prob", COMMAND)
+    if base_inverter is not None:
+        base_inverter.require("pixel_log_prob", COMMAND)
+        _check_unconditional(base_inverter)
 
     estimates = [held_out_nll(i, split=config.split, eval_examples=config.eval_examples) for i in inverters]
     for estimate, label in zip(estimates, config.labels or []):

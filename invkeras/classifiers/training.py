@@ -15,6 +15,11 @@ its last completed epoch when the same command is rerun, a backup made under oth
 settings (dataset, arch, batch size, learning rate, dropout, train_examples, seed, ...) is
 refused in one line, and a fresh start clears the old `checkpoints/`. A NaN/inf loss stops
 training with `NonFiniteLossError`, leaving the checkpoints written so far.
+
+Robust classifiers: `adversarial="pgd"` with an `epsilon` trains on PGD adversarial
+examples only (Madry et al. 2018; `invkeras.classifiers.adversarial`). Early stopping still
+watches clean validation accuracy. Whenever `epsilon` is set, the results carry
+`robust_accuracy` under that PGD attack beside `clean_accuracy` on the same test images.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import keras
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from invkeras import artifacts
 from invkeras.classifiers.architectures import ARCHITECTURES, DEFAULT_DROPOUT_RATE, build_classifier
@@ -37,7 +42,9 @@ from invkeras.training import BACKUP_DIR, Backup, CompiledModelTrainee, Schedule
 CHECKPOINT_DIR = "checkpoints"
 # Settings that do not change the training trajectory: a backup made under other values of
 # these is still resumed (more epochs, more patience, another device strategy or path).
-NON_TRAJECTORY_FIELDS = ("epochs", "patience", "save_at", "strategy", "workspace", "out")
+NON_TRAJECTORY_FIELDS = ("epochs", "patience", "save_at", "strategy", "workspace", "out", "robust_eval_examples")
+# The attack's settings shape training only when training is adversarial.
+ATTACK_FIELDS = ("adversarial", "epsilon", "pgd_steps", "pgd_step_size")
 
 
 class ClassifierConfig(BaseModel):
@@ -68,6 +75,35 @@ class ClassifierConfig(BaseModel):
     strategy: str = "auto"
     workspace: str = str(artifacts.DEFAULT_WORKSPACE)
     out: Optional[str] = None
+    adversarial: Literal["none", "pgd"] = Field(
+        "none", description="pgd: train on PGD adversarial examples only, none of the clean batch (Madry et al. 2018)")
+    epsilon: Optional[float] = Field(
+        None, ge=0, le=1, description="L-inf radius on [0, 1] pixels (MNIST: 0.3); robust accuracy under this PGD "
+        "attack is reported beside clean accuracy, also for a classifier trained without it")
+    pgd_steps: int = Field(10, ge=1, description="PGD steps K, in training and in the robust evaluation")
+    pgd_step_size: Optional[float] = Field(None, ge=0, description="PGD step size on [0, 1] pixels; default "
+                                           "2.5 * epsilon / pgd_steps")
+    robust_eval_examples: Optional[int] = Field(None, ge=1, description="robust accuracy on the first N test "
+                                                "images only (default: the whole test split)")
+
+    @model_validator(mode="after")
+    def _attack_settings(self):
+        if self.adversarial == "pgd" and self.epsilon is None:
+            raise ValueError("adversarial 'pgd' needs epsilon, the L-inf radius on [0, 1] pixels (MNIST: 0.3)")
+        if self.epsilon is not None and self.pgd_step_size is None:
+            from invkeras.classifiers.adversarial import default_step_size
+
+            self.pgd_step_size = default_step_size(self.epsilon, self.pgd_steps)  # recorded as used
+        return self
+
+    def attack(self):
+        """The PGD attack of this run (training and evaluation), or None without an epsilon."""
+        from invkeras.classifiers.adversarial import Attack
+
+        return None if self.epsilon is None else Attack(self.epsilon, self.pgd_steps, self.pgd_step_size, "pgd")
+
+    def non_trajectory_fields(self) -> tuple[str, ...]:
+        return NON_TRAJECTORY_FIELDS + (ATTACK_FIELDS if self.adversarial == "none" else ())
 
     @field_validator("arch")
     @classmethod
@@ -115,6 +151,10 @@ class ClassifierResult:
     checkpoints: list[Path]
     seconds: float  # wall time of this call
     resumed_from_epoch: int = 0
+    clean_accuracy: float | None = None  # on the images robust accuracy is measured on
+    robust_accuracy: float | None = None  # under `attack` (None without an epsilon)
+    robust_examples: int = 0
+    attack: dict | None = None
 
 
 # --- checkpoints at chosen steps ------------------------------------------------------
@@ -204,8 +244,15 @@ def train_classifier(
                                   return_dict=True)
             return {"val_loss": float(logs["loss"]), "val_accuracy": float(logs["accuracy"])}
 
-        trainee = CompiledModelTrainee(model, inputs=lambda batch: batch["x"].astype("float32"),
-                                       targets=lambda batch: batch["y"], validate=validate)
+        attack = config.attack()
+        trainee_class = CompiledModelTrainee
+        options = {}
+        if config.adversarial == "pgd":
+            from invkeras.classifiers.adversarial import AdversarialTrainee
+
+            trainee_class, options = AdversarialTrainee, {"attack": attack, "seed": config.seed}
+        trainee = trainee_class(model, inputs=lambda batch: batch["x"].astype("float32"),
+                                targets=lambda batch: batch["y"], validate=validate, **options)
 
     steps_per_epoch = config.steps_per_epoch or math.ceil(len(x) / config.batch_size)
     schedule = Schedule(max_steps=config.epochs * steps_per_epoch, steps_per_checkpoint=steps_per_epoch,
@@ -215,7 +262,8 @@ def train_classifier(
     if backup.progress() is None and checkpoint_dir.exists():
         # A fresh run replaces the previous one; its checkpoints would be mistaken for ours.
         shutil.rmtree(checkpoint_dir)
-    metadata = {"config": config, "seed": config.seed, "data": data}
+    metadata = {"config": config, "seed": config.seed, "data": data, "adversarial": config.adversarial,
+                "attack": attack.describe() if attack else None}
     checkpointer = StepCheckpoint(config.save_at, checkpoint_dir, metadata, steps_per_epoch)
 
     def last_checkpoint() -> str:
@@ -224,11 +272,19 @@ def train_classifier(
         return f"{kept}; try a lower learning rate"
 
     outcome = train(trainee, {"x": x, "y": y}, schedule, out_dir=run,
-                    settings=trajectory_settings(config, NON_TRAJECTORY_FIELDS),
+                    settings=trajectory_settings(config, config.non_trajectory_fields()),
                     what=f"train-classifier {config.arch} on {config.dataset}", hooks=[checkpointer, *hooks],
                     progress=progress, non_finite_hint=last_checkpoint)
 
     test = model.evaluate(test_x.astype("float32"), test_y, batch_size=config.batch_size, verbose=0, return_dict=True)
+    robust = {"clean_accuracy": float(test["accuracy"]), "robust_accuracy": None, "robust_eval_examples": 0}
+    if attack is not None:
+        from invkeras.classifiers.adversarial import robust_accuracy
+
+        n = min(len(test_x), config.robust_eval_examples or len(test_x))
+        clean, adversarial = robust_accuracy(model, test_x[:n].astype("float32"), test_y[:n], attack,
+                                             batch_size=config.batch_size, seed=config.seed)
+        robust = {"clean_accuracy": clean, "robust_accuracy": adversarial, "robust_eval_examples": n}
     history = outcome.history
     best_val = outcome.best_value
     if best_val is None or not math.isfinite(best_val):
@@ -239,6 +295,7 @@ def train_classifier(
     results = {
         "test_accuracy": float(test["accuracy"]),
         "test_loss": float(test["loss"]),
+        **robust,
         "best_val_accuracy": float(best_val),
         "best_epoch": int(best_epoch),
         "epochs": epochs_done,
@@ -262,6 +319,10 @@ def train_classifier(
         checkpoints=checkpoints,
         seconds=results["seconds"],
         resumed_from_epoch=results["resumed_from_epoch"],
+        clean_accuracy=results["clean_accuracy"],
+        robust_accuracy=results["robust_accuracy"],
+        robust_examples=results["robust_eval_examples"],
+        attack=metadata["attack"],
     )
 
 

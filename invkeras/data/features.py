@@ -232,6 +232,24 @@ def _write_split(batches, extractor, layers, out_dirs, *, shard_size, total, des
     return {layer: out_dirs[layer] / MANIFEST for layer in layers}
 
 
+def write_features(directory: str | Path, *, layer: str, split: str, x: np.ndarray, h: np.ndarray, y: np.ndarray,
+                   dataset: str, config, seed: int, source: str, shard_size: int = 4096) -> Path:
+    """Write in-memory (x, h, y) as one split in the extract format (atomically), for
+    representations that come from somewhere other than a Keras layer. Returns the manifest."""
+    started = time.time()
+    with artifacts.atomic_dir(directory) as tmp:
+        writer = _ShardWriter(Path(tmp), shard_size)
+        writer.add(np.asarray(x, np.uint8), np.asarray(h, np.float32), np.asarray(y, np.int64))
+        writer.close()
+        manifest = writer.manifest(layer=layer, seconds=time.time() - started, split=split, dataset=dataset,
+                                   model=source)
+        artifacts.write_json_atomic(Path(tmp) / MANIFEST, manifest)
+        artifacts.write_metadata(Path(tmp) / MANIFEST, kind="features", config=config, seed=seed,
+                                 results={"num_examples": manifest["num_examples"], "h_shape": manifest["h_shape"]},
+                                 source=source, layer=layer, split=split)
+    return Path(directory) / MANIFEST
+
+
 @dataclass
 class _ShardWriter:
     """Buffers at most `shard_size` examples, then writes one `.npz` shard."""

@@ -15,4 +15,5 @@ from invkeras.inverters.base import (  # noqa: F401
     train_inverter,
 )
 from invkeras.inverters.data import UNCONDITIONAL, PairedDataConfig  # noqa: F401
-from invkeras.inverters import mse, pixelcnn  # noqa: E402,F401  (the built-in kinds)
+from invkeras.inverters import gan, mse, pixelcnn  # noqa: E402,F401  (the built-in kinds)
+from invkeras.inverters import cinn  # noqa: E402,F401  (conditional INN over an autoencoder latent)

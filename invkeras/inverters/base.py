@@ -114,6 +114,10 @@ class Inverter:
     capabilities: ClassVar[frozenset[str]] = frozenset()
     description: ClassVar[str] = ""
     unconditional_ok: ClassVar[bool] = False  # can it model p(x) alone (layer 'none')?
+    # A likelihood over a latent z = E(x) instead of pixels: such a kind implements
+    # encode(x), latent_log_prob(z, h) and latent_space(); `estimate-mi` then gives a
+    # latent-space estimate (differential entropies), never mixed with pixel-space rows.
+    latent_likelihood: ClassVar[bool] = False
     # Workspaces from before kinds had folders: the artefact kind its metadata recorded, and
     # where under runs/<dataset>/<arch>/ it lived ({layer} filled in).
     legacy_artifact_kind: ClassVar[str | None] = None
@@ -196,6 +200,18 @@ class Inverter:
         written with keras.ops on the model's own variables. The first endpoint is the kind's
         default (`serve`). `sample(h, seed)` takes `batch_size` rows of h and an int32 seed."""
         raise InvkerasError(f"export: inverters of kind '{self.kind}' cannot be exported yet")
+
+    def latent_space(self) -> dict | None:
+        """Which latent space z = E(x) a `latent_likelihood` kind models (its dimension and the
+        encoder it came from), so that latent NLLs of different inverters are compared only
+        when their z is the same; None for a kind without a latent likelihood."""
+        return None
+
+    def autoencoder_reconstruction(self, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray | None:
+        """The reconstruction of images x from their own latent, e.g. an autoencoder's D(E(x)),
+        float32 [N, H, W, C] in [0, 255]; None for a kind that has no such latent (`sample`
+        then shows no reconstruction column)."""
+        return None
 
     def recorded_nll(self, split: str) -> tuple[np.ndarray, str | None] | None:
         """(per-image NLL, fingerprint of the images) saved at the end of training, if the kind

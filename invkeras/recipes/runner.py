@@ -16,8 +16,8 @@ from pydantic import BaseModel
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError
-from invkeras.recipes.schema import (CompareStep, EstimateMIStep, ExportStep, ExtractStep, Recipe, SampleStep,
-                                     TrainClassifierStep)
+from invkeras.recipes.schema import (CompareStep, EditStep, EstimateMIStep, ExportStep, ExtractStep, Recipe,
+                                     SampleStep, TrainClassifierStep)
 
 SAMPLE_GRID = "samples.png"
 RECONSTRUCTION_GRID = "samples_reconstruction.png"
@@ -50,11 +50,32 @@ def step_outputs(step: BaseModel) -> list[Path]:
         return [Path(step.out)]  # export writes <out>.meta.json beside the directory
     if _is_train_inverter(step):
         return [step.model_path()]
+    if getattr(step, "command", None) == "train-autoencoder":
+        return [step.model_path()]
+    if getattr(step, "command", None) == "ground-truth":
+        from invkeras.analyses.ground_truth import RESULT_FILE
+
+        return [step.out_dir() / RESULT_FILE]
+    if getattr(step, "command", None) == "attack":
+        from invkeras.analyses.attack import ATTACK_JSON
+
+        return [step.out(layer) / ATTACK_JSON for layer in step.layers]
+    if getattr(step, "command", None) == "mix":
+        from invkeras.analyses.mix import MIX_GRID
+
+        return [step.inverter(layer) / MIX_GRID for layer in step.layers]
     if isinstance(step, SampleStep):
-        grids = [step.inverter(layer) / SAMPLE_GRID for layer in step.layers]
+        from invkeras.analyses.samples import output_name
+
+        grids = [step.inverter(layer) / output_name(SAMPLE_GRID, step.misclassified) for layer in step.layers]
         if step.reconstruction:
-            grids += [step.inverter(layer) / RECONSTRUCTION_GRID for layer in step.layers]
+            grids += [step.inverter(layer) / output_name(RECONSTRUCTION_GRID, step.misclassified)
+                      for layer in step.layers]
         return grids
+    if isinstance(step, EditStep):
+        from invkeras.analyses.edit import EDITS_JSON
+
+        return [step.out(layer) / EDITS_JSON for layer in step.layers]
     if isinstance(step, CompareStep):
         return [step.out(layer) / COMPARISON for layer in step.layers]
     if isinstance(step, EstimateMIStep):
@@ -72,7 +93,40 @@ def _run_train_classifier(step: TrainClassifierStep) -> str:
     from invkeras.classifiers.training import ClassifierConfig, train_classifier
 
     result = train_classifier(_config_of(step, ClassifierConfig))
-    return f"test accuracy {result.test_accuracy:.4f}"
+    robust = "" if result.robust_accuracy is None else f", robust accuracy {result.robust_accuracy:.4f}"
+    return f"test accuracy {result.test_accuracy:.4f}{robust}"
+
+
+def _run_train_autoencoder(step) -> str:
+    from invkeras.autoencoders.training import AutoencoderConfig, train_autoencoder
+
+    result = train_autoencoder(_config_of(step, AutoencoderConfig))
+    return f"latent {result.latent_dim}: held-out L1 per pixel {result.validation['l1_per_pixel']:.2f}, " \
+           f"PSNR {result.validation['psnr_db']:.1f} dB"
+
+
+def _run_mix(step) -> str:
+    from invkeras.analyses.mix import MIX_GRID, MixConfig, mix_images
+
+    for layer in step.layers:
+        if not artifacts.is_complete(step.inverter(layer) / MIX_GRID):  # a rerun redoes only the missing grids
+            mix_images(_config_of(step, MixConfig, inverter=str(step.inverter(layer))))
+    return f"mixing grids for {', '.join(step.layers)}"
+
+
+def _run_attack(step) -> str:
+    from invkeras.analyses.attack import ATTACK_JSON, AttackConfig, attack_inverter
+
+    summaries = []
+    for layer in step.layers:
+        if artifacts.is_complete(step.out(layer) / ATTACK_JSON):  # a rerun redoes only the missing attacks
+            continue
+        result = attack_inverter(_config_of(step, AttackConfig, inverter=str(step.inverter(layer)),
+                                            out=str(step.out(layer))))
+        s = result.summary
+        summaries.append(f"{layer}: {s['attack_success_rate']:.0%} labels changed, "
+                         f"{s['share_decoded_with_adversarial_label']:.0%} decoded as x'")
+    return "; ".join(summaries) or "nothing left to attack"
 
 
 def _run_extract(step: ExtractStep) -> str:
@@ -103,9 +157,10 @@ def _run_sample(step: SampleStep) -> str:
 
     for layer in step.layers:
         config = _config_of(step, SampleConfig, inverter=str(step.inverter(layer)))
-        if not artifacts.is_complete(step.inverter(layer) / SAMPLE_GRID):  # a rerun redoes only the missing grids
+        if not artifacts.is_complete(step.inverter(layer) / config.output_name(SAMPLE_GRID)):  # only missing grids
             draw_inversions(config)
-        if step.reconstruction and not artifacts.is_complete(step.inverter(layer) / RECONSTRUCTION_GRID):
+        if step.reconstruction and not artifacts.is_complete(step.inverter(layer) /
+                                                             config.output_name(RECONSTRUCTION_GRID)):
             save_samples_with_reconstruction(config, str(step.inverter(layer, step.reconstruction)))
     return f"grids for {', '.join(step.layers)}" + (f" (+ {step.reconstruction} reconstructions)"
                                                      if step.reconstruction else "")
@@ -132,17 +187,53 @@ def _run_estimate_mi(step: EstimateMIStep) -> str:
                         unconditional=str(step.inverter("none")) if step.unconditional else None,
                         out=str(step.out()), labels=[label for label, _ in rows] if step.archs else None)
     report, _ = estimate_mi(config)
+    if getattr(report, "space", None) == "latent":
+        from invkeras.analyses.latent_mi import ESTIMATE, NLL
+
+        return "latent-space estimate: " + "; ".join(
+            f"{r['layer']} H*(z|h) {r[NLL]:.1f}" + ("" if r[ESTIMATE] is None else f", I est. {r[ESTIMATE]:.1f}")
+            for r in report.rows) + " nats"
     return "; ".join(f"{r['layer']} {r['H*(x|h) nats']:.1f}" for r in report.rows) + " nats"
 
 
+def _run_edit(step: EditStep) -> str:
+    from invkeras.analyses.edit import EDITS_JSON, EditConfig, edit_inverter
+
+    summaries = []
+    for layer in step.layers:
+        if artifacts.is_complete(step.out(layer) / EDITS_JSON):
+            continue
+        result = edit_inverter(_config_of(step, EditConfig, inverter=str(step.inverter(layer)), out=str(step.out(layer))))
+        for op in result.operations:
+            last = op["per_strength"][-1]
+            target = last.get("share_target_class", last.get("share_partner_label"))
+            summaries.append(f"{layer} {op['name']}: " + (f"{target:.0%} target label" if target is not None else
+                                                          f"{last['share_input_label']:.0%} keep the input's label"))
+    return "; ".join(summaries) or "nothing left to edit"
+
+
+def _run_ground_truth(step) -> str:
+    from invkeras.analyses.ground_truth import GroundTruthConfig, ground_truth
+
+    result = ground_truth(_config_of(step, GroundTruthConfig))
+    worst = max(result["rows"], key=lambda r: abs(r["gap_nats"]))
+    return (f"{len(result['rows'])} subsets; largest gap {worst['gap_nats']:+.2f} nats ({worst['subset']}); "
+            f"bounds {'hold' if result['all_bounds_hold'] else 'VIOLATED'}")
+
+
 RUNNERS: dict[str, Callable[[Any], str]] = {
+    "ground-truth": _run_ground_truth,
     "train-classifier": _run_train_classifier,
+    "train-autoencoder": _run_train_autoencoder,
+    "mix": _run_mix,
+    "attack": _run_attack,
     "extract": _run_extract,
     "export": _run_export,
     "train-inverter": _run_train_inverter,
     "sample": _run_sample,
     "compare": _run_compare,
     "estimate-mi": _run_estimate_mi,
+    "edit": _run_edit,
 }
 
 

@@ -38,23 +38,29 @@ import copy
 import functools
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, create_model, field_validator,
                       model_validator)
 
 from invkeras import artifacts
+from invkeras.analyses.attack import AttackConfig
 from invkeras.analyses.compare import CompareConfig
+from invkeras.analyses.edit import EDITS_DIR, EditConfig, shift_list
+from invkeras.analyses.ground_truth import GroundTruthConfig
 from invkeras.analyses.mi import EstimateMIConfig
+from invkeras.analyses.mix import MixConfig
 from invkeras.analyses.samples import SampleConfig
+from invkeras.autoencoders.training import AutoencoderConfig
 from invkeras.classifiers.training import ClassifierConfig
 from invkeras.data.features import ExtractConfig
 from invkeras.errors import InvkerasError
 
 # Keys a recipe sets once at the top and every step inherits unless it sets its own.
 SHARED_KEYS = ("dataset", "data_dir", "seed", "workspace", "arch", "scale")
-COMMANDS = ("train-classifier", "extract", "export", "train-inverter", "sample", "compare", "estimate-mi")
+COMMANDS = ("train-classifier", "extract", "export", "train-inverter", "sample", "compare", "estimate-mi", "edit",
+            "train-autoencoder", "mix", "attack", "ground-truth")
 DEFAULT_KIND = "pixelcnn"
 
 
@@ -67,6 +73,12 @@ class TrainClassifierStep(ClassifierConfig):
 
 class ExtractStep(ExtractConfig):
     command: Literal["extract"]
+
+
+class TrainAutoencoderStep(AutoencoderConfig):
+    """An autoencoder whose latent `train-inverter` steps of kind cinn model (their `autoencoder` key)."""
+
+    command: Literal["train-autoencoder"]
 
 
 class ExportStep(BaseModel):
@@ -154,7 +166,9 @@ class CompareStep(create_model("_CompareFields", __base__=InvertersInWorkspace,
 class EstimateMIStep(create_model("_EstimateMIFields", __base__=InvertersInWorkspace,
                                   **_fields_of(EstimateMIConfig,
                                                without=("inverters", "unconditional", "out", "labels")))):
-    """The information table over the layers' inverters (a kind with a pixel likelihood).
+    """The information table over the layers' inverters: pixel-space for a kind with a pixel
+    likelihood, a separate latent-space table (mi/latent_<split>.json) for a kind with a latent
+    one (`kind: cinn`; its unconditional flow gives H*(z) - H*(z|h)).
 
     With `archs`, one table compares the layers of several architectures' runs on the same
     test images (paired), in rows labelled arch/layer; it is written to
@@ -173,17 +187,82 @@ class EstimateMIStep(create_model("_EstimateMIFields", __base__=InvertersInWorks
                 for arch in self.archs for layer in self.layers]
 
     def out(self) -> Path:
+        """mi/<split>.json, or mi/latent_<split>.json for a kind with a latent likelihood (cinn)."""
+        from invkeras.analyses.mi import report_name
+        from invkeras.inverters import inverter_class
+
         run = "architectures" if self.archs else self.arch
-        return artifacts.run_dir(self.dataset, run, self.workspace) / "mi" / f"{self.split}.json"
+        name = report_name(self.split, inverter_class(self.kind).latent_likelihood)
+        return artifacts.run_dir(self.dataset, run, self.workspace) / "mi" / name
+
+
+class EditStep(create_model("_EditFields", __base__=InvertersInWorkspace,
+                            **_fields_of(EditConfig, without=("inverter", "out")))):
+    """Logit editing, one run per layer's inverter: grids sweeping each operation's strength and
+    edits.json with the classifier's labels, in <inverter dir>/<subdir>/."""
+
+    command: Literal["edit"]
+    # `scale` here multiplies h; the recipe's top-level `scale` (a model size) must not reach it.
+    own_keys: ClassVar[tuple[str, ...]] = ("scale",)
+    subdir: str = Field(EDITS_DIR, description="folder under the inverter's directory (several edit steps of "
+                                               "one inverter need different ones)")
+
+    @field_validator("shift", mode="before")
+    @classmethod
+    def _shift_list(cls, value):
+        return shift_list(value)
+
+    @field_validator("subdir")
+    @classmethod
+    def _plain_subdir(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value) or ".." in value:
+            raise ValueError(f"{value!r} must be a plain folder name, not a path")
+        return value
+
+    def out(self, layer: str) -> Path:
+        return self.inverter(layer) / self.subdir
+
+
+class MixStep(create_model("_MixFields", __base__=InvertersInWorkspace,
+                           **_fields_of(MixConfig, without=("inverter", "out")))):
+    """Image mixing grids D(t^-1(v_A | h_B)), one per layer, for a kind with a latent residual
+    (set `kind: cinn`); mix.png and mix.npz in each inverter's directory."""
+
+    command: Literal["mix"]
+
+
+class AttackStep(create_model("_AttackFields", __base__=InvertersInWorkspace,
+                              **_fields_of(AttackConfig, without=("inverter", "out")))):
+    """Adversarial examples for the classifier and D(t^-1(v_x | h(x'))), one attack per layer's
+    inverter, for a kind with a latent residual (set `kind: cinn`); attack.png, .npz and .json in
+    <inverter dir>/attacks/<method>_eps<epsilon>/."""
+
+    command: Literal["attack"]
+
+    def out(self, layer: str) -> Path:
+        from invkeras.analyses.attack import attack_dir
+
+        return attack_dir(self.inverter(layer), self.method, self.epsilon)
+
+
+class GroundTruthStep(GroundTruthConfig):
+    """One PixelCNN++ per subset of the procedural factors, its test NLL beside the exact H(x|h)."""
+
+    command: Literal["ground-truth"]
 
 
 _STEP_MODELS: dict[str, type[BaseModel]] = {
+    "ground-truth": GroundTruthStep,
     "train-classifier": TrainClassifierStep,
+    "train-autoencoder": TrainAutoencoderStep,
+    "mix": MixStep,
+    "attack": AttackStep,
     "extract": ExtractStep,
     "export": ExportStep,
     "sample": SampleStep,
     "compare": CompareStep,
     "estimate-mi": EstimateMIStep,
+    "edit": EditStep,
 }
 
 
@@ -268,7 +347,8 @@ class Recipe(BaseModel):
                 problems.append(f"steps.{name}: {exc}" if not str(exc).startswith("kind:") else f"steps.{name}.{exc}")
                 continue
             # The more specific source wins: the step, then its command's defaults, then the top level.
-            inherited = {k: raw[k] for k in SHARED_KEYS if raw.get(k) is not None}
+            own = getattr(model, "own_keys", ())  # same name as a shared key, another meaning
+            inherited = {k: raw[k] for k in SHARED_KEYS if raw.get(k) is not None and k not in own}
             inherited.update(dict(defaults.get(step.get("command")) or {}) if isinstance(defaults, dict) else {})
             for key, value in inherited.items():
                 if key in model.model_fields and key not in step:

@@ -119,3 +119,41 @@ def test_reconstruction_grid_refusals_are_one_line(tiny_inverters, tmp_path):
     unconditional = SampleConfig(inverter=str(tiny_inverters["none"].model_path.parent), out=str(tmp_path))
     with pytest.raises(InvkerasError, match="unconditional"):
         save_samples_with_reconstruction(unconditional, tiny_inverters["mse_fc3"].model_path)
+
+
+# --- sample --misclassified ---------------------------------------------------------------
+
+
+def test_misclassified_inputs_are_the_classifiers_mistakes(quadrants, tmp_path):
+    """The quadrants test split has 10% wrong labels: exactly the images the classifier 'gets wrong'."""
+    config = SampleConfig(inverter=str(quadrants["inverter"]), num_inputs=5, num_samples=2, misclassified=True,
+                          out=str(tmp_path))
+    result = draw_inversions(config)
+    chosen = result.selection
+    assert result.grid_path.name == "samples_misclassified.png" and result.arrays_path.name == "samples_misclassified.npz"
+    assert not (tmp_path / "samples.png").exists()
+    assert chosen["found"] == 5 and chosen["searched"] == 200 and chosen["misclassified"] >= 5
+    assert np.all(chosen["predicted"] != chosen["y"])
+    assert len(set(chosen["index"].tolist()) & set(quadrants["flipped"].tolist())) >= 4
+    # The logits of a mistake decode to the class the classifier said, not the true one.
+    assert chosen["share_samples_predicted_label"] > 0.8 > chosen["share_samples_true_label"]
+    with np.load(result.arrays_path) as saved:
+        np.testing.assert_array_equal(saved["predicted"], chosen["predicted"])
+        assert saved["samples_labels"].shape == (5, 2) and saved["x"].shape == (5, 16, 16, 1)
+    meta = artifacts.read_metadata(result.grid_path)
+    assert meta["config"]["misclassified"] and meta["results"]["misclassified"]["found"] == 5
+    # The reconstruction grid of the same mistakes reuses these samples.
+    grid = save_samples_with_reconstruction(config, quadrants["inverter"])
+    assert grid.grid_path.name == "samples_reconstruction_misclassified.png" and grid.reused_samples
+
+
+def test_misclassified_refusals_and_the_cli(quadrants, tiny_inverters, tmp_path):
+    from test_cli import assert_one_line_error, invoke
+
+    result = invoke("sample", "--inverter", quadrants["inverter"], "--misclassified", "--num-inputs", 3,
+                    "--num-samples", 1, "--out", tmp_path, width=200)
+    assert result.exit_code == 0, result.output
+    assert "misclassified" in result.output and "true -> predicted" in result.output
+    assert (tmp_path / "samples_misclassified.png").is_file()
+    assert_one_line_error(invoke("sample", "--inverter", tiny_inverters["none"].model_path.parent, "--misclassified",
+                                 "--out", tmp_path), "unconditional")

@@ -38,6 +38,11 @@ class PixelCNNInverterConfig(InverterConfig):
     h_dropout: Optional[float] = Field(None, ge=0, lt=1)
     likelihood: Literal["auto", "categorical", "logistic_mixture"] = "auto"
     num_mixtures: int = Field(10, gt=0)
+    vector_conditioning: Literal["auto", "global", "deconv"] = Field(
+        "auto", description="how a vector h enters: per-channel bias (global, the paper) or learned maps "
+                            "(deconv); auto = the --scale preset's (deconv except at paper scale)")
+    standardise_h: Literal["auto", "true", "false"] = Field(
+        "auto", description="standardise h with training statistics; auto = the preset's (off at paper scale)")
     lr_decay: float = Field(0.9999, gt=0, le=1, description="multiplied into the learning rate every step")
     # Off by default: `make bench` measured XLA training 2.5x *slower* on 2 CPU cores (and slow
     # to compile); try "true" on a GPU. Sampling always uses XLA (its row caches need it).
@@ -65,6 +70,10 @@ def network_config(config: PixelCNNInverterConfig, image_shape, h_shape):
     overrides = {k: v for k, v in {"filters": config.filters, "nr_resnet": config.nr_resnet,
                                    "dropout_rate": config.dropout_rate, "h_dropout": config.h_dropout,
                                    "num_mixtures": config.num_mixtures}.items() if v is not None}
+    if config.vector_conditioning != "auto":
+        overrides["vector_conditioning"] = config.vector_conditioning
+    if config.standardise_h != "auto":
+        overrides["standardise_h"] = config.standardise_h == "true"
     return PixelCNNConfig(**{**net.model_dump(), **overrides})  # re-validated
 
 
@@ -181,6 +190,8 @@ class PixelCNNInverter(Inverter):
                 def inputs(batch):
                     return {k: np.asarray(v, "float32") for k, v in batch.items()}
 
+                if model.h_standardise is not None:
+                    model.h_standardise.set_statistics(train_arrays["h"])
                 # Data-dependent weight-norm initialisation from the first batch; a resumed run
                 # then overwrites these values from its backup.
                 first = BatchOrder(len(train_arrays["x"]), config.batch_size, config.seed).indices(0)
@@ -213,7 +224,7 @@ class PixelCNNInverter(Inverter):
         return cls.save(model, config, data, validation=validation, test=test_summary, outcome=outcome,
                         network=net_config, results={"per_image_nll_token": token, "fingerprints": prints})
 
-    def sample(self, h, num_samples: int = 1, *, seed: int = 0, batch_size: int = 64, method: str = "cached",
+    def sample(self, h, num_samples: int = 1, *, seed: int = 0, batch_size: int = 64, method: str = "pixel",
                **options):
         from invkeras.inverters.pixelcnn.sampling import sample
 

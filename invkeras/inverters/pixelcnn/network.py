@@ -23,9 +23,10 @@ by design (we model p(x | h)); it never carries x through the network's causal p
 Every operation is causal in rows, and the only ops mixing rows are height-2 kernels and
 stride-2 (transposed) convolutions. So row r of every feature map can be computed from row r
 of its inputs plus a few cached rows above. The architecture is written once (`_u_stream`,
-`_ul_stream`) against a small "how to apply a layer" interface, with two implementations:
-whole feature maps (`_FullPass`) and one row per resolution with cached rows (`_RowPass`),
-which is what makes sampling fast (see `invkeras.inverters.pixelcnn.sampling`).
+`_ul_stream`) against a small "how to apply a layer" interface, with three implementations:
+whole feature maps (`_FullPass`), one row per resolution with cached rows (`_RowPass`), and,
+for the ul stream, one position per resolution with cached neighbours (`_PixelPass`), which
+is what makes sampling fast (see `invkeras.inverters.pixelcnn.sampling`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import math
 from typing import Any, Literal
 
 import keras
+import numpy as np
 from keras import ops
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -42,6 +44,7 @@ from invkeras.errors import InvkerasError
 from invkeras.inverters.pixelcnn.weight_norm import WNConv2D, WNConv2DTranspose, WNDense
 
 CONDITIONINGS = ("none", "vector", "spatial")
+VECTOR_CONDITIONINGS = ("global", "deconv")
 SCALES = ("tiny", "small", "paper")
 NUM_RESOLUTIONS = 3  # full, 1/2 and 1/4 resolution, as in PixelCNN++
 
@@ -64,6 +67,15 @@ class PixelCNNConfig(BaseModel):
     h_shape: tuple[int, ...] | None = None
     h_dropout: float = 0.0
     h_resize: Literal["nearest", "bilinear"] = "bilinear"
+    # How a vector h reaches the gated resnets. "global": one bias per channel, the same at
+    # every position (the class conditioning of conditional PixelCNN; the paper-scale
+    # default). "deconv": a learned deconvolutional network turns h into a feature map per
+    # resolution first (van den Oord et al. 2016's location-dependent conditioning), so h can
+    # say *where* ink goes instead of the network inferring position from its own context.
+    vector_conditioning: Literal["global", "deconv"] = "global"
+    # Standardise h per feature (per channel for a spatial h) with training-set statistics
+    # stored in the model, so the zero-initialised projections see unit-scale inputs.
+    standardise_h: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -93,7 +105,14 @@ class PixelCNNConfig(BaseModel):
         if rank is not None and (self.h_shape is None or len(self.h_shape) != rank or min(self.h_shape) < 1):
             what = "(D,)" if rank == 1 else "(H, W, C)"
             raise InvkerasError(f"conditioning '{self.conditioning}' needs h_shape {what}, got {self.h_shape}")
+        if self.vector_conditioning not in VECTOR_CONDITIONINGS:
+            raise InvkerasError(f"unknown vector_conditioning '{self.vector_conditioning}'")
         return self
+
+    @property
+    def spatial_h_maps(self) -> bool:
+        """Whether the gated resnets see h as a map (sliced row by row when sampling)."""
+        return self.conditioning == "spatial" or (self.conditioning == "vector" and self.vector_conditioning == "deconv")
 
     @property
     def num_channels(self) -> int:
@@ -133,9 +152,12 @@ class PixelCNNConfig(BaseModel):
         if len(image_shape) != 3:
             raise InvkerasError(f"image_shape must be (H, W, C), got {image_shape}")
         colour = image_shape[2] > 1
+        # tiny and small depart from the paper in how h enters (see `vector_conditioning`
+        # and `standardise_h`); paper keeps Nash et al.'s PixelCNN++ as published.
+        departures = dict(vector_conditioning="deconv", standardise_h=True)
         preset = {
-            "tiny": dict(filters=8, nr_resnet=1, dropout_rate=0.0),
-            "small": dict(filters=32, nr_resnet=2, dropout_rate=0.5),
+            "tiny": dict(filters=8, nr_resnet=1, dropout_rate=0.0, **departures),
+            "small": dict(filters=32, nr_resnet=2, dropout_rate=0.5, **departures),
             "paper": dict(filters=196 if colour else 64, nr_resnet=3, dropout_rate=0.5),
         }[scale]
         if likelihood is None:
@@ -203,6 +225,25 @@ def write_row_and_read(state: dict, key: str, row, index, start, size: int = 2):
     state[key] = buffer
     batch, _, width, channels = buffer.shape
     return ops.slice(buffer, (0, start + 1, 0, 0), (batch, size, width, channels))
+
+
+def write_cell_and_read(state: dict, key: str, cell, row, col):
+    """Per-pixel evaluation's cache: store `cell` ([B, 1, 1, C]) at (`row`, `col`) of the
+    feature map whose last two rows `state[key]` keeps ([B, 2, W + 1, C]: row i in slot
+    i % 2, column j at j + 1 after one zero column for the left padding; the slot of row -1
+    starts at zero for the top padding). Returns rows row-1..row, columns col-1..col
+    ([B, 2, 2, C]): what a down-right-shifted 2x2 kernel reads at (row, col)."""
+    buffer = ops.slice_update(state[key], (0, row % 2, col + 1, 0), cell)
+    state[key] = buffer
+    return read_cells(buffer, row, col)
+
+
+def read_cells(buffer, row, col):
+    """Rows row-1..row and columns col-1..col of a two-row buffer (see `write_cell_and_read`)."""
+    batch, _, _, channels = buffer.shape
+    above = ops.slice(buffer, (0, (row + 1) % 2, col, 0), (batch, 1, 2, channels))
+    here = ops.slice(buffer, (0, row % 2, col, 0), (batch, 1, 2, channels))
+    return ops.concatenate([above, here], axis=1)
 
 
 @keras.saving.register_keras_serializable(package="invkeras")
@@ -303,6 +344,19 @@ class GatedResnet(keras.layers.Layer):
         c1_rows = write_row_and_read(state, f"{self.name}/c1", c1, index, index - 1)
         return self._gate(x_row, self.conv_out.convolve(concat_elu(c1_rows), horizontal), h_row)
 
+    def column_step(self, state: dict, row, col, x_cell, aux_cell=None, h_cell=None):
+        """Position (`row`, `col`) of `call(...)` (inference) for the down-right stream, from
+        that position's inputs; the three positions above and to the left that its 2x2
+        kernels read come from the two-row buffers in `state` (`write_cell_and_read`)."""
+        if self.stream != "down_right":
+            raise InvkerasError("column_step is for the down-right (ul) stream only")
+        x_cells = write_cell_and_read(state, f"{self.name}/x", x_cell, row, col)
+        c1 = self.conv_in.convolve_window(concat_elu(x_cells))
+        if self.has_aux:
+            c1 = c1 + self.aux_nin(concat_elu(aux_cell))
+        c1_cells = write_cell_and_read(state, f"{self.name}/c1", c1, row, col)
+        return self._gate(x_cell, self.conv_out.convolve_window(concat_elu(c1_cells)), h_cell)
+
     def row_buffer_keys(self) -> list[str]:
         return [f"{self.name}/x", f"{self.name}/c1"]
 
@@ -341,6 +395,73 @@ def check_inputs(config: PixelCNNConfig, inputs) -> None:
         got is not None and got != want for got, want in zip(h_shape[1:], config.h_shape)
     ):
         raise InvkerasError(f"PixelCNN input 'h' has shape {h_shape}; expected (batch, {', '.join(map(str, config.h_shape))})")
+
+
+@keras.saving.register_keras_serializable(package="invkeras")
+class Standardise(keras.layers.Layer):
+    """(h - mean) / sqrt(variance + eps) per last-axis feature, with the statistics stored as
+    non-trainable weights: set once from the training features (`set_statistics`), saved
+    with the model, so the saved inverter takes raw features as the classifier emits them."""
+
+    def __init__(self, num_features: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_features = int(num_features)
+        self.mean = self.add_weight(shape=(self.num_features,), initializer="zeros", trainable=False, name="mean")
+        self.variance = self.add_weight(shape=(self.num_features,), initializer="ones", trainable=False,
+                                        name="variance")
+
+    def set_statistics(self, h: np.ndarray) -> None:
+        flat = np.asarray(h, np.float64).reshape(-1, self.num_features)
+        mean, variance = flat.mean(axis=0), flat.var(axis=0)
+        if not (np.all(np.isfinite(mean)) and np.all(variance < np.finfo(np.float32).max)):
+            largest = float(np.max(np.abs(flat))) if flat.size else float("nan")
+            raise InvkerasError(f"cannot standardise h: the features reach |h| = {largest:.3g}, beyond float32; "
+                                "rescale them")
+        self.mean.assign(mean.astype("float32"))
+        self.variance.assign(variance.astype("float32"))
+
+    def call(self, h):
+        return (h - self.mean) * ops.rsqrt(self.variance + 1e-6)
+
+    def get_config(self):
+        return {**super().get_config(), "num_features": self.num_features}
+
+
+@keras.saving.register_keras_serializable(package="invkeras")
+class VectorToMaps(keras.layers.Layer):
+    """h [B, D] -> one feature map per resolution, coarsest first built by a dense layer,
+    each finer one by a stride-2 transposed convolution of the one below, cropped to size.
+
+    Not causal in x and need not be: it sees only h, which the model conditions on whole."""
+
+    def __init__(self, filters: int, resolutions, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.resolutions = [tuple(int(n) for n in r) for r in resolutions]
+
+    def build(self, input_shape):
+        # Sublayers are made here, not in __init__: their initialisers take seeds from the
+        # global RNG when created, and the model builds this layer after its streams.
+        coarse_h, coarse_w = self.resolutions[-1]
+        self.project = keras.layers.Dense(coarse_h * coarse_w * self.filters, activation="elu", name="project")
+        self.refine = [keras.layers.Conv2DTranspose(self.filters, 4, strides=2, padding="same", activation="elu",
+                                                    name=f"up{level}")
+                       for level in range(len(self.resolutions) - 1)]
+        self.project.build(input_shape)
+        coarse_h, coarse_w = self.resolutions[-1]
+        for layer, (height, width) in zip(self.refine, reversed(self.resolutions[1:])):
+            layer.build((None, height, width, self.filters))
+        self.built = True
+
+    def call(self, h):
+        coarse_h, coarse_w = self.resolutions[-1]
+        maps = [ops.reshape(self.project(h), (-1, coarse_h, coarse_w, self.filters))]
+        for layer, (height, width) in zip(self.refine, reversed(self.resolutions[:-1])):
+            maps.append(layer(maps[-1])[:, :height, :width, :])
+        return maps[::-1]  # finest first, like `resolutions`
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "resolutions": self.resolutions}
 
 
 @keras.saving.register_keras_serializable(package="invkeras")
@@ -392,6 +513,10 @@ class PixelCNNPlusPlus(keras.Model):
         self.output_nin = WNDense(likelihoods.num_params(cfg.likelihood, cfg.num_channels, cfg.num_mixtures),
                                   name="output_nin")
         self.h_dropout = keras.layers.Dropout(cfg.h_dropout, name="h_dropout") if conditioned else None
+        self.h_standardise = (Standardise(cfg.h_shape[-1], name="h_standardise")
+                              if conditioned and cfg.standardise_h else None)
+        self.h_maps = (VectorToMaps(filters, cfg.resolutions, name="h_maps")
+                       if cfg.conditioning == "vector" and cfg.vector_conditioning == "deconv" else None)
 
     # Weights are created by one dummy forward pass; `input_shape` is implied by the config.
     def build(self, input_shape=None):
@@ -401,6 +526,13 @@ class PixelCNNPlusPlus(keras.Model):
         dummy = {"x": ops.zeros((1, *cfg.image_shape))}
         if cfg.conditioning != "none":
             dummy["h"] = ops.zeros((1, *cfg.h_shape))
+        if self.h_maps is not None:
+            # The streams first, on stand-in maps, so they draw the same initial weights as the
+            # unconditional twin's (paired comparisons start from the same model); h's maps last.
+            maps = [ops.zeros((1, *size, cfg.filters)) for size in cfg.resolutions]
+            run = _FullPass(self, self._network_input(dummy["x"]), maps, False)
+            self._ul_stream(run, *self._u_stream(run))
+            self.h_maps.build((None, *cfg.h_shape))
         self._forward(dummy, training=False)
         self.built = True
 
@@ -408,20 +540,30 @@ class PixelCNNPlusPlus(keras.Model):
         self.build()
 
     def conditioning_maps(self, h, training=None):
-        """The h each resolution's gated resnets see: [B, 1, 1, D] for a vector, the map
-        resized to that resolution for a spatial h, None when unconditional."""
+        """The h each resolution's gated resnets see: [B, 1, 1, D] for a vector under "global"
+        conditioning, the deconvolved maps under "deconv", the map resized to that resolution
+        for a spatial h, None when unconditional. h is standardised first if configured."""
         cfg = self.pixelcnn_config
         if cfg.conditioning == "none":
             return [None] * NUM_RESOLUTIONS
-        h = self.h_dropout(ops.cast(h, "float32"), training=training)
+        h = ops.cast(h, "float32")
+        if self.h_standardise is not None:
+            h = self.h_standardise(h)
+        h = self.h_dropout(h, training=training)
+        if self.h_maps is not None:
+            return self.h_maps(h)
         if cfg.conditioning == "vector":
             return [h[:, None, None, :]] * NUM_RESOLUTIONS
         return [ops.image.resize(h, size, interpolation=cfg.h_resize) for size in cfg.resolutions]
 
-    def _forward(self, inputs, training=None):
-        x = ops.cast(inputs["x"], "float32") / 127.5 - 1.0
+    @staticmethod
+    def _network_input(x):
+        x = ops.cast(x, "float32") / 127.5 - 1.0
         # The constant channel of ones lets the network tell the image from zero padding.
-        x = ops.concatenate([x, ops.ones_like(x[..., :1])], axis=-1)
+        return ops.concatenate([x, ops.ones_like(x[..., :1])], axis=-1)
+
+    def _forward(self, inputs, training=None):
+        x = self._network_input(inputs["x"])
         run = _FullPass(self, x, self.conditioning_maps(inputs.get("h"), training), training)
         return self._ul_stream(run, *self._u_stream(run))
 
@@ -473,7 +615,7 @@ class PixelCNNPlusPlus(keras.Model):
         u_after = iter(u_up)
         for level, resolution in enumerate(reversed(range(NUM_RESOLUTIONS))):
             for layer in self.up_ul[level]:
-                ul = run.gated(layer, resolution, ul, aux=ops.concatenate([next(u_after), skips.pop()], axis=-1))
+                ul = run.gated(layer, resolution, ul, aux=run.join(next(u_after), skips.pop()))
             if resolution > 0:
                 ul = run.upsample(self.upsample_ul[level], resolution - 1, ul)
         assert not skips, "every saved activation is consumed once"
@@ -497,8 +639,9 @@ class PixelCNNPlusPlus(keras.Model):
     # the initial layers read the current row, and they read the image, not a cache), so the
     # params equal those of a full forward pass; tests check this at every pixel.
 
-    def initial_row_state(self, batch_size: int) -> dict:
-        """Zero buffers, one per feature map that a height-2 or stride-2 kernel reads."""
+    def initial_row_state(self, batch_size: int, ul: bool = True) -> dict:
+        """Zero buffers, one per feature map that a height-2 or stride-2 kernel reads (the u
+        stream's only when `ul` is False: the per-pixel sampler keeps its own for ul)."""
         cfg = self.pixelcnn_config
         state = {}
 
@@ -508,11 +651,12 @@ class PixelCNNPlusPlus(keras.Model):
                 state[key] = ops.zeros((batch_size, height + 1, width, cfg.filters))
 
         for level in range(NUM_RESOLUTIONS):
-            for layer in self.down_u[level] + self.down_ul[level]:
+            for layer in self.down_u[level] + (self.down_ul[level] if ul else []):
                 add(layer.row_buffer_keys(), level)
             if level < NUM_RESOLUTIONS - 1:
-                add([f"{self.downsample_u[level].name}/x", f"{self.downsample_ul[level].name}/x"], level)
-            for layer in self.up_u[level] + self.up_ul[level]:
+                add([f"{self.downsample_u[level].name}/x"] + ([f"{self.downsample_ul[level].name}/x"] if ul else []),
+                    level)
+            for layer in self.up_u[level] + (self.up_ul[level] if ul else []):
                 add(layer.row_buffer_keys(), NUM_RESOLUTIONS - 1 - level)
         return state
 
@@ -529,6 +673,61 @@ class PixelCNNPlusPlus(keras.Model):
         Returns (params, new state)."""
         run = _RowPass(self, state, x_window, row, h_levels)
         return self._ul_stream(run, *u_rows), run.state
+
+    # --- pixel-by-pixel evaluation of the ul stream (inference only) -------------------------
+    #
+    # Within image row r the ul stream at full resolution, column c, depends on the row's
+    # pixels left of c only, so once pixel c - 1 is drawn, column c of every full-resolution
+    # ul layer is final and is computed once, at the step that needs the params of pixel c:
+    # its down-right 2x2 kernels read columns c - 1 and c of rows r - 1 and r, kept in
+    # two-row buffers. Position (R, J) of resolution l (R = r >> l, J = c >> l) reads
+    # full-resolution rows <= R * 2**l and columns < J * 2**l, so it is computed once, at
+    # pixel (R * 2**l, J * 2**l): resolution 1 at every 2nd pixel of every 2nd row,
+    # resolution 2 at every 4th of every 4th (Ramachandran et al., 2017). Between those,
+    # a full-resolution position reads its low-resolution input from the upsampling layer's
+    # cache: the stride-2 transposed convolution maps (R, J) to (2R + i, 2J + j) by kernel
+    # tap (i, j). The u stream is still computed one row per resolution per image row
+    # (`start_row`); the ul stream reads the column it needs from those rows.
+
+    def initial_pixel_state(self, batch_size: int) -> dict:
+        """Zero buffers for `pixel_params`: two rows (+ a zero column on the left) per ul
+        feature map that a 2x2 or stride-2 kernel reads; one row per upsampled map."""
+        cfg = self.pixelcnn_config
+        state = {}
+
+        def add(keys, resolution, rows=2, pad=1):
+            width = cfg.resolutions[resolution][1]
+            for key in keys:
+                state[key] = ops.zeros((batch_size, rows, width + pad, cfg.filters))
+
+        for level in range(NUM_RESOLUTIONS):
+            resolution = NUM_RESOLUTIONS - 1 - level  # of the up path's level-th block
+            for layer in self.down_ul[level]:
+                add(layer.row_buffer_keys(), level)
+            for layer in self.up_ul[level]:
+                add(layer.row_buffer_keys(), resolution)
+            if level < NUM_RESOLUTIONS - 1:
+                add([f"{self.downsample_ul[level].name}/x"], level)
+                add([f"{self.upsample_ul[level].name}/x"], resolution, rows=1, pad=0)
+        return state
+
+    def pixel_params(self, state: dict, x_window, row, col, h_levels, u_rows):
+        """Params of pixel (`row`, `col`) ([B, 1, ...]) given the pixels before it, computing
+        only the positions of the ul stream that became final with the previous pixel.
+        Pixels must be visited in raster order. Returns (params, new state)."""
+        def upto(max_level):
+            def run():
+                pass_ = _PixelPass(self, state, x_window, row, col, h_levels, max_level)
+                return self._ul_stream(pass_, *u_rows)[:, 0], pass_.state
+            return run
+
+        def branch(level):
+            if level == 0:
+                return upto(0)
+            on_grid = ops.logical_and(ops.equal(row % 2**level, 0), ops.equal(col % 2**level, 0))
+            return lambda: ops.cond(on_grid, upto(level), branch(level - 1))
+
+        return branch(NUM_RESOLUTIONS - 1)()
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, "config": self.pixelcnn_config.model_dump(mode="json")}
@@ -562,6 +761,10 @@ class _FullPass:
         height, width = self.model.pixelcnn_config.resolutions[to_level]
         return layer(x, target_height=height, target_width=width)
 
+    def join(self, u, skip):
+        """The up path's auxiliary input: u and the skip connection, concatenated."""
+        return ops.concatenate([u, skip], axis=-1)
+
 
 class _RowPass:
     """Apply layers to one row per resolution (image row `row`), reading rows above from the
@@ -578,7 +781,7 @@ class _RowPass:
         self.x = ops.concatenate([x, ops.ones_like(x[..., :1]) * inside], axis=-1)
         self.h_rows = []
         for level, h_map in enumerate(h_levels):
-            if cfg.conditioning == "spatial":
+            if cfg.spatial_h_maps:
                 h_map = ops.slice(h_map, (0, self.rows[level], 0, 0), (batch, 1, *h_map.shape[2:]))
             self.h_rows.append(h_map)
 
@@ -604,6 +807,78 @@ class _RowPass:
 
     def upsample(self, layer, to_level, x):
         return layer.row_step(x, self.rows[to_level], self.model.pixelcnn_config.resolutions[to_level][1])
+
+    def join(self, u, skip):
+        return ops.concatenate([u, skip], axis=-1)
+
+
+class _PixelPass(_RowPass):
+    """Apply the ul stream's layers at one position per resolution: column col >> level of
+    row row >> level, for the levels up to `max_level` (the others' positions are not final
+    yet or were computed before: their layers return None and the upsampling reads their
+    cached output). Reads u from the rows of `start_row`; `state`: `initial_pixel_state`."""
+
+    def __init__(self, model: PixelCNNPlusPlus, state: dict, x_window, row, col, h_levels, max_level: int):
+        super().__init__(model, state, x_window, row, h_levels)
+        self.col, self.max_level = col, max_level
+        self.cols = [col // 2**level for level in range(NUM_RESOLUTIONS)]
+        if model.pixelcnn_config.spatial_h_maps:
+            self.h_rows = [self._cell(h_row, level) for level, h_row in enumerate(self.h_rows)]
+
+    def _cell(self, row_map, level):
+        batch, _, _, channels = row_map.shape
+        return ops.slice(row_map, (0, 0, self.cols[level], 0), (batch, 1, 1, channels))
+
+    def initial_u(self):
+        raise InvkerasError("the per-pixel pass evaluates the ul stream only; u comes from start_row")
+
+    def initial_ul(self):
+        # shift_down(ul_init_above(x)) + shift_right(ul_init_left(x)) at (row, col): image
+        # row - 1, columns col-1..col+1; and image rows row-1..row at column col - 1.
+        m = self.model
+        x = ops.pad(self.x, ((0, 0), (0, 0), (1, 1), (0, 0)))  # column j at j + 1
+        batch, _, _, channels = x.shape
+        above = ops.slice(x, (0, 1, self.col, 0), (batch, 1, 3, channels))
+        left = ops.slice(x, (0, 1, self.col, 0), (batch, 2, 1, channels))
+        not_first_col = ops.cast(self.col > 0, "float32")
+        return (self._not_first_row() * m.ul_init_above.convolve_window(above)
+                + not_first_col * m.ul_init_left.convolve_window(left))
+
+    def gated(self, layer, level, x, aux=None):
+        if level > self.max_level:
+            return None
+        if isinstance(aux, tuple):  # the up path's (u row, skip) from `join`
+            aux = ops.concatenate([self._cell(aux[0], level), aux[1]], axis=-1)
+        else:
+            aux = self._cell(aux, level)
+        return layer.column_step(self.state, self.rows[level], self.cols[level], x, aux, self.h_rows[level])
+
+    def downsample(self, layer, level, x):
+        if level > self.max_level:
+            return None
+        key = f"{layer.name}/x"
+        self.state[key] = ops.slice_update(self.state[key], (0, self.rows[level] % 2, self.cols[level] + 1, 0), x)
+        if level + 1 > self.max_level:
+            return None
+        # Low-res (R, J) reads rows 2R-1, 2R and columns 2J-1, 2J: this level's row 2R is
+        # the current one, and column 2J was just written.
+        window = read_cells(self.state[key], 2 * self.rows[level + 1], 2 * self.cols[level + 1])
+        return layer.convolve_window(window)
+
+    def upsample(self, layer, to_level, x):
+        if to_level > self.max_level:
+            return None
+        key, source = f"{layer.name}/x", to_level + 1
+        if source <= self.max_level:
+            self.state[key] = ops.slice_update(self.state[key], (0, 0, self.cols[source], 0), x)
+        else:
+            x = self._cell(self.state[key], source)  # computed at an earlier pixel
+        both = layer.deconv(x)  # [B, 2, 2, F]: kernel tap (i, j) gives position (2R + i, 2J + j)
+        return ops.slice(both, (0, self.rows[to_level] % 2, self.cols[to_level] % 2, 0),
+                         (both.shape[0], 1, 1, layer.filters))
+
+    def join(self, u, skip):
+        return None if skip is None else (u, skip)
 
 
 def build_pixelcnn(config: PixelCNNConfig) -> PixelCNNPlusPlus:

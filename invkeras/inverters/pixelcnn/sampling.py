@@ -7,12 +7,17 @@ is channel-autoregressive). Inputs and samples are batched together, and the wei
 arguments of the compiled function, so one compilation serves every call with the same
 batch shape, on both backends.
 
-Two ways to get a pixel's params:
+Three ways to get a pixel's params:
 
-* "cached" (default): only the current row is computed at each of the three resolutions,
-  reading rows above from per-layer caches (in the spirit of Ramachandran et al., 2017);
-  the u stream, which sees rows above only, once per row (`start_row`), the ul stream once
-  per pixel (`row_params`). A pixel costs about 1/H of a forward pass.
+* "pixel" (default): each activation is computed once per image, as in Ramachandran et al.
+  (2017). The u stream (rows above only) is computed one row per resolution per image row
+  (`start_row`); the ul stream one position per resolution per pixel (`pixel_params`), the
+  low resolutions only at the pixels where their position becomes final (every 2nd pixel
+  of every 2nd row, every 4th of every 4th), the positions between reading them from the
+  upsampling layers' caches. About 1.2 forward passes per image (`macs_per_image`).
+* "cached": only the current row is computed at each of the three resolutions, reading rows
+  above from per-layer caches; the ul stream's row is recomputed at every pixel
+  (`row_params`), about W / 2 forward passes per image.
 * "full": one full forward pass per pixel; the simple reference.
 
 Randomness is stateless: the same `seed`, `batch_size` and `jit` give identical samples
@@ -34,7 +39,8 @@ from invkeras.distribution import compile_function
 from invkeras.errors import InvkerasError
 from invkeras.inverters.pixelcnn.network import PixelCNNConfig, check_inputs, model_inputs
 
-METHODS = ("cached", "full")
+METHODS = ("pixel", "cached", "full")
+DEFAULT_METHOD = "pixel"
 
 # Compiled functions per model, keyed by what fixes their shapes; dropped with the model.
 _COMPILED: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
@@ -73,6 +79,25 @@ def _pixel_loop(model, config: PixelCNNConfig, batch: int, h, seed, method: str,
             return take_pixel(pixel // width, pixel % width, params_here, image, state, seed, recorded)
 
         carry = ops.fori_loop(0, height * width, pixel_step, (image, {}, seed, recorded))
+    elif method == "pixel":
+        h_levels = model.conditioning_maps(h, training=False)
+
+        def row_step(row, carry):
+            image, (u_state, pixel_state), seed, recorded = carry
+            u_rows, u_state = model.start_row(u_state, window(image, row), row, h_levels)
+
+            def pixel_step(col, carry):
+                image, pixel_state, seed, recorded = carry
+                params_here, pixel_state = model.pixel_params(pixel_state, window(image, row), row, col, h_levels,
+                                                              u_rows)
+                return take_pixel(row, col, params_here, image, pixel_state, seed, recorded)
+
+            image, pixel_state, seed, recorded = ops.fori_loop(0, width, pixel_step,
+                                                               (image, pixel_state, seed, recorded))
+            return image, (u_state, pixel_state), seed, recorded
+
+        state = (model.initial_row_state(batch, ul=False), model.initial_pixel_state(batch))
+        carry = ops.fori_loop(0, height, row_step, (image, state, seed, recorded))
     else:
         h_levels = model.conditioning_maps(h, training=False)
 
@@ -92,6 +117,52 @@ def _pixel_loop(model, config: PixelCNNConfig, batch: int, h, seed, method: str,
         carry = ops.fori_loop(0, height, row_step, (image, model.initial_row_state(batch), seed, recorded))
     image, _, _, recorded = carry
     return image[:, 2:], recorded
+
+
+def macs_per_image(config: PixelCNNConfig, method: str | None = None) -> float:
+    """Multiply-accumulates of the network's convolutions, 1x1 layers and h projections per
+    image: of one forward pass (method None), or of sampling one image with `method`. Counted
+    from the layer shapes and how many positions each method evaluates (elementwise ops, and
+    the work on h alone, done once per image, are left out). A transposed convolution costs its
+    kernel size per input position when applied to a row or a whole map; the per-pixel pass
+    applies it to one cell for one output position, so 4 taps for 1 (see `network.py`)."""
+    if method is not None:
+        _check_method(method)
+    f, channels = config.filters, config.num_channels
+    sizes = config.resolutions
+    height0, width0 = sizes[0]
+    area = [h * w for h, w in sizes]
+    # h maps are projected at every position; a global h's projection is once per image.
+    h_dim = 0 if not config.spatial_h_maps else f if config.conditioning == "vector" else config.h_shape[-1]
+    params = likelihoods.num_params(config.likelihood, channels, config.num_mixtures)
+
+    def gated(taps, aux):  # per position
+        return taps * 2 * f * f + 2 * aux * f + taps * 2 * f * 2 * f + h_dim * 2 * f
+
+    levels = range(len(sizes))
+    depth = {res: config.nr_resnet if res == len(sizes) - 1 else config.nr_resnet + 1 for res in levels}
+    # Per-position cost of each stream at each level (gated layers), and of the level changes.
+    u_level = [config.nr_resnet * gated(6, 0) + depth[res] * gated(6, f) for res in levels]
+    ul_level = [config.nr_resnet * gated(4, f) + depth[res] * gated(4, 2 * f) for res in levels]
+    u_init, ul_init = 6 * (channels + 1) * f, 5 * (channels + 1) * f
+    down_u, down_ul, up_u, up_ul = 6 * f * f, 4 * f * f, 6 * f * f, 4 * f * f  # per output / input position
+    out = f * params
+    # Positions each layer evaluates per image, per level: whole maps, one row per image row
+    # (u in both fast methods), or one position per pixel ("pixel") / one row per pixel ("cached").
+    u_rows = [height0 * w for _, w in sizes]
+    if method in (None, "full"):
+        u_pos, ul_pos, out_pos = area, area, area[0]
+    elif method == "pixel":
+        u_pos, ul_pos, out_pos = u_rows, area, area[0]
+    else:  # cached
+        u_pos, ul_pos, out_pos = u_rows, [area[0] * w for _, w in sizes], area[0] * width0
+    total = u_pos[0] * u_init + ul_pos[0] * ul_init + out_pos * out
+    for res in levels:
+        total += u_pos[res] * u_level[res] + ul_pos[res] * ul_level[res]
+        if res > 0:  # stride-2 convolutions into res, transposed ones out of it
+            total += u_pos[res] * (down_u + up_u) + ul_pos[res] * down_ul
+            total += ul_pos[res - 1] * up_ul if method == "pixel" else ul_pos[res] * up_ul
+    return float(total * (area[0] if method == "full" else 1))
 
 
 def _compiled(model, config: PixelCNNConfig, batch_size: int, method: str, jit: bool, kind: str):
@@ -138,7 +209,7 @@ def _compiled(model, config: PixelCNNConfig, batch_size: int, method: str, jit: 
     return per_model[key]
 
 
-def traceable_sampler(model, config: PixelCNNConfig, batch_size: int, method: str = "cached") -> Callable:
+def traceable_sampler(model, config: PixelCNNConfig, batch_size: int, method: str = DEFAULT_METHOD) -> Callable:
     """`fn(h, seed) -> uint8 images [batch_size, H, W, C]` on the model's own variables, for
     tracing into a graph (SavedModel export). `seed` is an int32 scalar; the draws equal those
     of `sample(..., num_samples=1, seed=seed, batch_size=batch_size)` on the same h."""
@@ -197,7 +268,7 @@ def sample(
     num_samples: int = 1,
     seed: int = 0,
     batch_size: int = 64,
-    method: Literal["cached", "full"] = "cached",
+    method: Literal["pixel", "cached", "full"] = DEFAULT_METHOD,
     jit: bool = True,
 ) -> np.ndarray:
     """Draw `num_samples` images per conditioning input: uint8 [N, K, H, W, C].

@@ -119,6 +119,15 @@ class WNConv2D(_WeightNormLayer):
         # w = g * v/||v||: scaling the (small) kernel is cheaper than scaling the output.
         return ops.conv(inputs, v * self.g, strides=self.strides, padding="valid") + self.b
 
+    def convolve_window(self, window):
+        """The convolution at one output position whose input window [B, kh, kw, C] is
+        given whole (no padding): one matmul, which beats a convolution op on so small an
+        input. The per-pixel sampler applies every layer this way. Inference only."""
+        v = self.v / ops.sqrt(ops.sum(ops.square(self.v), axis=(0, 1, 2), keepdims=True) + _NORM_EPS)
+        matrix = ops.reshape(v * self.g, (-1, self.filters))
+        batch = window.shape[0]
+        return ops.reshape(ops.matmul(ops.reshape(window, (batch, -1)), matrix) + self.b, (batch, 1, 1, self.filters))
+
     def compute_output_shape(self, input_shape):
         b, h, w, _ = input_shape
         (top, bottom), (left, right) = self.padding

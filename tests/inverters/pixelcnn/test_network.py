@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from invkeras.inverters.pixelcnn import likelihoods
 from invkeras.errors import InvkerasError
-from invkeras.inverters.pixelcnn.network import PixelCNNConfig, PixelCNNPlusPlus, build_pixelcnn, model_inputs
+from invkeras.inverters.pixelcnn.network import (PixelCNNConfig, PixelCNNPlusPlus, Standardise, VectorToMaps,
+                                                build_pixelcnn, model_inputs)
 from invkeras.inverters.pixelcnn.weight_norm import initialize_weight_norm
 
 
@@ -126,9 +127,11 @@ def test_output_shapes(image_shape, likelihood, conditioning, h_shape):
     assert tuple(params.shape) == expected == (2, *config.params_shape)
 
 
-@pytest.mark.parametrize("conditioning,h_shape", [("vector", (6,)), ("spatial", (5, 5, 3))])
-def test_conditioning_is_used(conditioning, h_shape):
-    config = PixelCNNConfig.from_scale("tiny", (8, 8, 1), conditioning=conditioning, h_shape=h_shape)
+@pytest.mark.parametrize("conditioning,h_shape,vector_conditioning",
+                         [("vector", (6,), "deconv"), ("vector", (6,), "global"), ("spatial", (5, 5, 3), "global")])
+def test_conditioning_is_used(conditioning, h_shape, vector_conditioning):
+    config = PixelCNNConfig.from_scale("tiny", (8, 8, 1), conditioning=conditioning, h_shape=h_shape,
+                                       vector_conditioning=vector_conditioning)
     model = initialised_model(config)
     inputs = random_inputs(config, 2)
     projections = [w for w in model.trainable_weights if "h_projection" in w.path]
@@ -174,19 +177,45 @@ def test_bad_inputs_raise_invkeras_error():
         PixelCNNConfig(image_shape=(6, 6, 1), filterz=3)
 
 
+def test_standardise_gives_zero_mean_unit_variance_on_its_training_features():
+    rng = np.random.default_rng(0)
+    h = rng.normal([5.0, -2.0, 0.0], [10.0, 0.1, 1.0], size=(500, 3))
+    layer = Standardise(3)
+    layer.set_statistics(h)
+    out = np.asarray(layer(h.astype("float32")))
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-3)
+    spatial = Standardise(2)  # a spatial h is standardised per channel
+    spatial.set_statistics(rng.normal([1.0, 4.0], 2.0, size=(20, 3, 3, 2)))
+    assert np.asarray(spatial.mean).shape == (2,)
+
+
+def test_vector_maps_match_every_resolution():
+    config = PixelCNNConfig.from_scale("tiny", (7, 5, 1), conditioning="vector", h_shape=(4,))
+    maps = VectorToMaps(3, config.resolutions)(np.ones((2, 4), "float32"))
+    assert [tuple(m.shape) for m in maps] == [(2, 7, 5, 3), (2, 4, 3, 3), (2, 2, 2, 3)]
+
+
 def test_presets():
     paper_grey = PixelCNNConfig.from_scale("paper", (28, 28, 1))
     assert (paper_grey.filters, paper_grey.nr_resnet, paper_grey.likelihood) == (64, 3, "categorical")
     paper_colour = PixelCNNConfig.from_scale("paper", (32, 32, 3), conditioning="vector", h_shape=(10,), h_dropout=0.2)
     assert (paper_colour.filters, paper_colour.likelihood, paper_colour.num_mixtures) == (196, "logistic_mixture", 10)
     assert paper_colour.dropout_rate == 0.5 and paper_colour.h_dropout == 0.2
+    # The paper scale keeps the published conditioning; the CPU presets use the named departures.
+    assert (paper_colour.vector_conditioning, paper_colour.standardise_h) == ("global", False)
+    small = PixelCNNConfig.from_scale("small", (28, 28, 1), conditioning="vector", h_shape=(10,))
+    assert (small.vector_conditioning, small.standardise_h) == ("deconv", True)
     assert PixelCNNConfig.from_scale("small", (20, 20, 1)).resolutions == [(20, 20), (10, 10), (5, 5)]
     assert PixelCNNConfig.from_scale("tiny", (7, 5, 1)).resolutions == [(7, 5), (4, 3), (2, 2)]
 
 
-def test_keras_file_round_trip_gives_identical_log_likelihoods(tmp_path):
-    config = PixelCNNConfig.from_scale("tiny", (5, 6, 3), conditioning="spatial", h_shape=(4, 4, 2), h_dropout=0.2)
+@pytest.mark.parametrize("conditioning,h_shape", [("spatial", (4, 4, 2)), ("vector", (5,))])
+def test_keras_file_round_trip_gives_identical_log_likelihoods(tmp_path, conditioning, h_shape):
+    config = PixelCNNConfig.from_scale("tiny", (5, 6, 3), conditioning=conditioning, h_shape=h_shape, h_dropout=0.2)
     model = initialised_model(config)
+    # The standardisation statistics are weights: they must survive the file too.
+    model.h_standardise.set_statistics(np.random.default_rng(4).normal(2.0, 3.0, (40, *h_shape)))
     inputs = random_inputs(config, 3, seed=1)
     path = tmp_path / "pixelcnn.keras"
     model.save(path)

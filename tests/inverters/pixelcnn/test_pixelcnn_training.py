@@ -108,13 +108,23 @@ def test_resuming_under_another_config_is_refused(tmp_path):
 
 def test_nan_loss_stops_with_one_clear_line(tmp_path):
     path = _user_features(tmp_path, h_scale=1e38)  # finite h whose projection overflows
+    # Without standardisation: with it, such features are refused before training (below).
     config = InverterConfig(features=str(path), layer="user", scale="tiny", max_steps=10, steps_per_checkpoint=5,
-                            batch_size=8, out=str(tmp_path / "nan"), jit_compile="false")
+                            batch_size=8, out=str(tmp_path / "nan"), jit_compile="false", standardise_h="false")
     with pytest.raises(NonFiniteLossError, match=r"loss became (nan|inf)") as info:
         train_inverter(config)
     assert "\n" not in str(info.value)
     assert "no resume state saved yet" in str(info.value) and "|h| = 1e+38" in str(info.value)
     assert not (tmp_path / "nan/inverter.keras").exists()
+
+
+def test_features_beyond_float32_cannot_be_standardised(tmp_path):
+    path = _user_features(tmp_path, h_scale=1e38)
+    config = InverterConfig(features=str(path), layer="user", scale="tiny", max_steps=10, steps_per_checkpoint=5,
+                            batch_size=8, out=str(tmp_path / "big"), jit_compile="false")
+    with pytest.raises(InvkerasError, match=r"cannot standardise h: the features reach \|h\| = 1e\+38") as info:
+        train_inverter(config)
+    assert "\n" not in str(info.value) and not (tmp_path / "big/inverter.keras").exists()
 
 
 def test_summary_statistics():

@@ -9,7 +9,7 @@ import scipy.stats
 from invkeras.inverters.pixelcnn import likelihoods
 from invkeras.errors import InvkerasError
 from invkeras.inverters.pixelcnn.network import PixelCNNConfig, build_pixelcnn, model_inputs
-from invkeras.inverters.pixelcnn.sampling import sample, teacher_forced_params
+from invkeras.inverters.pixelcnn.sampling import macs_per_image, sample, teacher_forced_params
 from invkeras.inverters.pixelcnn.weight_norm import initialize_weight_norm
 
 from test_likelihoods import chi_square_pvalue, randomized_pit
@@ -36,20 +36,62 @@ def rgb_model():
     return config, initialised_model(config)
 
 
-def test_cached_row_steps_reproduce_the_full_forward_pass():
+ROW_STEP_CASES = [  # (conditioning, h_shape, overrides): every way h can enter
+    ("spatial", (4, 4, 2), {}),
+    ("vector", (6,), {"vector_conditioning": "deconv"}),
+    ("vector", (6,), {"vector_conditioning": "global", "standardise_h": False}),
+]
+
+
+@pytest.mark.parametrize("conditioning,h_shape,overrides", ROW_STEP_CASES)
+def test_cached_row_steps_reproduce_the_full_forward_pass(conditioning, h_shape, overrides):
     """The sampler's loop, fed the image's own pixels one at a time, must see at every pixel
     exactly the params of one full forward pass: the row caches are never stale. Odd sizes
-    (7 -> 4 -> 2 rows, 5 -> 3 -> 2 columns) and a spatial h exercise every crop and resize."""
-    config = PixelCNNConfig.from_scale("tiny", (7, 5, 3), likelihood="logistic_mixture", conditioning="spatial",
-                                       h_shape=(4, 4, 2), num_mixtures=3)
+    (7 -> 4 -> 2 rows, 5 -> 3 -> 2 columns), a spatial h and the deconvolved maps of a vector
+    h exercise every crop, resize and row slice."""
+    config = PixelCNNConfig.from_scale("tiny", (7, 5, 3), likelihood="logistic_mixture", conditioning=conditioning,
+                                       h_shape=h_shape, num_mixtures=3, **overrides)
     model = initialised_model(config, seed=1)
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, (2, *config.image_shape)).astype("float32")
-    h = rng.normal(size=(2, *config.h_shape)).astype("float32")
+    h = rng.normal(3.0, 2.0, size=(2, *config.h_shape)).astype("float32")
+    if model.h_standardise is not None:  # non-trivial statistics, as after training
+        model.h_standardise.set_statistics(rng.normal(3.0, 2.0, size=(50, *config.h_shape)))
     full = np.asarray(model({"x": x, "h": h}, training=False))
     # Without XLA to keep the test fast: the row-step maths is the same either way.
     cached = np.asarray(teacher_forced_params(model, config, x, h, jit=False))
     np.testing.assert_allclose(cached, full, rtol=1e-4, atol=1e-4 * np.abs(full).max())
+
+
+PIXEL_STEP_CASES = [  # (image shape, likelihood, conditioning, h_shape, overrides)
+    ((7, 5, 3), "logistic_mixture", "spatial", (4, 4, 2), {}),
+    ((7, 5, 1), "categorical", "vector", (6,), {"vector_conditioning": "deconv", "nr_resnet": 2}),
+    ((5, 7, 1), "logistic_mixture", "vector", (6,), {"vector_conditioning": "global", "standardise_h": False}),
+    ((9, 6, 3), "categorical", "vector", (6,), {"vector_conditioning": "global"}),
+    ((6, 9, 1), "categorical", "none", None, {}),
+]
+
+
+@pytest.mark.parametrize("shape,likelihood,conditioning,h_shape,overrides", PIXEL_STEP_CASES)
+def test_pixel_steps_reproduce_the_full_forward_pass(shape, likelihood, conditioning, h_shape, overrides):
+    """The per-pixel sampler computes each ul position once, at the pixel where it becomes
+    final (low resolutions on every 2nd / 4th pixel of every 2nd / 4th row) and reads it
+    from caches afterwards: fed the image's own pixels, it must see at every pixel the params
+    of one full forward pass. Odd sizes (7 -> 4 -> 2, 5 -> 3 -> 2, 9 -> 5 -> 3) put the last
+    low-resolution column and row on partial 2x2 blocks."""
+    config = PixelCNNConfig.from_scale("tiny", shape, likelihood=likelihood, conditioning=conditioning,
+                                       h_shape=h_shape, num_mixtures=3, **overrides)
+    model = initialised_model(config, seed=1)
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (2, *config.image_shape)).astype("float32")
+    h = None
+    if conditioning != "none":
+        h = rng.normal(3.0, 2.0, size=(2, *config.h_shape)).astype("float32")
+        if model.h_standardise is not None:
+            model.h_standardise.set_statistics(rng.normal(3.0, 2.0, size=(50, *config.h_shape)))
+    full = np.asarray(model(model_inputs(config, x, h), training=False))
+    pixel = np.asarray(teacher_forced_params(model, config, x, h, method="pixel", jit=False))
+    np.testing.assert_allclose(pixel, full, rtol=1e-4, atol=1e-4 * np.abs(full).max())
 
 
 BATCH = 250  # one batch size for the XLA sampler tests, so they share one compilation
@@ -67,15 +109,29 @@ def test_samples_are_seeded_and_well_formed(rgb_model):
     assert len(np.unique(first)) > 100  # not stuck at a few values
 
 
-def test_cached_and_full_samplers_draw_the_same_images(rgb_model):
+def test_cached_pixel_and_full_samplers_draw_the_same_images(rgb_model):
     """Same seed, same random stream: the cached row steps and the reference (one full
     forward pass per pixel) must pick identical pixels. Without XLA, whose random bits
     differ from TensorFlow's kernels."""
     config, model = rgb_model
     h = np.random.default_rng(0).normal(size=(2, 3)).astype("float32")
     cached = sample(model, config, h=h, num_samples=3, seed=7, method="cached", jit=False)
+    pixel = sample(model, config, h=h, num_samples=3, seed=7, method="pixel", jit=False)
     full = sample(model, config, h=h, num_samples=3, seed=7, method="full", jit=False)
     np.testing.assert_array_equal(cached, full)
+    np.testing.assert_array_equal(pixel, full)
+
+
+def test_pixel_and_full_samplers_draw_the_same_grey_images():
+    """As above for a grey categorical model with a spatial h on an odd size, with XLA (both
+    methods draw from the same XLA random stream)."""
+    config = PixelCNNConfig.from_scale("tiny", (5, 7, 1), conditioning="spatial", h_shape=(3, 3, 2))
+    model = initialised_model(config, seed=3)
+    h = np.random.default_rng(4).normal(size=(2, 3, 3, 2)).astype("float32")
+    pixel = sample(model, config, h=h, num_samples=2, seed=5, method="pixel")
+    full = sample(model, config, h=h, num_samples=2, seed=5, method="full")
+    assert len(np.unique(pixel)) > 5
+    np.testing.assert_array_equal(pixel, full)
 
 
 def test_samples_follow_the_model_likelihood(rgb_model):
@@ -128,3 +184,45 @@ def test_bad_arguments_raise_invkeras_error(rgb_model):
         sample(model, config, h=np.zeros((1, 3), "float32"), method="fast")
     with pytest.raises(InvkerasError, match="does not match"):
         sample(model, PixelCNNConfig.from_scale("tiny", (4, 4, 3)), h=np.zeros((1, 3), "float32"))
+
+
+@pytest.mark.parametrize("conditioning,h_shape,overrides", [
+    ("vector", (10,), {}),  # small: deconv maps
+    ("vector", (10,), {"vector_conditioning": "global"}),
+    ("spatial", (7, 7, 5), {}),
+])
+def test_macs_per_image_counts_the_forward_pass(monkeypatch, conditioning, h_shape, overrides):
+    """The analytic count equals a count of every convolution, 1x1 layer and h projection
+    actually applied in one forward pass (positions x kernel size; a transposed convolution
+    per input position), and the per-pixel sampler costs about one forward pass."""
+    from invkeras.inverters.pixelcnn import weight_norm
+
+    config = PixelCNNConfig.from_scale("small", (9, 7, 3), likelihood="logistic_mixture", conditioning=conditioning,
+                                       h_shape=h_shape, num_mixtures=3, **overrides)
+    keras.utils.set_random_seed(0)
+    model = build_pixelcnn(config)
+    counted = []
+
+    def counting(cls, name, positions_of):
+        original = getattr(cls, name)
+
+        def wrapped(self, inputs, *args, **kwargs):
+            out = original(self, inputs, *args, **kwargs)
+            counted.append(positions_of(inputs, out) * int(np.prod(self.v.shape)))
+            return out
+        monkeypatch.setattr(cls, name, wrapped)
+
+    counting(weight_norm.WNConv2D, "convolve", lambda x, out: int(np.prod(out.shape[:-1])))
+    counting(weight_norm.WNConv2DTranspose, "call", lambda x, out: int(np.prod(x.shape[:-1])))
+    counting(weight_norm.WNDense, "call", lambda x, out: int(np.prod(x.shape[:-1])))
+    h = np.zeros((1, *config.h_shape), "float32")
+    maps = model.conditioning_maps(h)
+    projections = config.spatial_h_maps * sum(  # of h maps: one per gated layer, at its resolution
+        int(np.prod(config.resolutions[level])) * int(maps[level].shape[-1]) * 2 * config.filters * len(layers)
+        for level in range(3) for layers in (model.down_u[level], model.down_ul[level],
+                                             model.up_u[2 - level], model.up_ul[2 - level]))
+    model({"x": np.zeros((1, *config.image_shape), "float32"), "h": h}, training=False)
+    assert sum(counted) + projections == macs_per_image(config)
+    forward = macs_per_image(config)
+    assert macs_per_image(config, "full") == 9 * 7 * forward
+    assert macs_per_image(config, "pixel") < 1.5 * forward < macs_per_image(config, "cached")

@@ -1,0 +1,122 @@
+"""train-autoencoder: a tiny autoencoder really trains (better than the mean image), writes its
+model, figures and metadata, loads back, resumes exactly, reports a classifier's accuracy on
+its reconstructions, and is a recipe step."""
+
+import textwrap
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from invkeras import artifacts
+from invkeras.autoencoders.network import decoder_of, default_latent_dim, encoder_of
+from invkeras.autoencoders.training import (AutoencoderConfig, load_autoencoder, reconstruct, reconstruction_summary,
+                                            train_autoencoder)
+from invkeras.cli import app
+from invkeras.errors import InvkerasError
+from killing import Interrupt, KillAt  # tests/killing.py
+
+TINY = dict(dataset="procedural", latent_dim=8, filters=4, batch_size=32, train_examples=512, eval_examples=64)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_classifier, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ae") / "ae"
+    result = CliRunner().invoke(app, [
+        "train-autoencoder", "--dataset", "procedural", "--latent-dim", "16", "--filters", "8", "--max-steps", "300",
+        "--steps-per-checkpoint", "150", "--train-examples", "2048", "--eval-examples", "128",
+        "--classifier", str(tiny_classifier / "procedural" / "conv"), "--out", str(out)])
+    return out, result
+
+
+def test_cli_trains_an_autoencoder_that_beats_the_mean_image(trained):
+    out, result = trained
+    assert result.exit_code == 0, result.output
+    assert "PSNR" in result.output and "classifier accuracy" in result.output
+    meta = artifacts.read_metadata(out / "autoencoder.keras")
+    assert meta["kind"] == "autoencoder" and meta["latent_dim"] == 16 and meta["image_shape"] == [20, 20, 1]
+    validation = meta["results"]["validation"]
+    assert validation["n"] == 128 and meta["results"]["steps"] == 300
+    assert validation["l1_per_pixel"] < 0.75 * validation["mean_image_l1_per_pixel"]
+    assert validation["psnr_db"] > 10
+    for split in ("validation", "test"):
+        summary = meta["results"][split]
+        assert 0 <= summary["classifier_accuracy_on_reconstructions"] <= 1
+        assert 0 <= summary["classifier_accuracy_on_originals"] <= 1
+    assert artifacts.is_complete(out / "reconstructions.png")
+    assert not (out / "backup").exists()
+
+
+def test_it_loads_back_and_reproduces_its_held_out_l1(trained):
+    out, _ = trained
+    from invkeras.data import load_arrays
+
+    model, meta = load_autoencoder(out)
+    x, _ = load_arrays("procedural", "validation", limit=128)
+    summary = reconstruction_summary(x, reconstruct(model, x))
+    assert summary["l1_per_pixel"] == pytest.approx(meta["results"]["validation"]["l1_per_pixel"], rel=1e-4)
+    z = encoder_of(model).predict(x[:4].astype("float32"), verbose=0)
+    assert z.shape == (4, 16)
+    assert decoder_of(model).predict(z, verbose=0).shape == (4, 20, 20, 1)
+    # the encoder is deterministic: the latent noise is for training only
+    np.testing.assert_array_equal(reconstruct(model, x[:4]), reconstruct(model, x[:4]))
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    config = AutoencoderConfig(**TINY, max_steps=40, steps_per_checkpoint=20, out=str(tmp_path / "resumed"))
+    with pytest.raises(Interrupt):
+        train_autoencoder(config, hooks=[KillAt(25)], progress=False)
+    resumed = train_autoencoder(config, progress=False)
+    assert resumed.resumed_from_step == 20
+    straight = train_autoencoder(config.model_copy(update={"out": str(tmp_path / "straight")}), progress=False)
+    a, _ = load_autoencoder(resumed.model_path)
+    b, _ = load_autoencoder(straight.model_path)
+    for va, vb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(va, vb)
+
+
+def test_defaults_and_layout():
+    assert default_latent_dim((28, 28, 1)) == 64 and default_latent_dim((32, 32, 3)) == 128
+    config = AutoencoderConfig(dataset="idx:../shared/data/mnist", latent_dim=64, workspace="ws")
+    assert str(config.model_path()) == "ws/idx-mnist/autoencoders/latent64/autoencoder.keras"
+    assert AutoencoderConfig(dataset="procedural", workspace="ws").model_path().parent.name == "latent64"
+
+
+def test_bad_inputs_are_one_line(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train-autoencoder", "--loss", "l3", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "loss" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["train-autoencoder", "--classifier", str(tmp_path / "nope.keras"), "--latent-dim", "4",
+                                 "--max-steps", "1", "--train-examples", "64", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "nope.keras" in result.output
+    with pytest.raises(InvkerasError, match="autoencoder metadata"):
+        (tmp_path / "c").mkdir()
+        (tmp_path / "c" / "autoencoder.keras").write_bytes(b"x")
+        load_autoencoder(tmp_path / "c")
+
+
+def test_help_has_examples():
+    result = CliRunner().invoke(app, ["train-autoencoder", "--help"])
+    assert result.exit_code == 0 and "Examples" in result.output and "invkeras train-autoencoder" in result.output
+
+
+def test_a_recipe_has_autoencoder_and_cinn_steps(tmp_path):
+    from invkeras.recipes import load_recipe
+    from invkeras.recipes.runner import step_outputs
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: latent
+        dataset: procedural
+        workspace: {tmp_path / 'ws'}
+        steps:
+          autoencoder: {{command: train-autoencoder, latent_dim: 8, max_steps: 10}}
+          flow: {{command: train-inverter, kind: cinn, layer: fc3, num_blocks: 2,
+                  autoencoder: {tmp_path / 'ws' / 'procedural' / 'autoencoders' / 'latent8'}}}
+    """))
+    steps = load_recipe(recipe).steps
+    assert step_outputs(steps["autoencoder"]) == [tmp_path / "ws/procedural/autoencoders/latent8/autoencoder.keras"]
+    assert steps["flow"].num_blocks == 2
+    recipe.write_text(recipe.read_text().replace("max_steps: 10", "max_step: 10"))
+    with pytest.raises(InvkerasError, match="max_step"):
+        load_recipe(recipe)
