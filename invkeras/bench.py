@@ -71,7 +71,7 @@ from typing import Any, Callable
 DEFAULT_OUT = Path("bench-results") / "bench.json"
 QUICK_OUT = Path("bench-results") / "bench-quick.json"
 TRAIN_TARGET = 1.5  # ours / TFP train steps per second
-SAMPLE_TARGET = 10.0  # TFP / ours ("cached") sampling time
+SAMPLE_TARGET = 150.0  # TFP / ours (the default "pixel" sampler) sampling time, issue 13
 
 
 # --- settings -------------------------------------------------------------------------
@@ -486,9 +486,9 @@ def summarize(train: dict, sample: dict) -> dict:
             k: tfp_time / sample[k]["sample_s"]
             for k in ("sample_ours_cached", "sample_ours_full", "sample_ours_pixel") if k in sample
         }
-        if "sample_ours_cached" in sample:
+        if "sample_ours_pixel" in sample:
             summary["sample_target"] = SAMPLE_TARGET
-            summary["sample_target_met"] = summary["sample_ratio"]["sample_ours_cached"] >= SAMPLE_TARGET
+            summary["sample_target_met"] = summary["sample_ratio"]["sample_ours_pixel"] >= SAMPLE_TARGET
     return summary
 
 
@@ -598,7 +598,7 @@ def render(results: dict):
                         _ratio(summary["train_ratio"][best]), f"≥ {TRAIN_TARGET}×",
                         _yes(summary["train_target_met"]))
     if "sample_target" in summary:
-        targets.add_row("Sampling time, TFP / ours ('cached')", _ratio(summary["sample_ratio"]["sample_ours_cached"]),
+        targets.add_row("Sampling time, TFP / ours ('pixel', the default)", _ratio(summary["sample_ratio"]["sample_ours_pixel"]),
                         f"≥ {SAMPLE_TARGET:g}×", _yes(summary["sample_target_met"]))
     if "sample_ours_full" in summary.get("sample_ratio", {}):
         targets.add_row("Sampling time, TFP / ours ('full', same algorithm as TFP)",

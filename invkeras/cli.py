@@ -502,7 +502,7 @@ def sample(
     split: Optional[str] = typer.Option(None, help="validation | test [default: test]."),
     seed: Optional[int] = typer.Option(None, help="Same seed, same samples [default: 0]."),
     batch_size: Optional[int] = typer.Option(None, help="Images sampled in parallel [default: 64]."),
-    method: Optional[str] = typer.Option(None, help="A kind's sampler (pixelcnn: cached | full)."),
+    method: Optional[str] = typer.Option(None, help="A kind's sampler (pixelcnn: pixel | cached | full)."),
     out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
     misclassified: bool = typer.Option(
         False, "--misclassified", help="Inputs: held-out images the classifier gets wrong (samples_misclassified.png)."),
@@ -750,7 +750,7 @@ def edit(
     split: Optional[str] = typer.Option(None, help="validation | test [default: test]."),
     seed: Optional[int] = typer.Option(None, help="Same seed, same samples and noise [default: 0]."),
     batch_size: Optional[int] = typer.Option(None, help="Images sampled in parallel [default: 64]."),
-    method: Optional[str] = typer.Option(None, help="A kind's sampler (pixelcnn: cached | full)."),
+    method: Optional[str] = typer.Option(None, help="A kind's sampler (pixelcnn: pixel | cached | full)."),
     out: Optional[str] = typer.Option(None, help="Output directory (default <inverter dir>/edits)."),
 ) -> None:
     """Edit the logits (or any layer's h) of held-out images, decode them with the inverter, and label the

@@ -88,7 +88,7 @@ class EditConfig(BaseModel):
     split: str = Field("test", description="validation | test")
     seed: int = Field(0, description="same seed, same samples (and the same noise draws)")
     batch_size: int = Field(64, gt=0, description="images sampled in parallel")
-    method: Optional[str] = Field(None, description="a kind's sampling option (pixelcnn: cached | full)")
+    method: Optional[str] = Field(None, description="a kind's sampling option (pixelcnn: pixel | cached | full)")
     out: Optional[str] = Field(None, description="output directory (default <inverter dir>/edits)")
 
     @field_validator("shift", mode="before")

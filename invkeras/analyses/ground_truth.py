@@ -86,6 +86,7 @@ class GroundTruthConfig(BaseModel):
 
     subsets: list[str] = Field(default_factory=lambda: list(DEFAULT_SUBSETS), min_length=1,
                                description="factor subsets: 'all', 'none' or names joined by '+'")
+    kind: str = Field("pixelcnn", description="an inverter kind with a pixel likelihood")
     scale: str = "tiny"
     filters: Optional[int] = Field(16, gt=0)
     learning_rate: float = Field(0.003, gt=0)
@@ -105,6 +106,15 @@ class GroundTruthConfig(BaseModel):
         if len(set(names)) != len(names):
             raise InvkerasError("ground-truth: a factor subset is listed twice")
         return names
+
+    @field_validator("kind")
+    @classmethod
+    def _has_pixel_likelihood(cls, kind: str) -> str:
+        from invkeras.inverters.base import inverter_class
+
+        if "pixel_log_prob" not in inverter_class(kind).capabilities:
+            raise InvkerasError(f"ground-truth --kind {kind}: needs a kind with a pixel likelihood (pixel_log_prob)")
+        return kind
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path(self.workspace) / DATASET / "ground-truth"
@@ -138,7 +148,7 @@ def _inverter_for(config: GroundTruthConfig, factors: tuple[str, ...], progress:
         options.update(features=str(_features_for(config, factors)), layer=subset_name(factors))
     else:  # h = nothing: the unconditional model of the same dataset and splits
         options.update(dataset=DATASET, layer="none")
-    inverter_config = config_for("pixelcnn", options)
+    inverter_config = config_for(config.kind, options)
     path = inverter_config.model_path()
     if artifacts.is_complete(path):
         # Reuse a finished model only if it was trained exactly as asked now.

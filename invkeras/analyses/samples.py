@@ -62,7 +62,7 @@ class SampleConfig(BaseModel):
     split: str = Field("test", description="validation | test")
     seed: int = Field(0, description="same seed, same samples")
     batch_size: int = Field(64, gt=0, description="images sampled in parallel")
-    method: Optional[str] = Field(None, description="a kind's sampling option (pixelcnn: cached | full); "
+    method: Optional[str] = Field(None, description="a kind's sampling option (pixelcnn: pixel | cached | full); "
                                                     "passed to the kind only when set")
     out: Optional[str] = Field(None, description="output directory (default: the inverter's)")
     misclassified: bool = Field(False, description="inputs: held-out images the classifier gets wrong (written to "

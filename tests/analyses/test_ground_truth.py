@@ -76,6 +76,11 @@ def test_finished_models_are_reused_only_under_the_same_settings(trained):
         ground_truth(config.model_copy(update={"max_steps": 40}), progress=False)
 
 
+def test_a_kind_without_a_pixel_likelihood_is_refused():
+    with pytest.raises(InvkerasError, match="needs a kind with a pixel likelihood"):
+        GroundTruthConfig(kind="mse")
+
+
 def test_cli_refuses_an_unknown_factor_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["ground-truth", "--subset", "colour", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown factor colour" in result.output
