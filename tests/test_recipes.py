@@ -36,6 +36,12 @@ def test_ground_truth_recipe_runs_from_all_factors_to_none():
     truths = [true_conditional_entropy(parse_subset(s)) for s in step.subsets]
     assert truths[0] == 0.0 and truths == sorted(truths) and len(set(truths)) == len(truths)
     assert truths[-1] == pytest.approx(8.841, abs=1e-3)
+    # Done only when every subset's model exists: a table of fewer subsets does not count.
+    from invkeras.recipes.runner import step_outputs
+
+    outputs = step_outputs(step)
+    assert len(outputs) == len(step.subsets) + 1 and outputs[-1].name == "ground_truth.json"
+    assert [p.parent.name for p in outputs[:-1]] == step.subsets
 
 
 def test_the_top_level_scale_does_not_reach_an_edit_steps_own_scale(tmp_path):

@@ -119,6 +119,12 @@ class GroundTruthConfig(BaseModel):
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path(self.workspace) / DATASET / "ground-truth"
 
+    def model_paths(self) -> list[Path]:
+        """Each subset's inverter file: with the table, what a finished run has written."""
+        from invkeras.inverters.base import MODEL_FILE
+
+        return [self.out_dir() / "inverters" / name / MODEL_FILE for name in self.subsets]
+
 
 def _features_for(config: GroundTruthConfig, factors: tuple[str, ...]) -> Path:
     """The subset's (x, one-hot h) pairs for every split, in the extract format (reused if complete)."""
@@ -139,7 +145,7 @@ def _features_for(config: GroundTruthConfig, factors: tuple[str, ...]) -> Path:
 def _inverter_for(config: GroundTruthConfig, factors: tuple[str, ...], progress: bool):
     from invkeras.inverters.base import config_for, load_inverter, train_inverter
 
-    out = config.out_dir() / "inverters" / subset_name(factors)
+    out = config.model_paths()[config.subsets.index(subset_name(factors))].parent
     options = dict(scale=config.scale, filters=config.filters, learning_rate=config.learning_rate,
                    batch_size=config.batch_size, max_steps=config.max_steps,
                    steps_per_checkpoint=config.steps_per_checkpoint, patience=config.patience,

@@ -55,7 +55,7 @@ def step_outputs(step: BaseModel) -> list[Path]:
     if getattr(step, "command", None) == "ground-truth":
         from invkeras.analyses.ground_truth import RESULT_FILE
 
-        return [step.out_dir() / RESULT_FILE]
+        return [*step.model_paths(), step.out_dir() / RESULT_FILE]  # a table of fewer subsets is not done
     if getattr(step, "command", None) == "attack":
         from invkeras.analyses.attack import ATTACK_JSON
 
