@@ -33,8 +33,6 @@ bounded by one chunk of training features, whatever the split's size.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 import time
 from dataclasses import dataclass
@@ -187,13 +185,9 @@ def _flatten(row: dict, prefix: str = "") -> dict:
 
 def table_csv(rows: list[dict]) -> str:
     """CSV of rows; nested statistics become columns like 'IM-S mean_l1', a null one empty cells."""
-    flat = [_flatten(row) for row in rows]
-    columns = list(dict.fromkeys(key for row in flat for key in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
-    writer.writeheader()
-    writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in flat])
-    return buffer.getvalue()
+    from invkeras.analyses.mi import rows_csv
+
+    return rows_csv([_flatten(row) for row in rows])
 
 
 

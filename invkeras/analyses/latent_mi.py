@@ -20,14 +20,13 @@ agree), so differences are paired and carry paired standard errors.
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from invkeras import artifacts
+from invkeras.analyses.mi import PerImageNLL, rows_csv
 from invkeras.errors import InvkerasError
 from invkeras.stats import standard_error
 
@@ -41,26 +40,11 @@ NOTE = ("latent-space estimate: differential entropies of the autoencoder latent
 
 
 @dataclass
-class LatentEstimate:
-    layer: str
-    inverter: str
-    nll_nats: np.ndarray  # -log q(z | h) per image
+class LatentEstimate(PerImageNLL):  # nll_nats: -log q(z | h) per image
     latent_dim: int
     latent: dict  # which latent space (the autoencoder)
     fingerprint: str | None = None
     kind: str | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.nll_nats)
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.nll_nats))
-
-    @property
-    def se(self) -> float:
-        return standard_error(self.nll_nats)
 
 
 @dataclass
@@ -86,13 +70,7 @@ class LatentMIReport:
                 "latent": self.latent, "fingerprint": self.fingerprint, "rows": self.rows}
 
     def to_csv(self) -> str:
-        buffer = io.StringIO()
-        columns = list(dict.fromkeys(key for row in self.rows for key in row))
-        writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
-        writer.writeheader()
-        for row in self.rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-        return buffer.getvalue()
+        return rows_csv(self.rows)
 
 
 def is_latent(inverter) -> bool:

@@ -59,14 +59,24 @@ class EstimateMIConfig(BaseModel):
     labels: Optional[list[str]] = Field(None, description="row names instead of the layers, one per inverter")
 
 
+def rows_csv(rows: list[dict]) -> str:
+    """CSV of table rows (the union of their keys as columns; None as an empty cell)."""
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
 @dataclass
-class LayerEstimate:
+class PerImageNLL:
+    """One inverter's held-out NLLs, per image, with their mean and standard error."""
+
     layer: str
     inverter: str
     nll_nats: np.ndarray  # per image
-    bits_per_dim_factor: float
-    fingerprint: str | None = None  # of the held-out images (None: unknown, e.g. hand-made)
-    kind: str | None = None
 
     @property
     def n(self) -> int:
@@ -79,6 +89,13 @@ class LayerEstimate:
     @property
     def se(self) -> float:
         return standard_error(self.nll_nats)
+
+
+@dataclass
+class LayerEstimate(PerImageNLL):
+    bits_per_dim_factor: float
+    fingerprint: str | None = None  # of the held-out images (None: unknown, e.g. hand-made)
+    kind: str | None = None
 
 
 @dataclass
@@ -98,13 +115,7 @@ class MIReport:
                    rows=payload["rows"], fingerprint=payload.get("fingerprint"))
 
     def to_csv(self) -> str:
-        buffer = io.StringIO()
-        columns = list(dict.fromkeys(key for row in self.rows for key in row))
-        writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
-        writer.writeheader()
-        for row in self.rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-        return buffer.getvalue()
+        return rows_csv(self.rows)
 
 
 def _load(inverter):
