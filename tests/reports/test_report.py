@@ -493,7 +493,7 @@ def test_paper_recipes_validate():
             if step.command == "train-inverter" and step.kind == "pixelcnn":
                 assert (step.scale, step.learning_rate, step.lr_decay) == ("paper", 1e-3, 0.9999), name
                 if name in small.steps:
-                    assert small.steps[name].scale in ("small", "tiny") and small.steps[name].max_steps <= 1000, name
+                    assert small.steps[name].scale in ("small", "tiny") and small.steps[name].max_steps <= 1500, name  # < 1 h per inverter on 2 cores
         if path.stem in OFFLINE_SMALL:
             assert all("../shared/data/mnist" in s.dataset for s in small.steps.values() if hasattr(s, "dataset"))
         _check_inputs_are_trained_first(paper, path.name)
