@@ -3,9 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# A second environment with JAX and no TensorFlow (requirements-jax.txt says why it is separate).
+VENV_JAX := .venv-jax
+PY_JAX := $(VENV_JAX)/bin/python
+STAMP_JAX := $(VENV_JAX)/.installed-stamp
+# JAX's compiled programs, shared by the test processes (invkeras.distribution.enable_compilation_cache).
+JAX_CACHE := $(CURDIR)/.jax-cache
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test bench clean
+.PHONY: install install-jax demo test bench gpu-check clean
 
 install: $(STAMP)
 
@@ -15,14 +21,30 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+install-jax: $(STAMP_JAX)
+
+$(STAMP_JAX): requirements-jax.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV_JAX)
+	$(PY_JAX) -m pip install --quiet --upgrade pip
+	$(PY_JAX) -m pip install --quiet -r requirements-jax.txt
+	$(PY_JAX) -m pip install --quiet --no-deps -e .
+	touch $(STAMP_JAX)
+
 demo: install
 	$(VENV)/bin/invkeras run recipes/quickstart.yaml
 
-test: install
-	$(PY) -m pytest -q tests
+# The main suite (TensorFlow; tests/jax_subset skips there, tests/test_cross_backend.py calls into
+# .venv-jax), then the JAX subset in .venv-jax.
+test: install install-jax
+	INVKERAS_JAX_CACHE=$(JAX_CACHE) $(PY) -m pytest -q tests
+	INVKERAS_JAX_CACHE=$(JAX_CACHE) KERAS_BACKEND=jax $(PY_JAX) -m pytest -q tests/jax_subset
 
 bench: install
 	$(PY) -m invkeras.bench
 
+# On a CUDA machine with JAX (see benchmarks/gpu_check.sh); GPU_CHECK_ARGS passes options.
+gpu-check:
+	bash benchmarks/gpu_check.sh run $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VENV_JAX) $(JAX_CACHE) runs

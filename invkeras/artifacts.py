@@ -120,7 +120,8 @@ def package_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
-    for name in ("invkeras", "keras", "tensorflow", "tensorflow-probability", "tensorflow-datasets", "numpy"):
+    for name in ("invkeras", "keras", "tensorflow", "tensorflow-probability", "tfp-nightly", "tensorflow-datasets",
+                 "jax", "jaxlib", "numpy"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

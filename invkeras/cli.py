@@ -53,6 +53,12 @@ def user_errors(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         _quiet_tensorflow_import()
+        if configured_backend() == "jax":
+            from invkeras.distribution import enable_compilation_cache, initialize_multi_host
+
+            enable_compilation_cache()  # each command is a process: reuse what the last one compiled
+            if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES") or os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
+                initialize_multi_host()  # one process of a multi-host run (README, "Scaling up")
         try:
             return command(*args, **kwargs)
         except InvkerasError as exc:
@@ -75,9 +81,27 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
+def configured_backend() -> str:
+    """The Keras backend that `import keras` will pick, found without importing keras (which,
+    under TensorFlow, would print TF's start-up lines before we could silence them):
+    KERAS_BACKEND, else the `backend` of Keras's own config file, else tensorflow."""
+    name = os.environ.get("KERAS_BACKEND")
+    if name:
+        return name
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as handle:
+            return str(json.load(handle).get("backend") or "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
 def _quiet_tensorflow_import() -> None:
-    """Import TensorFlow with stderr silenced: its C++ start-up lines would bury our one-line messages."""
-    if "tensorflow" in sys.modules:
+    """Import TensorFlow with stderr silenced: its C++ start-up lines would bury our one-line messages.
+
+    Only under the TensorFlow backend: under JAX, TensorFlow is needed (and imported lazily)
+    only by the TFDS datasets and SavedModel export, and need not be installed at all."""
+    if "tensorflow" in sys.modules or configured_backend() != "tensorflow":
         return
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -152,7 +176,7 @@ def train_classifier(
     train_examples: Optional[int] = typer.Option(None, help="Train on only the first N examples."),
     dropout: bool = typer.Option(True, "--dropout/--no-dropout", help="Dropout at every layer."),
     seed: int = typer.Option(0),
-    strategy: str = typer.Option("auto", help="auto | mirrored | default."),
+    strategy: str = typer.Option("auto", help="auto | mirrored (TensorFlow) | data-parallel (JAX) | default."),
     data_dir: Optional[str] = typer.Option(None, help="TFDS data directory holding prepared datasets."),
     workspace: str = typer.Option("runs", help="Root of runs/<dataset>/<arch>/..."),
     out: Optional[str] = typer.Option(None, help="Model path (default runs/<dataset>/<arch>/classifier/model.keras)."),
@@ -257,6 +281,8 @@ def extract(
         "invkeras run recipes/quickstart.yaml --set steps.classifier.epochs=1 --set seed=3",
         "invkeras run recipes/nash2019/layers_mnist.yaml --set scale=small   # the recipe's small variant",
         "invkeras run recipes/nash2019/layers_mnist.yaml --set scale=small --set defaults.train-inverter.max_steps=3000",
+        "invkeras run recipes/quickstart.yaml --parallel 2   # steps that do not wait for each other, 2 at a time",
+        "invkeras run recipes/nash2019/layers_mnist.yaml --executor ray --address auto --set workspace=/shared/runs",
     ),
 )
 def run(
@@ -264,15 +290,33 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="Override a key: dotted.path=value (repeatable); wins over variants."),
     allow_outside_workspace: bool = typer.Option(
         False, "--allow-outside-workspace", help="Let steps write outside the recipe's workspace."),
+    parallel: Optional[int] = typer.Option(
+        None, "--parallel", metavar="N",
+        help="Run up to N steps at once, each in its own worker process (one per GPU where there are GPUs); "
+             "with --executor ray, at most N tasks at once. Default: 1 (in this process), or no cap on Ray."),
+    executor: str = typer.Option(
+        "local", "--executor", help="Where steps run: local (this machine) or ray (a Ray cluster; needs the "
+                                    "cluster extra)."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster address (host:port, ray://host:port or auto); local or omitted "
+                                "starts a Ray instance on this machine."),
+    cpus_per_step: Optional[int] = typer.Option(
+        None, "--cpus-per-step", metavar="K",
+        help="TensorFlow threads per step (and the CPUs a Ray task holds on a CPU-only cluster). "
+             "Default: this machine's cores divided among the N workers; 1 on Ray."),
 ) -> None:
     """Run a YAML recipe; finished steps are skipped, interrupted ones resume."""
     from invkeras.recipes import CompareStep, EstimateMIStep, load_recipe, run_recipe
+    from invkeras.recipes.executors import make_executor
 
     parsed = load_recipe(recipe, set_, allow_outside_workspace=allow_outside_workspace)
+    runner = make_executor(executor, parallel=parallel, address=address, cpus_per_step=cpus_per_step,
+                           console=console)
     variant = f", variant '{parsed.scale}'" if parsed.scale in parsed.variants else ""
     console.print(f"[bold]recipe[/bold] {parsed.name}: {len(parsed.steps)} step(s), scale {parsed.scale}{variant}")
     results = run_recipe(
-        parsed, source=recipe, on_step=lambda name, step: console.rule(f"step {name} ({step.command})")
+        parsed, source=recipe, on_step=lambda name, step: console.rule(f"step {name} ({step.command})"),
+        executor=runner,
     )
     rows = [[r.name, r.command, r.status, f"{r.seconds:.1f} s", r.summary] for r in results]
     console.print(_table(f"Recipe {parsed.name}", ["step", "command", "status", "time", "result"], rows))
@@ -893,6 +937,186 @@ def attack(
             ["wall time", f"{result.seconds:.1f} s"]]
     console.print(_table("Attack on the representation", ["", "value"], rows))
     console.print("written: " + ", ".join(str(p) for p in result.paths))
+
+
+def _parse_dims(text: str) -> dict[str, int]:
+    """'shape=3,size=2' -> {'shape': 3, 'size': 2}."""
+    dims = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise InvkerasError(f"--dims {text!r}: expected FACTOR=N pairs, e.g. shape=3,size=2")
+        dims[name.strip()] = int(value)
+    return dims
+
+
+@app.command(
+    "train-factors",
+    epilog=_examples(
+        "invkeras train-factors --inverter runs/procedural/conv/inverters/cinn/fc3   # all five procedural factors",
+        "invkeras train-factors --inverter runs/procedural/conv/inverters/cinn/logits --factor shape --factor size",
+        "invkeras train-factors --inverter runs/idx-mnist-full/conv/inverters/cinn/fc3 --pairs labels   # class + style",
+        "invkeras train-factors --features runs/procedural/conv/features/fc3 --dims shape=2,size=2,row=3,col=3,intensity=2",
+        "invkeras train-factors --inverter DIR --shuffled   # the control: shuffled pair labels",
+    ),
+)
+def train_factors(
+    inverter: Optional[str] = typer.Option(None, help="A cinn inverter (directory or inverter.keras): r = (h, v)."),
+    features: Optional[str] = typer.Option(None, help="Extract directory or .npz with x, h (and y): r = h."),
+    pairs: Optional[str] = typer.Option(None, help="factors (the procedural factors; a pair shares exactly one) | "
+                                                   "labels (pairs of one class) [default: factors]."),
+    factor: List[str] = typer.Option([], "--factor", help="A factor that gets a block (repeatable) [default: all five; "
+                                                          "'class' for labels]."),
+    dims: Optional[str] = typer.Option(None, help="Block sizes FACTOR=N,... [default: the estimate from pairs]."),
+    shuffled: bool = typer.Option(False, "--shuffled", help="Control: shuffle the pairs' shared-factor labels."),
+    rho: Optional[float] = typer.Option(None, help="Correlation of a shared factor's blocks [default: 0.975]."),
+    noise: Optional[float] = typer.Option(None, help="Dequantisation noise, std in standardised r [default: 0.05]."),
+    num_blocks: Optional[int] = typer.Option(None, help="Flow blocks [default: 8]."),
+    hidden: Optional[int] = typer.Option(None, help="Coupling network width [default: 128]."),
+    depth: Optional[int] = typer.Option(None, help="Hidden layers per coupling network [default: 2]."),
+    batch_size: Optional[int] = typer.Option(None, help="Pairs per step [default: 128]."),
+    learning_rate: Optional[float] = typer.Option(None, help="Adam learning rate [default: 0.001]."),
+    lr_decay: Optional[float] = typer.Option(None, help="Learning-rate factor per step [default: 0.9995]."),
+    max_steps: Optional[int] = typer.Option(None, help="[default: 4000]"),
+    steps_per_checkpoint: Optional[int] = typer.Option(None, help="[default: 500]"),
+    patience: Optional[int] = typer.Option(None, help="Checkpoint intervals without improvement [default: 5]."),
+    num_pairs: Optional[int] = typer.Option(None, help="Training pairs, a fixed seeded pool [default: 100000]."),
+    eval_pairs: Optional[int] = typer.Option(None, help="Validation pairs [default: 2000]."),
+    dim_pairs: Optional[int] = typer.Option(None, help="Pairs for the dimensionality estimate [default: 5000]."),
+    train_examples: Optional[int] = typer.Option(None, help="Use the first N stored training examples only."),
+    seed: Optional[int] = typer.Option(None, help="[default: 0]"),
+    out: Optional[str] = typer.Option(None, help="Output directory [default: <inverter dir>/factor_inn/<pairs>]."),
+) -> None:
+    """Train a factor INN (Esser, Rombach & Ommer 2020) on a representation: z~ = T(r) split into one block
+    per semantic factor plus a residual, learnt from pairs that share a factor. Resumable."""
+    options = _given(locals())
+    from invkeras.factors.config import FactorConfig
+    from invkeras.factors.training import train_factors as train
+
+    options.pop("shuffled")
+    if shuffled:
+        options["shuffled"] = True
+    if not factor:
+        options.pop("factor")
+    if dims is not None:
+        options["dims"] = _parse_dims(dims)
+    result = train(FactorConfig(**options))
+    estimate = result.dimensions
+    scores = dict(zip(estimate["names"], estimate["scores"])) if estimate["scores"] else {}
+    correlations = result.validation["block_correlations"]
+    rows = [[b["name"], b["size"], f"{scores[b['name']]:.3f}" if b["name"] in scores else "",
+             f"{correlations[k][k]:.3f}" if k < len(correlations[k]) and correlations[k][k] is not None else ""]
+            for k, b in enumerate(result.blocks)]
+    console.print(_table(f"Factor blocks ({estimate['method']}; {estimate['dim']} dimensions)",
+                         ["block", "dims", "score", "pair correlation (target rho)"], rows))
+    v = result.validation
+    console.print(_table("Factor INN", ["", "value"], [
+        ["model", result.model_path],
+        ["validation pair NLL, nats/dim", f"{v['pair_nll_nats_per_dim']:.4f} ± {v['se']:.4f} "
+                                          f"(initial {v['initial_pair_nll_nats_per_dim']:.4f})"],
+        ["steps", result.steps], ["wall time", f"{result.seconds:.1f} s"]]))
+
+
+@app.command(
+    "edit-factors",
+    epilog=_examples(
+        "invkeras edit-factors --factors runs/procedural/conv/inverters/cinn/fc3/factor_inn/factors --factor size",
+        "invkeras edit-factors --factors DIR --factor row --factor col --num-pairs 12 --walk 0,0.5,1",
+        "invkeras edit-factors --factors runs/idx-mnist-full/conv/inverters/cinn/fc3/factor_inn/labels   # class, residual",
+    ),
+)
+def edit_factors(
+    factors: str = typer.Option(..., help="A factor INN directory (train-factors)."),
+    factor: List[str] = typer.Option([], "--factor", help="A block to edit (repeatable) [default: every factor's]."),
+    num_pairs: Optional[int] = typer.Option(None, help="Pairs (A, B), the rows of each grid [default: 8]."),
+    walk: Optional[str] = typer.Option(None, help="Walk positions, 0 = A's block, 1 = B's [default: 0,0.25,0.5,0.75,1]."),
+    seed: Optional[int] = typer.Option(None, help="Same seed, same pairs [default: 0]."),
+    out: Optional[str] = typer.Option(None, help="Output directory [default: <factors dir>/edits]."),
+) -> None:
+    """Swap one factor's block between two images and decode (A with B's block), and walk A's block towards
+    B's: PNG grids, plus what every edited image reads back as (its exact factors on procedural data)."""
+    options = _given(locals())
+    from invkeras.analyses.factors import EditFactorsConfig
+    from invkeras.analyses.factors import edit_factors as run_edit
+
+    if not factor:
+        options.pop("factor")
+    if walk is not None:
+        options["walk"] = _parse_floats(walk, "--walk")
+    result = run_edit(EditFactorsConfig(**options))
+    rows = [[name, ", ".join(p.name for p in paths),
+             *[f"{result.summary[name].get(k):.0%}" if result.summary[name].get(k) is not None else ""
+               for k in ("share_edit_accuracy", "share_target", "share_others_kept")]]
+            for name, paths in result.grids.items()]
+    console.print(_table("Factor edits (procedural: exact factors of the decoded swaps)",
+                         ["block", "grids", "edit accuracy", "target value", "others kept"], rows))
+    console.print(f"written: {result.json_path}, {result.arrays_path}")
+
+
+@app.command(
+    "score-factors",
+    epilog=_examples(
+        "invkeras score-factors --factors runs/procedural/conv/inverters/cinn/fc3/factor_inn/factors",
+        "invkeras score-factors --factors DIR_FC3 --factors DIR_LOGITS --out runs/procedural/conv/factor_scores",
+        "invkeras score-factors --factors runs/idx-mnist-full/conv/inverters/cinn/fc3/factor_inn/labels --num-pairs 500",
+    ),
+)
+def score_factors(
+    factors: List[str] = typer.Option(..., "--factors", help="A factor INN directory (repeatable: one per layer)."),
+    label: List[str] = typer.Option([], "--label", help="Row name per model, in order [default: the layers]."),
+    num_pairs: Optional[int] = typer.Option(None, help="Swaps per block [default: 2000]."),
+    seed: Optional[int] = typer.Option(None, help="[default: 0]"),
+    out: Optional[str] = typer.Option(None, help="Output directory [default: the one model's; required with several]."),
+) -> None:
+    """Per layer: the dimensions per factor, and on procedural data the disentanglement matrix (normalised
+    mutual information of swapped blocks and exact factors) and edit accuracy; for label pairs, the share of
+    class swaps that take the other image's label. Tables, scores.json/.csv and plots."""
+    options = _given(locals())
+    from invkeras.analyses.factors import ScoreFactorsConfig
+    from invkeras.analyses.factors import score_factors as run_score
+
+    options.pop("label")
+    if label:
+        options["labels"] = label
+    result = run_score(ScoreFactorsConfig(**options))
+    for table in factor_score_tables(result.rows):
+        console.print(table)
+    console.print("written: " + ", ".join(str(p) for p in [result.json_path, result.csv_path, *result.plots]))
+
+
+def factor_score_tables(rows: list[dict]) -> list[Table]:
+    """Block sizes per layer, then accuracies and label swaps per layer, then each layer's matrix."""
+
+    def pct(value):
+        return "" if value is None else f"{value:.0%}"
+
+    blocks = list(dict.fromkeys(b["name"] for r in rows for b in r["blocks"]))
+    sizes = [[r["label"], r["dim"], *[next((str(b["size"]) for b in r["blocks"] if b["name"] == name), "")
+                                      for name in blocks]] for r in rows]
+    tables = [_table("Dimensions per factor block", ["layer", "dim", *blocks], sizes)]
+    names = list(dict.fromkeys(name for r in rows for name in (r.get("edit_accuracy") or {})))
+    columns = [*[f"edit {n}" for n in names]]
+    if any(r.get("label_swaps") for r in rows):
+        columns += ["recon.: A's label", "class swap: B's label", "residual swap: A's label"]
+    summary = []
+    for r in rows:
+        swaps = r.get("label_swaps") or {}
+        row = [r["label"], pct(r.get("reconstruction_accuracy")),
+               *[pct((r.get("edit_accuracy") or {}).get(n, {}).get("edit_accuracy")) for n in names]]
+        if len(columns) > len(names):
+            row += [pct(swaps.get(k)) for k in ("reconstruction_keeps_a_label", "class_swap_takes_b_label",
+                                                "residual_swap_keeps_a_label")]
+        summary.append(row)
+    if columns or any(r.get("reconstruction_accuracy") is not None for r in rows):
+        tables.append(_table("Edits read back: reconstruction, edit accuracy, label swaps", ["layer", "recon.",
+                                                                                            *columns], summary))
+    for r in rows:
+        matrix = r.get("disentanglement")
+        if matrix:
+            body = [[b, *[f"{v:.2f}" for v in values]] for b, values in zip(matrix["blocks"], matrix["matrix"])]
+            tables.append(_table(f"{r['label']}: disentanglement, I(f of swap; f of B) / H(f), {r['num_pairs']} swaps",
+                                 ["block", *matrix["factors"]], body))
+    return tables
 
 
 @app.callback(invoke_without_command=True)

@@ -21,8 +21,17 @@ from invkeras.errors import InvkerasError
 from invkeras.data.features import load_model
 
 
+def _require_tensorflow() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise InvkerasError("export writes TensorFlow SavedModels and needs TensorFlow, which is not installed in this "
+                            "environment (the JAX one has none); export from the TensorFlow environment (.venv)")
+
+
 def export_saved_model(model_or_path: keras.Model | str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write `model_or_path` as a TF SavedModel at `out_dir` (replacing it) and return the path."""
+    _require_tensorflow()
     if keras.backend.backend() not in ("tensorflow", "jax"):
         raise InvkerasError(
             f"SavedModel export needs KERAS_BACKEND=tensorflow or jax, not {keras.backend.backend()}"
@@ -51,6 +60,7 @@ def export_saved_model(model_or_path: keras.Model | str | os.PathLike, out_dir: 
 
 def export_inverter(inverter_path: str | os.PathLike, out_dir: str | os.PathLike, *, batch_size: int = 16) -> Path:
     """Write an inverter of any kind that can be exported as a SavedModel with named signatures."""
+    _require_tensorflow()
     import tensorflow as tf
 
     from invkeras.inverters import load_inverter

@@ -259,6 +259,7 @@ def train(
     """
     from rich.console import Console
 
+    from invkeras.distribution import process_share
     from invkeras.progress import format_logs, progress_bar
 
     console = console or Console(stderr=True)
@@ -293,7 +294,7 @@ def train(
             sums: dict[str, float] = {}
             count = 0
             while step < interval_end:
-                index = order.indices(step)
+                index = process_share(order.indices(step))  # all of it, but in a multi-host JAX run
                 batch = {k: v[index] for k, v in arrays.items()}
                 if batch_transform is not None:
                     batch = batch_transform(batch)

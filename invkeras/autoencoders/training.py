@@ -161,8 +161,10 @@ def train_autoencoder(config: AutoencoderConfig, *, hooks=(), progress: bool = T
     model = build_autoencoder(image_shape, latent_dim, config.filters, noise=config.latent_noise,
                               kl_weight=config.kl_weight, seed=config.seed)
     from invkeras.autoencoders.network import PixelLoss
+    from invkeras.distribution import training_jit
 
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=PixelLoss(config.loss), jit_compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=PixelLoss(config.loss),
+                  jit_compile=training_jit())  # off under TF, on under JAX
     mean_image = x.astype(np.float64).mean(axis=0)
 
     def validate():

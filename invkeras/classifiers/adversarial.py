@@ -96,14 +96,19 @@ def _tf_gradient(model):
 
 
 def _jax_gradient(model):
+    """Compiled once per model; the weights are arguments (`stateless_call`), so the function
+    keeps up with a model that trains between calls (adversarial training)."""
     import jax
+    import keras
 
-    def total(x, y):
-        loss = _loss(model, x, y)
+    def total(x, y, trainable, non_trainable):
+        logits, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+        loss = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         return loss.sum(), loss
 
-    grad = jax.grad(total, has_aux=True)
-    return lambda x, y: grad(x, y)
+    grad = jax.jit(jax.grad(total, has_aux=True))
+    return lambda x, y: grad(x, y, [v.value for v in model.trainable_variables],
+                             [v.value for v in model.non_trainable_variables])
 
 
 def _loss(model, x, y):

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from invkeras import artifacts
 from invkeras.classifiers.architectures import ARCHITECTURES, DEFAULT_DROPOUT_RATE, build_classifier
-from invkeras.distribution import STRATEGIES, get_strategy, num_replicas, strategy_scope
+from invkeras.distribution import STRATEGIES, check_batch_split, get_strategy, num_replicas, strategy_scope
 from invkeras.training import BACKUP_DIR, Backup, CompiledModelTrainee, Schedule, TrainingHook, train, trajectory_settings
 
 CHECKPOINT_DIR = "checkpoints"
@@ -214,6 +214,14 @@ def train_classifier(
     validation and early stopping (on validation accuracy, restoring the best epoch) happen
     once per epoch. `hooks` observe the loop (tests use them to simulate kills and NaNs).
     """
+    strategy = get_strategy(config.strategy)
+    # The whole run is in the strategy's scope: a TF strategy places the variables, and a
+    # JAX distribution must be current at every step to shard the batch.
+    with strategy_scope(strategy):
+        return _train_classifier(config, strategy, hooks, progress)
+
+
+def _train_classifier(config: ClassifierConfig, strategy, hooks: Sequence[TrainingHook], progress: bool):
     from invkeras.data import dataset_info, load_arrays
 
     start = time.monotonic()
@@ -222,37 +230,37 @@ def train_classifier(
     run = out.parent
     checkpoint_dir = run / CHECKPOINT_DIR
 
-    strategy = get_strategy(config.strategy)
     info = dataset_info(config.dataset, data_dir=config.data_dir, seed=config.seed)
     x, y = load_arrays(config.dataset, "train", data_dir=config.data_dir, seed=config.seed, limit=config.train_examples)
     val_x, val_y = load_arrays(config.dataset, "validation", data_dir=config.data_dir, seed=config.seed)
     test_x, test_y = load_arrays(config.dataset, "test", data_dir=config.data_dir, seed=config.seed)
     data = _info_dict(info)
+    check_batch_split(strategy, config.batch_size,  # training keeps each pass's last batch; evaluate too
+                      remainders={"train": len(x), "validation": len(val_x), "test": len(test_x)})
 
-    with strategy_scope(strategy):
-        model = build_classifier(
-            config.arch, info.image_shape, info.num_classes, dropout_rate=config.effective_dropout_rate()
-        )
-        model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
+    model = build_classifier(
+        config.arch, info.image_shape, info.num_classes, dropout_rate=config.effective_dropout_rate()
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
 
-        def validate():
-            logs = model.evaluate(val_x.astype("float32"), val_y, batch_size=config.batch_size, verbose=0,
-                                  return_dict=True)
-            return {"val_loss": float(logs["loss"]), "val_accuracy": float(logs["accuracy"])}
+    def validate():
+        logs = model.evaluate(val_x.astype("float32"), val_y, batch_size=config.batch_size, verbose=0,
+                              return_dict=True)
+        return {"val_loss": float(logs["loss"]), "val_accuracy": float(logs["accuracy"])}
 
-        attack = config.attack()
-        trainee_class = CompiledModelTrainee
-        options = {}
-        if config.adversarial == "pgd":
-            from invkeras.classifiers.adversarial import AdversarialTrainee
+    attack = config.attack()
+    trainee_class = CompiledModelTrainee
+    options = {}
+    if config.adversarial == "pgd":
+        from invkeras.classifiers.adversarial import AdversarialTrainee
 
-            trainee_class, options = AdversarialTrainee, {"attack": attack, "seed": config.seed}
-        trainee = trainee_class(model, inputs=lambda batch: batch["x"].astype("float32"),
-                                targets=lambda batch: batch["y"], validate=validate, **options)
+        trainee_class, options = AdversarialTrainee, {"attack": attack, "seed": config.seed}
+    trainee = trainee_class(model, inputs=lambda batch: batch["x"].astype("float32"),
+                            targets=lambda batch: batch["y"], validate=validate, **options)
 
     steps_per_epoch = config.steps_per_epoch or math.ceil(len(x) / config.batch_size)
     schedule = Schedule(max_steps=config.epochs * steps_per_epoch, steps_per_checkpoint=steps_per_epoch,

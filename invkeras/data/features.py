@@ -131,7 +131,7 @@ def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[st
     are skipped, so an interrupted extraction resumes where it stopped.
     """
     from invkeras.classifiers.architectures import layer_output_model
-    from invkeras.data import dataset_info, load
+    from invkeras.data import dataset_info, iter_batches
 
     if not config.model and not config.model_path().is_file():
         raise InvkerasError(f"no classifier trained yet for --dataset {config.dataset} --arch {config.arch} (looked for "
@@ -159,10 +159,8 @@ def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[st
             results[layer][split] = config.split_dir(layer, split) / MANIFEST
         if not todo:
             continue
-        data = load(config.dataset, split, data_dir=config.data_dir, seed=config.seed)
-        if config.limit is not None:
-            data = data.take(config.limit)
-        batches = data.batch(config.batch_size).prefetch(2).as_numpy_iterator()
+        batches = iter_batches(config.dataset, split, config.batch_size, data_dir=config.data_dir, seed=config.seed,
+                               limit=config.limit)
         manifests = _write_split(
             batches,
             extractor,
@@ -341,8 +339,14 @@ class FeatureSet:
             yield carry
 
     def as_dataset(self):
-        """An unbatched tf.data.Dataset of {"x", "h"} streaming shard by shard."""
-        import tensorflow as tf
+        """An unbatched tf.data.Dataset of {"x", "h"} streaming shard by shard, for TensorFlow
+        users' own pipelines. invkeras itself reads features with `iter_batches` and `load_all`
+        (NumPy), so training, sampling and estimate-mi need no TensorFlow."""
+        try:
+            import tensorflow as tf
+        except ImportError:
+            raise InvkerasError(f"features {self.path}: as_dataset needs TensorFlow, which is not installed; "
+                                "iter_batches gives the same examples as NumPy batches") from None
 
         shards = [str(p) for p in self.shard_files]
 

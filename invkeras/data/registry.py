@@ -1,4 +1,4 @@
-"""Dataset specs -> deterministic tf.data pipelines and NumPy arrays.
+"""Dataset specs -> deterministic NumPy arrays and batches (and tf.data pipelines).
 
 A *spec* names where images come from:
 
@@ -37,6 +37,12 @@ that fails at once (a 3-second reachability check first, because TFDS itself ret
 minutes) with an `InvkerasError` saying how to point at a local copy instead.
 
 Relative paths in specs are resolved against the current working directory.
+
+TensorFlow is imported only where it is really needed: by the TFDS sources (``mnist``,
+``tfds:NAME``, ``affnist``, ...) and by `load`, which hands out a tf.data pipeline. The
+procedural and local sources and the affNIST-style transform are NumPy throughout, and
+`iter_batches` streams any source as NumPy batches, so extraction and training work under
+``KERAS_BACKEND=jax`` in an environment without TensorFlow.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import dataclasses
 import functools
 import socket
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -168,8 +174,11 @@ def _one_line(exc: BaseException, limit: int = 160) -> str:
 
 
 def _tf():
-    import tensorflow as tf
-
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise InvkerasError("this needs TensorFlow (tf.data), which is not installed in this environment; "
+                            "data.iter_batches and data.load_arrays read every non-TFDS source without it") from None
     return tf
 
 
@@ -181,7 +190,22 @@ def _take(x: np.ndarray, y: np.ndarray, limit: int | None) -> tuple[np.ndarray, 
     return (x, y) if limit is None else (x[:limit], y[:limit])
 
 
-class _ProceduralSource:
+def _array_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+class _InMemorySource:
+    """A source whose splits are NumPy arrays anyway: batches are slices of them."""
+
+    def batches(self, split: str, batch_size: int, limit: int | None):
+        return _array_batches(*self.arrays(split, limit), batch_size)
+
+    def dataset(self, split: str):
+        return _arrays_to_dataset(*self.arrays(split, None))
+
+
+class _ProceduralSource(_InMemorySource):
     def __init__(self, spec: Spec, seed: int):
         self.spec, self.seed = spec, seed
 
@@ -200,9 +224,6 @@ class _ProceduralSource:
         x, y, _ = procedural.load_split_with_factors(split, seed=self.seed)
         return _take(x, y, limit)
 
-    def dataset(self, split: str):
-        return _arrays_to_dataset(*self.arrays(split, None))
-
 
 @functools.lru_cache(maxsize=4)
 def _read_local_pools(spec: str, kind: str, path: str, modified_ns: int) -> local.LocalPools:
@@ -212,7 +233,7 @@ def _read_local_pools(spec: str, kind: str, path: str, modified_ns: int) -> loca
     return reader(spec, Path(path))
 
 
-class _LocalSource:
+class _LocalSource(_InMemorySource):
     def __init__(self, spec: Spec, seed: int):
         self.spec, self.seed = spec, seed
         path = Path(spec.target).expanduser()
@@ -248,9 +269,6 @@ class _LocalSource:
         x, y = _take(x, y, limit)
         return x.copy(), y.copy()  # never hand out the cached arrays themselves
 
-    def dataset(self, split: str):
-        return _arrays_to_dataset(*self.arrays(split, None))
-
 
 def _network_available() -> bool:
     """Whether a TFDS download could possibly work; answers within a few seconds."""
@@ -262,8 +280,12 @@ def _network_available() -> bool:
 
 
 def _tfds():
-    import tensorflow_datasets as tfds
-
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise InvkerasError("TFDS datasets (mnist, cifar10, tfds:NAME, affnist, ...) need tensorflow-datasets and "
+                            "TensorFlow, which are not installed in this environment; use idx:DIR, npz:FILE, "
+                            "folder:DIR or procedural, or --features") from None
     return tfds
 
 
@@ -360,6 +382,13 @@ class _TfdsSource:
             ds = ds.enumerate().filter(lambda i, example: keep[i]).map(lambda i, example: example)
         return ds.map(lambda image, label: (tf.cast(image, tf.uint8), tf.cast(label, tf.int64)))
 
+    def batches(self, split: str, batch_size: int, limit: int | None):
+        """Streamed through tf.data, so a large split never sits in memory whole."""
+        ds = self.dataset(split)
+        if limit is not None:
+            ds = ds.take(limit)
+        return ds.batch(batch_size).prefetch(2).as_numpy_iterator()
+
     def arrays(self, split: str, limit: int | None):
         ds = self.dataset(split)
         if limit is not None:
@@ -373,7 +402,7 @@ class _TfdsSource:
         return np.concatenate(xs), np.concatenate(ys)
 
 
-class _AffineStyleSource:
+class _AffineStyleSource(_InMemorySource):
     """Any 28x28x1 source, each image placed on 40x40 by an affNIST-style transform.
 
     Example i of split s always gets the transform from `affine.example_rng(seed, s, i)`,
@@ -404,9 +433,6 @@ class _AffineStyleSource:
         x, y = self.inner.arrays(split, limit)
         return affine.transform_batch(x, seed=self.seed, stream=SPLITS.index(split)), y
 
-    def dataset(self, split: str):
-        return _arrays_to_dataset(*self.arrays(split, None))
-
 
 def _make_source(spec: str, data_dir: str | None, seed: int):
     parsed = parse_spec(spec)
@@ -433,6 +459,19 @@ def load(spec: str, split: str, *, data_dir: str | None = None, seed: int = 0):
     """Unbatched tf.data.Dataset of (image uint8 [H, W, C], label int64), in a fixed order."""
     _check_split(spec, split)
     return _make_source(spec, data_dir, seed).dataset(split)
+
+
+def iter_batches(spec: str, split: str, batch_size: int, *, data_dir: str | None = None, seed: int = 0,
+                 limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The split as NumPy batches (x uint8 NHWC, y int64) in its fixed order; the last may be
+    smaller. TFDS splits are streamed through tf.data; every other source is NumPy only."""
+    _check_split(spec, split)
+    if batch_size < 1:
+        raise InvkerasError(f"dataset {spec!r}: batch size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 0:
+        raise InvkerasError(f"dataset {spec!r}: limit must be >= 0, got {limit}")
+    for x, y in _make_source(spec, data_dir, seed).batches(split, batch_size, limit):
+        yield np.asarray(x, dtype=np.uint8), np.asarray(y, dtype=np.int64)
 
 
 def load_arrays(

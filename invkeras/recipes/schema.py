@@ -48,6 +48,7 @@ from invkeras import artifacts
 from invkeras.analyses.attack import AttackConfig
 from invkeras.analyses.compare import CompareConfig
 from invkeras.analyses.edit import EDITS_DIR, EditConfig, shift_list
+from invkeras.analyses.factors import EditFactorsConfig, ScoreFactorsConfig
 from invkeras.analyses.ground_truth import GroundTruthConfig
 from invkeras.analyses.mi import EstimateMIConfig
 from invkeras.analyses.mix import MixConfig
@@ -56,11 +57,12 @@ from invkeras.autoencoders.training import AutoencoderConfig
 from invkeras.classifiers.training import ClassifierConfig
 from invkeras.data.features import ExtractConfig
 from invkeras.errors import InvkerasError
+from invkeras.factors.config import FACTORS_DIR, FactorConfig, checked_factor_names, factor_dir_name
 
 # Keys a recipe sets once at the top and every step inherits unless it sets its own.
 SHARED_KEYS = ("dataset", "data_dir", "seed", "workspace", "arch", "scale")
 COMMANDS = ("train-classifier", "extract", "export", "train-inverter", "sample", "compare", "estimate-mi", "edit",
-            "train-autoencoder", "mix", "attack", "ground-truth")
+            "train-autoencoder", "mix", "attack", "ground-truth", "train-factors", "edit-factors", "score-factors")
 DEFAULT_KIND = "pixelcnn"
 
 
@@ -251,7 +253,76 @@ class GroundTruthStep(GroundTruthConfig):
     command: Literal["ground-truth"]
 
 
+class FactorModelsInWorkspace(InvertersInWorkspace):
+    """Steps on the factor INNs of the layers' inverters (kind cinn by default), each in
+    <inverter dir>/factor_inn/<pairs> (`<pairs>-shuffled` for the control)."""
+
+    kind: str = Field("cinn", description="the kind of the inverters whose (h, v) the factor INNs work on")
+    pairs: Literal["factors", "labels"] = Field("factors", description="factors (procedural) | labels")
+    shuffled: bool = Field(False, description="the control: factor INNs trained on shuffled pair labels")
+
+    def factor_dir(self, layer: str) -> Path:
+        return self.inverter(layer) / FACTORS_DIR / factor_dir_name(self.pairs, self.shuffled)
+
+
+class TrainFactorsStep(create_model("_TrainFactorsFields", __base__=FactorModelsInWorkspace,
+                                    **_fields_of(FactorConfig, without=("inverter", "features", "out", "pairs",
+                                                                        "shuffled")))):
+    """One factor INN per layer's cinn inverter (Esser, Rombach & Ommer 2020), resumable."""
+
+    command: Literal["train-factors"]
+
+    @field_validator("factor")
+    @classmethod
+    def _known_factors(cls, value, info):
+        return checked_factor_names(value, info.data.get("pairs", "factors"))  # checked when the recipe is read
+
+    def config(self, layer: str) -> FactorConfig:
+        values = {k: v for k, v in self.model_dump().items() if k in FactorConfig.model_fields}
+        return FactorConfig(**values, inverter=str(self.inverter(layer)), out=str(self.factor_dir(layer)))
+
+    def outputs(self) -> list[Path]:
+        return [self.config(layer).model_path() for layer in self.layers]
+
+
+class EditFactorsStep(create_model("_EditFactorsFields", __base__=FactorModelsInWorkspace,
+                                   **_fields_of(EditFactorsConfig, without=("factors", "out")))):
+    """Swap and walk grids of each layer's factor INN, in <factor dir>/edits/."""
+
+    command: Literal["edit-factors"]
+
+    def out(self, layer: str) -> Path:
+        from invkeras.analyses.factors import EDITS_DIR
+
+        return self.factor_dir(layer) / EDITS_DIR
+
+    def outputs(self) -> list[Path]:
+        from invkeras.analyses.factors import EDITS_JSON
+
+        return [self.out(layer) / EDITS_JSON for layer in self.layers]
+
+
+class ScoreFactorsStep(create_model("_ScoreFactorsFields", __base__=FactorModelsInWorkspace,
+                                    **_fields_of(ScoreFactorsConfig, without=("factors", "labels", "out")))):
+    """Dimensions, disentanglement matrices, edit accuracy and label swaps of the layers' factor
+    INNs, one table in runs/<dataset>/<arch>/factor_scores/<pairs>/."""
+
+    command: Literal["score-factors"]
+
+    def out(self) -> Path:
+        return artifacts.run_dir(self.dataset, self.arch, self.workspace) / "factor_scores" / factor_dir_name(
+            self.pairs, self.shuffled)
+
+    def outputs(self) -> list[Path]:
+        from invkeras.analyses.factors import SCORES_JSON
+
+        return [self.out() / SCORES_JSON]
+
+
 _STEP_MODELS: dict[str, type[BaseModel]] = {
+    "train-factors": TrainFactorsStep,
+    "edit-factors": EditFactorsStep,
+    "score-factors": ScoreFactorsStep,
     "ground-truth": GroundTruthStep,
     "train-classifier": TrainClassifierStep,
     "train-autoencoder": TrainAutoencoderStep,

@@ -271,3 +271,73 @@ def plot_accuracy(
     axes.grid(True, axis="y", alpha=0.3)
     drawn = [{"label": label, "accuracy": value} for label, value in zip(labels, values)]
     return _save(figure, path, plot="accuracy", data=drawn)
+
+
+def plot_factor_dimensions(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """Dimensions per factor block of each layer's factor INN, as stacked horizontal bars.
+
+    Each row needs "label" (the layer), "dim" and "blocks": a list of {"name", "size"} (the
+    factors, then the residual), e.g. from the dimensionality estimate of `train-factors`.
+    """
+    rows = _check_rows(rows, "plot_factor_dimensions")
+    names = list(dict.fromkeys(block["name"] for row in rows for block in row["blocks"]))
+    colours = {name: ("lightgrey" if name == "residual" else f"C{i % 10}") for i, name in enumerate(names)}
+    figure = _new_figure(width=7.5, height=1.6 + 0.45 * len(rows))
+    axes = figure.add_subplot(1, 1, 1)
+    for y, row in enumerate(rows):
+        left = 0
+        for block in row["blocks"]:
+            size = int(block["size"])
+            axes.barh(y, size, left=left, color=colours[block["name"]], edgecolor="white", label=block["name"])
+            if size:
+                axes.annotate(str(size), (left + size / 2, y), ha="center", va="center", fontsize="small")
+            left += size
+    axes.set_yticks(range(len(rows)))
+    axes.set_yticklabels([str(row["label"]) for row in rows])
+    axes.invert_yaxis()
+    axes.set_xlabel("dimensions of the representation")
+    axes.set_title(title or "Dimensions per semantic factor (estimate)")
+    handles, labels = axes.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))  # one legend entry per factor, not per bar
+    axes.legend(unique.values(), unique.keys(), fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    drawn = [{"label": row["label"], "dim": row.get("dim"), "blocks": [dict(b) for b in row["blocks"]]} for row in rows]
+    return _save(figure, path, plot="factor_dimensions", data=drawn)
+
+
+def plot_disentanglement(
+    matrix: Sequence[Sequence[float]],
+    path: str | Path,
+    *,
+    blocks: Sequence[str],
+    factors: Sequence[str],
+    title: str | None = None,
+) -> Path:
+    """Heat map of a disentanglement matrix: rows the INN's blocks, columns the true factors,
+    cells the normalised mutual information in [0, 1], each written in its cell."""
+    import numpy as np
+
+    values = np.asarray(matrix, dtype=float)
+    if values.shape != (len(blocks), len(factors)):
+        raise ValueError(f"plot_disentanglement: matrix {values.shape} for {len(blocks)} blocks x {len(factors)} "
+                         "factors")
+    figure = _new_figure(width=1.2 + 0.9 * len(factors), height=1.0 + 0.55 * len(blocks))
+    axes = figure.add_subplot(1, 1, 1)
+    image = axes.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    for i in range(len(blocks)):
+        for j in range(len(factors)):
+            axes.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize="small",
+                      color="black" if values[i, j] > 0.6 else "white")
+    axes.set_xticks(range(len(factors)))
+    axes.set_xticklabels(list(factors))
+    axes.set_yticks(range(len(blocks)))
+    axes.set_yticklabels([f"block {b}" for b in blocks])
+    axes.set_xlabel("true factor")
+    axes.set_title(title or "I(factor of swap; factor of donor) / H(factor)", fontsize="medium")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    return _save(figure, path, plot="disentanglement", data={"blocks": list(blocks), "factors": list(factors),
+                                                             "matrix": values.tolist()})

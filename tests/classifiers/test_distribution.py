@@ -52,3 +52,15 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
     meta = json.loads((model.parent / "model.keras.meta.json").read_text())
     assert meta["results"]["replicas"] == 2
     assert 0.0 <= result["test_accuracy"] <= 1.0
+
+
+def test_a_strategy_the_backend_cannot_do_is_one_line():
+    """Under TensorFlow, JAX's data-parallel is refused in one line naming the alternative."""
+    from invkeras.distribution import check_batch_split, get_strategy, training_jit
+    from invkeras.errors import InvkerasError
+
+    with pytest.raises(InvkerasError, match="data-parallel is JAX's keras.distribution.DataParallel; under "
+                                            "KERAS_BACKEND=tensorflow use --strategy mirrored"):
+        get_strategy("data-parallel")
+    check_batch_split(get_strategy("default"), 7, remainders={"train": 9})  # one device: any batch
+    assert training_jit("auto") is False and training_jit("true") is True  # XLA measured slower on 2 CPU cores

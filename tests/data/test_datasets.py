@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from invkeras.data import SPLITS, DatasetInfo, dataset_info, list_sources, load, load_arrays
+from invkeras.data import SPLITS, DatasetInfo, dataset_info, iter_batches, list_sources, load, load_arrays
 from invkeras.data import affine, procedural, registry
 from invkeras.data.local import parse_idx, write_idx_file
 from invkeras.errors import InvkerasError
@@ -125,6 +125,24 @@ def test_load_gives_the_same_examples_as_load_arrays():
     pairs = list(ds.take(50).as_numpy_iterator())
     np.testing.assert_array_equal(np.stack([p[0] for p in pairs]), x)
     np.testing.assert_array_equal(np.array([p[1] for p in pairs]), y)
+
+
+@pytest.mark.parametrize("source", ["procedural", "affnist-style over npz"])
+def test_iter_batches_gives_the_examples_of_load_arrays_in_numpy_batches(source, tmp_path):
+    """The batches extraction reads (no tf.data for non-TFDS sources, so no TensorFlow)."""
+    spec = "procedural"
+    if source != "procedural":  # a 28x28x1 local source under the affNIST-style transform
+        x28 = np.pad(procedural.generate(30, seed=3)[0], ((0, 0), (4, 4), (4, 4), (0, 0)))
+        np.savez(tmp_path / "d.npz", x=x28, y=np.arange(30) % 4)
+        spec = f"affnist-style:npz:{tmp_path / 'd.npz'}"
+    x, y = load_arrays(spec, "train", limit=23)
+    batches = list(iter_batches(spec, "train", 10, limit=23))
+    assert [len(b[0]) for b in batches] == [10, 10, 3]
+    assert all(b[0].dtype == np.uint8 and b[1].dtype == np.int64 for b in batches)
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y)
+    with pytest.raises(InvkerasError, match="batch size must be >= 1"):
+        next(iter_batches(spec, "train", 0))
 
 
 # --- split carving ------------------------------------------------------------------
@@ -351,6 +369,8 @@ def test_tfds_via_mock_data_carves_validation(monkeypatch):
         ds = load("mnist", "validation")
         assert ds.element_spec[0].dtype.name == "uint8" and ds.element_spec[1].dtype.name == "int64"
         validation = list(ds.as_numpy_iterator())
+        batches = list(iter_batches("mnist", "validation", 1))  # streamed through tf.data
+        np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), np.stack([v[0] for v in validation]))
         train_x, train_y = load_arrays("tfds:mnist", "train")
         assert len(validation) == 2 and train_x.shape == (18, 28, 28, 1) and train_y.dtype == np.int64
         assert not hashes(np.stack([v[0] for v in validation])) & hashes(train_x)

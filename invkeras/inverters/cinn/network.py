@@ -20,6 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from invkeras.distribution import training_jit
 from invkeras.inverters.cinn.flows import ActNorm, DoubleCoupling, FixedPermutation, _leaky
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -208,5 +209,5 @@ def build_latent_flow(latent_dim: int, h_shape=None, *, num_blocks: int = 12, hi
     model = LatentFlowModel(flow, encoder, decoder, name="latent_flow")
     if learning_rate is not None:
         schedule = keras.optimizers.schedules.ExponentialDecay(learning_rate, decay_steps=1, decay_rate=lr_decay)
-        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=MeanOutputLoss(), jit_compile=False)
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=MeanOutputLoss(), jit_compile=training_jit())
     return model

@@ -115,10 +115,10 @@ class GANInverter(Inverter):
     @classmethod
     def train(cls, config: GANInverterConfig, *, hooks=(), progress: bool = True):
         from invkeras.inverters.gan.network import build_discriminator, build_generator, network_for
-        from invkeras.inverters.gan.trainee import GANTrainee, _require_tensorflow
+        from invkeras.inverters.gan.trainee import GANTrainee, _require_backend
         from invkeras.inverters.mse.network import h_statistics
 
-        _require_tensorflow()
+        _require_backend()
         data = cls.prepare(config)
         if len(data.h_shape) not in (1, 3):
             raise InvkerasError(f"--kind gan layer '{config.layer}': features of shape {data.h_shape} are neither a "

@@ -6,7 +6,18 @@ chunk. The trainee declares every variable a step touches (both networks with th
 spectral-norm vectors and batch-norm statistics, the EMA generator, both optimisers, and the
 state of the noise generator), so a resumed run continues exactly where a killed one stopped.
 
-The only backend-specific code is `_gradients` and `_compiled` below (TensorFlow now).
+The only backend-specific code is how gradients are taken and how the step is compiled
+(`_gradients`, `_compile`). Under TensorFlow the step is a tf.function and gradients come
+from a GradientTape; the step mutates the variables as it goes. JAX has no tape and its
+compiled functions must be pure, so there the whole step runs inside one
+`keras.StatelessScope` holding every state variable's value: reads see the scope's values,
+every assignment (optimiser updates, the EMA, spectral-norm and batch-norm statistics, the
+noise generator) is recorded in it, and the jitted function returns the new values, which
+are written back into the variables after the call. A gradient is `jax.value_and_grad` of
+the loss as a function of the differentiated variables' values, evaluated in an inner scope
+whose other values are the outer scope's current ones; the updates the loss makes on its
+way (spectral-norm vectors, batch statistics) are carried back into the outer scope. So the
+same `_train_step` code serves both backends.
 """
 
 from __future__ import annotations
@@ -23,27 +34,15 @@ ADAM_BETAS = (0.0, 0.999)  # BigGAN's (and the issue's) Adam: beta1 = 0
 ADAM_EPSILON = 1e-8
 
 
-def _require_tensorflow() -> None:
+BACKENDS = ("tensorflow", "jax")
+
+
+def _require_backend() -> str:
     backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise InvkerasError(f"train-inverter --kind gan: training needs the TensorFlow backend for now "
-                            f"(KERAS_BACKEND is {backend}); sampling a trained GAN works under any backend")
-
-
-def _gradients(loss_fn, variables):
-    """(loss, aux, gradients of loss w.r.t. variables) for `loss_fn() -> (loss, aux)`."""
-    import tensorflow as tf
-
-    with tf.GradientTape() as tape:
-        loss, aux = loss_fn()
-    return loss, aux, tape.gradient(loss, variables)
-
-
-def _compiled(fn):
-    """The step as one graph (no XLA: measured slower on 2 CPU cores for the PixelCNN too)."""
-    import tensorflow as tf
-
-    return tf.function(fn, jit_compile=False, reduce_retracing=True, autograph=False)
+    if backend not in BACKENDS:
+        raise InvkerasError(f"train-inverter --kind gan: training needs KERAS_BACKEND=tensorflow or jax, not "
+                            f"{backend}; sampling a trained GAN works under any backend")
+    return backend
 
 
 def unique(variables):
@@ -61,7 +60,7 @@ class GANTrainee:
     def __init__(self, generator, discriminator, ema_generator, *, batch_size: int, d_steps: int, noise_dim: int,
                  g_learning_rate: float, d_learning_rate: float, ema_decay: float, feature_matching: float = 0.0,
                  seed: int = 0, validate=None):
-        _require_tensorflow()
+        self.backend = _require_backend()
         self.generator, self.discriminator, self.ema_generator = generator, discriminator, ema_generator
         self.batch_size, self.d_steps, self.noise_dim = int(batch_size), int(d_steps), int(noise_dim)
         self.ema_decay, self.feature_matching = float(ema_decay), float(feature_matching)
@@ -76,7 +75,8 @@ class GANTrainee:
         self.g_optimizer.build(generator.trainable_variables)
         self.d_optimizer.build(discriminator.trainable_variables)
         self.noise = keras.random.SeedGenerator(seed)
-        self._step = _compiled(self._train_step)
+        self._scope = None  # under JAX, the StatelessScope of the step being traced
+        self._step = self._compile()
 
     # --- the Trainee protocol -----------------------------------------------------------
 
@@ -100,6 +100,65 @@ class GANTrainee:
     def validate(self):
         return dict(self._validate()) if self._validate else {}
 
+    # --- the backend-specific part -----------------------------------------------------
+
+    def _compile(self):
+        """The step as one compiled function: `fn(x, h) -> logs` that updates the variables."""
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            # No XLA: measured slower on 2 CPU cores for the PixelCNN too.
+            return tf.function(self._train_step, jit_compile=False, reduce_retracing=True, autograph=False)
+        import jax
+
+        variables = self.state_variables()
+
+        def pure(values, x, h):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+                self._scope = scope
+                try:
+                    logs = self._train_step(x, h)
+                finally:
+                    self._scope = None
+            return [_current(scope, v, old) for v, old in zip(variables, values)], logs
+
+        compiled = jax.jit(pure)
+
+        def step(x, h):
+            new_values, logs = compiled([v.value for v in variables], x, h)
+            for variable, value in zip(variables, new_values):
+                variable.assign(value)
+            return logs
+
+        return step
+
+    def _gradients(self, loss_fn, variables):
+        """(loss, aux, gradients of loss w.r.t. `variables`) for `loss_fn() -> (loss, aux)`."""
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            with tf.GradientTape() as tape:
+                loss, aux = loss_fn()
+            return loss, aux, tape.gradient(loss, variables)
+        import jax
+
+        outer, state = self._scope, self.state_variables()
+        differentiated = {id(v) for v in variables}
+
+        def loss_of(values):
+            given = dict(zip((id(v) for v in variables), values))
+            mapping = [(v, given[id(v)] if id(v) in given else _current(outer, v)) for v in state]
+            with keras.StatelessScope(state_mapping=mapping) as inner:
+                loss, aux = loss_fn()
+            updates = [(v, inner.get_current_value(v)) for v in state if id(v) not in differentiated]
+            return loss, (aux, updates)
+
+        values = [_current(outer, v) for v in variables]
+        (loss, (aux, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(values)
+        for update in updates:
+            outer.add_update(update)
+        return loss, aux, grads
+
     # --- one step ---------------------------------------------------------------------
 
     def _noise(self):
@@ -120,7 +179,7 @@ class GANTrainee:
                 real, fake_score = scores[:b], scores[b:]
                 return discriminator_hinge_loss(real, fake_score), (ops.mean(real), ops.mean(fake_score))
 
-            loss, (real, fake_mean), grads = _gradients(d_loss, D.trainable_variables)
+            loss, (real, fake_mean), grads = self._gradients(d_loss, D.trainable_variables)
             self.d_optimizer.apply(grads, D.trainable_variables)
             d_losses.append(loss)
             real_scores.append(real)
@@ -141,7 +200,7 @@ class GANTrainee:
             adversarial = generator_hinge_loss(scores)
             return adversarial, (adversarial, ops.zeros(()))
 
-        g_total, (g_adversarial, matching), grads = _gradients(g_loss, G.trainable_variables)
+        g_total, (g_adversarial, matching), grads = self._gradients(g_loss, G.trainable_variables)
         self.g_optimizer.apply(grads, G.trainable_variables)
         ema_update(self.ema_generator.variables, G.variables,
                    ema_decay_at(self.g_optimizer.iterations, self.ema_decay))
@@ -152,3 +211,11 @@ class GANTrainee:
         if self.feature_matching > 0:
             logs["feature_matching"] = matching
         return logs
+
+
+def _current(scope, variable, default=None):
+    """`variable`'s value in a StatelessScope (its value on entry unless the step assigned it)."""
+    value = scope.get_current_value(variable)
+    if value is not None:
+        return value
+    return default if default is not None else variable.value

@@ -11,6 +11,7 @@ Weight normalisation is initialised from one training batch before the first ste
 from __future__ import annotations
 
 import uuid
+import weakref
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -44,11 +45,14 @@ class PixelCNNInverterConfig(InverterConfig):
     standardise_h: Literal["auto", "true", "false"] = Field(
         "auto", description="standardise h with training statistics; auto = the preset's (off at paper scale)")
     lr_decay: float = Field(0.9999, gt=0, le=1, description="multiplied into the learning rate every step")
-    # Off by default: `make bench` measured XLA training 2.5x *slower* on 2 CPU cores (and slow
-    # to compile); try "true" on a GPU. Sampling always uses XLA (its row caches need it).
-    jit_compile: Literal["auto", "true", "false"] = "false"
+    # auto: off under TensorFlow, where `make bench` measured XLA training 2.5x *slower* on 2
+    # CPU cores (and slow to compile; try "true" on a GPU), on under JAX, whose uncompiled path
+    # runs op by op (`distribution.training_jit`). Sampling always uses XLA (its row caches need it).
+    jit_compile: Literal["auto", "true", "false"] = "auto"
     mixed_precision: bool = False
-    strategy: str = "auto"
+    strategy: Literal["auto", "mirrored", "data-parallel", "default"] = Field(
+        "auto", description="devices: mirrored (TensorFlow) or data-parallel (JAX) over all of them, default (one), "
+                            "auto (all when there are several); see invkeras.distribution")
 
 
 def network_config(config: PixelCNNInverterConfig, image_shape, h_shape):
@@ -77,19 +81,19 @@ def network_config(config: PixelCNNInverterConfig, image_shape, h_shape):
     return PixelCNNConfig(**{**net.model_dump(), **overrides})  # re-validated
 
 
-def build_network(net_config, *, learning_rate: float, lr_decay: float, jit_compile="false"):
+def build_network(net_config, *, learning_rate: float, lr_decay: float, jit_compile="auto"):
     """The PixelCNN++ compiled with the exact NLL loss (nats per image) and the paper's optimiser."""
     import keras
 
+    from invkeras.distribution import training_jit
     from invkeras.inverters.pixelcnn.likelihoods import NegativeLogLikelihood
     from invkeras.inverters.pixelcnn.network import build_pixelcnn
 
     model = build_pixelcnn(net_config)
     schedule = keras.optimizers.schedules.ExponentialDecay(learning_rate, decay_steps=1, decay_rate=lr_decay)
-    jit = {"auto": "auto", "true": True, "false": False}.get(str(jit_compile).lower(), jit_compile)
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss=NegativeLogLikelihood(likelihood=net_config.likelihood, num_channels=net_config.image_shape[-1]),
-                  jit_compile=jit)
+                  jit_compile=training_jit(jit_compile))
     return model
 
 
@@ -99,17 +103,57 @@ def per_image_nll_nats(model, net_config, arrays: dict, batch_size: int = 64) ->
 
     from invkeras.inverters.pixelcnn.likelihoods import log_prob_per_image
 
+    compiled = _compiled_log_prob(model, net_config)
     out = []
     for start in range(0, len(arrays["x"]), batch_size):
         x = np.asarray(arrays["x"][start : start + batch_size], "float32")
         inputs = {"x": x}
         if arrays.get("h") is not None and net_config.conditioning != "none":
             inputs["h"] = np.asarray(arrays["h"][start : start + batch_size], "float32")
-        params = model(inputs, training=False)
-        logp = log_prob_per_image(params, keras.ops.convert_to_tensor(x), net_config.likelihood,
-                                  net_config.image_shape[-1])
+        if compiled is not None:
+            logp = compiled(inputs, len(x), batch_size)
+        else:
+            params = model(inputs, training=False)
+            logp = log_prob_per_image(params, keras.ops.convert_to_tensor(x), net_config.likelihood,
+                                      net_config.image_shape[-1])
         out.append(np.asarray(keras.ops.convert_to_numpy(logp), dtype=np.float64))
     return -np.concatenate(out)
+
+
+_LOG_PROB: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # per model: its jitted log p
+
+
+def _compiled_log_prob(model, net_config):
+    """Under JAX, log p(x|h) per image as one jitted function of the weights and a batch
+    (padded to `batch_size`, so one compilation serves every batch), or None under
+    TensorFlow, whose eager call is cheap. JAX runs an uncompiled call one operation at a
+    time, compiling each on first use: minutes of start-up for a validation pass on a CPU."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return None
+    if model in _LOG_PROB:
+        return _LOG_PROB[model]
+    import jax
+
+    from invkeras.inverters.pixelcnn.likelihoods import log_prob_per_image
+
+    model_ref = weakref.ref(model)  # the cache must not keep the model alive
+
+    @jax.jit
+    def log_prob(trainable, non_trainable, inputs):
+        params, _ = model_ref().stateless_call(trainable, non_trainable, inputs, training=False)
+        return log_prob_per_image(params, inputs["x"], net_config.likelihood, net_config.image_shape[-1])
+
+    def run(inputs, count, batch_size):
+        if count < batch_size:  # pad with copies of the last example; their values are dropped
+            inputs = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - count, axis=0)]) for k, v in inputs.items()}
+        weights = model_ref()
+        return log_prob([v.value for v in weights.trainable_variables],
+                        [v.value for v in weights.non_trainable_variables], inputs)[:count]
+
+    _LOG_PROB[model] = run
+    return run
 
 
 def summarize_nll(nll_nats: np.ndarray, image_shape) -> dict:
@@ -172,7 +216,7 @@ class PixelCNNInverter(Inverter):
     def train(cls, config: PixelCNNInverterConfig, *, hooks=(), progress: bool = True):
         import keras
 
-        from invkeras.distribution import get_strategy, strategy_scope
+        from invkeras.distribution import check_batch_split, get_strategy, strategy_scope
         from invkeras.inverters.pixelcnn.weight_norm import initialize_weight_norm
         from invkeras.training import BatchOrder, CompiledModelTrainee
 
@@ -180,10 +224,14 @@ class PixelCNNInverter(Inverter):
         train_arrays, val, test, image_shape = data.train, data.validation, data.test, data.image_shape
         net_config = network_config(config, image_shape, data.h_shape)
         out_dir = config.out_dir()
+        strategy = get_strategy(config.strategy)
+        check_batch_split(strategy, config.batch_size)
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
         try:
-            with strategy_scope(get_strategy(config.strategy)):
+            # Training too runs in the strategy's scope: a JAX distribution shards each batch
+            # only while it is current.
+            with strategy_scope(strategy):
                 model = build_network(net_config, learning_rate=config.learning_rate, lr_decay=config.lr_decay,
                                       jit_compile=config.jit_compile)
 
@@ -199,8 +247,8 @@ class PixelCNNInverter(Inverter):
                 trainee = CompiledModelTrainee(
                     model, inputs=inputs, targets=lambda batch: np.asarray(batch["x"], "float32"),
                     validate=lambda: {"val_loss": float(np.mean(per_image_nll_nats(model, net_config, val)))})
-            outcome = cls.fit(trainee, data, config, hooks=hooks, progress=progress,
-                              non_finite_hint=_non_finite_hint(train_arrays.get("h")))
+                outcome = cls.fit(trainee, data, config, hooks=hooks, progress=progress,
+                                  non_finite_hint=_non_finite_hint(train_arrays.get("h")))
         finally:
             if config.mixed_precision:
                 keras.mixed_precision.set_global_policy("float32")

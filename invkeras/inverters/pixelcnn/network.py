@@ -519,17 +519,21 @@ class PixelCNNPlusPlus(keras.Model):
                        if cfg.conditioning == "vector" and cfg.vector_conditioning == "deconv" else None)
 
     # Weights are created by one dummy forward pass; `input_shape` is implied by the config.
+    # Under JAX the pass is symbolic (shapes only): an eager one would compile every operation
+    # on its own, a third of the build time. Under TensorFlow eager zeros are the faster.
+    # Either way the initialisers run in the same order and draw the same weights.
     def build(self, input_shape=None):
         if self.built:
             return
         cfg = self.pixelcnn_config
-        dummy = {"x": ops.zeros((1, *cfg.image_shape))}
+        stand_in = keras.KerasTensor if keras.backend.backend() == "jax" else ops.zeros
+        dummy = {"x": stand_in((1, *cfg.image_shape))}
         if cfg.conditioning != "none":
-            dummy["h"] = ops.zeros((1, *cfg.h_shape))
+            dummy["h"] = stand_in((1, *cfg.h_shape))
         if self.h_maps is not None:
             # The streams first, on stand-in maps, so they draw the same initial weights as the
             # unconditional twin's (paired comparisons start from the same model); h's maps last.
-            maps = [ops.zeros((1, *size, cfg.filters)) for size in cfg.resolutions]
+            maps = [stand_in((1, *size, cfg.filters)) for size in cfg.resolutions]
             run = _FullPass(self, self._network_input(dummy["x"]), maps, False)
             self._ul_stream(run, *self._u_stream(run))
             self.h_maps.build((None, *cfg.h_shape))
@@ -623,7 +627,10 @@ class PixelCNNPlusPlus(keras.Model):
 
     def _output_params(self, ul):
         cfg = self.pixelcnn_config
-        params = self.output_nin(ops.elu(ul))
+        # In float32 whatever the policy: under mixed precision (bf16, float16) the network
+        # computes in half precision, but a 256-way log-softmax summed over 784 pixels is not
+        # something to do in 8 bits of mantissa.
+        params = ops.cast(self.output_nin(ops.elu(ul)), "float32")
         if cfg.likelihood == "categorical":
             params = ops.reshape(params, (-1, *ops.shape(params)[1:3], cfg.num_channels, likelihoods.NUM_VALUES))
         return params
