@@ -302,8 +302,7 @@ def score_model(model, num_pairs: int, seed: int, *, advance=lambda: None) -> di
                                      "class_swap_keeps_a_label": float(np.mean(class_labels == labels[a])),
                                      "residual_swap_keeps_a_label": float(np.mean(style_labels == labels[a])),
                                      "reconstruction_keeps_a_label": float(np.mean(recon_labels == labels[a])),
-                                     "label_source": "classifier" if model.representation.kind == "cinn"
-                                     else "nearest stored example"}
+                                     "label_source": model.representation.label_source}
     result["seconds"] = time.time() - started
     return result
 

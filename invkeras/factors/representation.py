@@ -74,6 +74,7 @@ class Representation:
     """Base: the layer, the parts of r, its tables and the way from r back to images."""
 
     kind = ""
+    label_source = ""  # what gives an edited representation its class label (score-factors)
     readout = ""
 
     def __init__(self, source: str, layer: str, parts: list[tuple[str, int]], dataset: str | None):
@@ -114,8 +115,10 @@ class Representation:
 
 
 class CinnRepresentation(Representation):
-    kind = "cinn"
+    # Any inverter that offers a latent residual v (`to_residual`; today the cinn kind) will do.
+    kind = "inverter"
     readout = "decoded: D(t^-1(v | h))"
+    label_source = "classifier"
 
     def __init__(self, path: str | Path):
         from invkeras.inverters import load_inverter
@@ -233,6 +236,7 @@ class CinnRepresentation(Representation):
 
 class FeatureRepresentation(Representation):
     kind = "features"
+    label_source = "nearest stored example"
     readout = "nearest stored example in r (squared L2)"
 
     def __init__(self, path: str | Path, train_examples: int | None = None):
@@ -296,7 +300,7 @@ def _stamp(path: str) -> tuple:
 
 @functools.lru_cache(maxsize=4)
 def _open(kind: str, source: str, train_examples: int | None, stamp: tuple) -> Representation:
-    if kind == "cinn":
+    if kind == "inverter":
         return CinnRepresentation(source)
     return FeatureRepresentation(source, train_examples)
 
@@ -309,7 +313,7 @@ def open_representation(*, inverter: str | None = None, features: str | None = N
     training, editing and scoring the models of one inverter share it, until its files change."""
     if (inverter is None) == (features is None):
         raise InvkerasError("train-factors: give exactly one of --inverter (a cinn inverter) or --features")
-    kind, source = ("cinn", inverter) if inverter is not None else ("features", features)
+    kind, source = ("inverter", inverter) if inverter is not None else ("features", features)
     if not Path(source).exists():
-        raise InvkerasError(f"--{'inverter' if kind == 'cinn' else 'features'} {source}: not found")
+        raise InvkerasError(f"--{kind} {source}: not found")
     return _open(kind, str(source), train_examples if kind == "features" else None, _stamp(source))

@@ -42,7 +42,7 @@ def test_train_factors_on_a_cinn_inverter_works_on_h_and_v(trained, procedural_c
     model = load_factor_model(out)
     meta = model.meta
     assert meta["kind"] == "factor-inn" and meta["layer"] == "fc3" and meta["pairs"] == "factors"
-    assert meta["data"]["kind"] == "cinn" and meta["data"]["parts"] == [{"name": "h", "size": 256},
+    assert meta["data"]["kind"] == "inverter" and meta["data"]["parts"] == [{"name": "h", "size": 256},
                                                                         {"name": "v", "size": 8}]
     assert model.block_names == [*meta["factors"], "residual"] and meta["factors"][0] == "shape"
     assert sum(b["size"] for b in meta["blocks"]) == 264 and meta["results"]["train_rows"] == 6912  # rendered
