@@ -7,6 +7,7 @@ into one red line on stderr and exit code 2, with no traceback.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from typing import Callable, List, Optional
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from invkeras import __version__
@@ -30,7 +32,21 @@ class _InvkerasTyper(typer.Typer):
 
     def command(self, *args, **kwargs):
         register = super().command(*args, **kwargs)
-        return lambda function: register(user_errors(function))
+
+        def decorate(function):
+            _escape_option_help(function)
+            return register(user_errors(function))
+
+        return decorate
+
+
+def _escape_option_help(function: Callable) -> None:
+    """Option help is plain text: under rich markup, '[default: 64]' would read as a style tag
+    and vanish from `--help`. Command docstrings and examples keep their markup."""
+    for parameter in inspect.signature(function).parameters.values():
+        info = parameter.default
+        if isinstance(info, typer.models.ParameterInfo) and info.help:
+            info.help = escape(info.help)
 
 
 app = _InvkerasTyper(

@@ -228,3 +228,9 @@ def test_corrupted_and_unsafe_inverter_files_given_to_sample_are_one_line(tiny_i
     (broken / "inverter.keras").write_bytes(source.read_bytes()[: source.stat().st_size // 2])
     shutil.copy(artifacts.metadata_path(source), artifacts.metadata_path(broken / "inverter.keras"))
     assert_one_line_error(invoke("sample", "--inverter", broken), "truncated or corrupted")
+
+
+def test_help_shows_bracketed_defaults():
+    # Under rich markup '[default: 64]' is a style tag unless escaped: the default would vanish.
+    result = invoke("train-autoencoder", "--help")
+    assert result.exit_code == 0 and "[default: 64]" in result.output and "[default: l1]" in result.output
