@@ -345,7 +345,7 @@ def run(
 
 
 def comparison_table(payload: dict) -> Table:
-    """Kinds side by side on one layer: Table 1 distances, label agreement, diversity, NLL."""
+    """Kinds side by side on one layer: Table 1 distances, label agreement, pixel L1 to the input, diversity, NLL."""
 
     def pm(entry, key="mean", digits=2, scale=1.0):
         if not entry:
@@ -353,14 +353,15 @@ def comparison_table(payload: dict) -> Table:
         return f"{entry[key] * scale:.{digits}f} ± {entry['se'] * scale:.{digits}f}"
 
     nn = payload["nearest_training"]
-    rows = [["1NN (training)", "", "", pm(nn, "mean_l1"), "", "", "", ""]]
+    rows = [["1NN (training)", "", "", pm(nn, "mean_l1"), "", "", "", "", ""]]
     for r in payload["rows"]:
         rows.append([r["label"], r["kind"], pm(r["IM-S"], "mean_l1"), pm(r["IM-NN"], "mean_l1"),
-                     pm(r["label_agreement"], digits=1, scale=100.0), pm(r["diversity_pixel_l1"]),
-                     pm(r["diversity_h_l1"]), pm(r["nll_nats"])])
+                     pm(r["label_agreement"], digits=1, scale=100.0), pm(r.get("pixel_l1_to_input"), digits=0),
+                     pm(r["diversity_pixel_l1"], digits=0), pm(r["diversity_h_l1"]), pm(r["nll_nats"])])
     title = (f"{payload['layer']}: {payload['n_images']} {payload['split']} images x {payload['samples_per_image']} "
              f"samples; L1 in the layer's space (sum over {payload['feature_dims']} dims), ± s.e.")
-    return _table(title, ["x'", "kind", "IM-S", "IM-NN", "label agree %", "diversity px", "diversity h", "NLL nats"], rows)
+    return _table(title, ["x'", "kind", "IM-S", "IM-NN", "label agree %", "px L1 to x", "diversity px", "diversity h",
+                                  "NLL nats"], rows)
 
 
 @app.command(

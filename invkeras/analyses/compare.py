@@ -50,7 +50,8 @@ METHODS = ("1NN", "IM-S", "IM-NN")
 DISTANCE = "L1 (sum over features)"
 DIVERSITY = ("mean pairwise L1 distance between the K samples of one input (over all K(K-1)/2 pairs), then "
              "averaged over inputs: diversity_pixel_l1 summed over pixels and channels (0..255 units), "
-             "diversity_h_l1 summed over the layer's features")
+             "diversity_h_l1 summed over the layer's features; pixel_l1_to_input: mean L1 distance from a sample to its "
+             "input, summed over pixels and channels (0..255 units), beside the diversity")
 # Upper bound on the elements of one |query - train| difference block (float32: 16 MB).
 BLOCK_ELEMENTS = 1 << 22
 
@@ -166,6 +167,17 @@ def pairwise_l1(samples: np.ndarray) -> np.ndarray:
         for j in range(i + 1, k):
             total += np.abs(flat[:, i] - flat[:, j]).sum(axis=1)
     return total / (k * (k - 1) / 2)
+
+
+def l1_to_inputs(samples: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """Mean L1 distance from each input's K samples to the input itself: [N] from [N, K, ...] and [N, ...].
+
+    Summed over pixels and channels like the diversity, so the two read together: samples as far
+    from their input as from each other vary freely; far from it but close together, they agree
+    on something other than the input."""
+    flat = np.asarray(samples, np.float64).reshape(samples.shape[0], samples.shape[1], -1)
+    reference = np.asarray(inputs, np.float64).reshape(len(inputs), 1, -1)
+    return np.abs(flat - reference).sum(axis=2).mean(axis=1)
 
 
 def label_agreement(input_labels: np.ndarray, sample_labels: np.ndarray) -> np.ndarray:
@@ -405,7 +417,8 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
         sample_d = l1_to_reference(h, samples_h)
         distances = per_image_distances(nn_d[:, 0], sample_d)
         values = {"IM-S": distances["IM-S"], "IM-NN": distances["IM-NN"], "sample_distance": sample_d,
-                  "diversity_pixel_l1": pairwise_l1(samples), "diversity_h_l1": pairwise_l1(samples_h)}
+                  "diversity_pixel_l1": pairwise_l1(samples), "diversity_h_l1": pairwise_l1(samples_h),
+                  "pixel_l1_to_input": l1_to_inputs(samples, x)}
         if input_labels is not None and sample_labels is not None:
             values["label_agreement"] = label_agreement(input_labels, sample_labels)
         if inverter.has("pixel_log_prob"):
@@ -417,6 +430,7 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
             "label_agreement": mean_and_se(values["label_agreement"]) if "label_agreement" in values else None,
             "diversity_pixel_l1": mean_and_se(values["diversity_pixel_l1"]),
             "diversity_h_l1": mean_and_se(values["diversity_h_l1"]),
+            "pixel_l1_to_input": mean_and_se(values["pixel_l1_to_input"]),
             "nll_nats": mean_and_se(values["nll_nats"]) if "nll_nats" in values else None,
         })
         name = _safe(label, "_")

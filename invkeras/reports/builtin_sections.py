@@ -348,13 +348,14 @@ def _comparison_table(artifact: Artifact, payload: dict) -> Table:
         return Table(_comparison_title(artifact, payload), columns, rows,
                      note=note + " (written by an older `invkeras compare`: one row per method)")
     columns = ["inverter", "kind", "IM-S L1 ± SE", "IM-S per dim", "IM-NN L1 ± SE", "IM-NN per dim",
-               "label agreement", "diversity pixel L1", "diversity h L1", "NLL nats ± SE"]
+               "label agreement", "pixel L1 to input", "diversity pixel L1", "diversity h L1", "NLL nats ± SE"]
     nearest = payload.get("nearest_training")
-    rows = [["1NN (training)", "", "", "", _l1(nearest), _l1(nearest, per_dim=True), "", "", "", ""]]
+    rows = [["1NN (training)", "", "", "", _l1(nearest), _l1(nearest, per_dim=True), "", "", "", "", ""]]
     for r in payload["rows"]:
         rows.append([fmt(r.get("label")), fmt(r.get("kind")), _l1(r.get("IM-S")), _l1(r.get("IM-S"), per_dim=True),
                      _l1(r.get("IM-NN")), _l1(r.get("IM-NN"), per_dim=True),
-                     _mean_se(r.get("label_agreement"), 100, 1, "%"), _mean_se(r.get("diversity_pixel_l1")),
+                     _mean_se(r.get("label_agreement"), 100, 1, "%"), _mean_se(r.get("pixel_l1_to_input")),
+                     _mean_se(r.get("diversity_pixel_l1")),
                      _mean_se(r.get("diversity_h_l1")), _mean_se(r.get("nll_nats"), digits=2)])
     return Table(_comparison_title(artifact, payload), columns, rows,
                  note=note + "; 1NN (the nearest training image) is under the nearest-of columns (IM-NN)")

@@ -17,6 +17,7 @@ from invkeras.analyses.compare import (
     default_labels,
     gather_examples,
     l1_distances,
+    l1_to_inputs,
     l1_to_reference,
     label_agreement,
     nearest_neighbours,
@@ -85,6 +86,9 @@ def test_diversity_agreement_labels_and_csv_arithmetic():
     np.testing.assert_allclose(pairwise_l1(samples), [16 / 3, 0.0])
     with pytest.raises(InvkerasError, match="at least 2 samples"):
         pairwise_l1(samples[:, :1])
+    inputs = np.zeros((2, 2, 2, 1), np.uint8)
+    inputs[1] = 1  # image 1's samples are all 0: |0-1|*4 = 4 each
+    np.testing.assert_allclose(l1_to_inputs(samples, inputs), [8 / 3, 4.0])  # image 0: (0 + 8 + 0) / 3
     np.testing.assert_allclose(label_agreement(np.array([1, 0]), np.array([[1, 1, 0], [2, 2, 2]])), [2 / 3, 0.0])
     assert default_labels(["pixelcnn", "mse", "pixelcnn", "pixelcnn"]) == ["pixelcnn", "mse", "pixelcnn-2", "pixelcnn-3"]
     text = table_csv([{"label": "a", "IM-S": {"mean_l1": 1.0, "se": 0.5}, "nll_nats": None},
@@ -140,7 +144,7 @@ def test_pixelcnn_and_mse_side_by_side(tiny_inverters, tmp_path):
     assert [rows[k]["kind"] for k in rows] == ["pixelcnn", "mse"] and rows["mse"]["inverter"] == str(mse)
     for row in rows.values():
         assert set(row) == {"label", "kind", "inverter", "IM-S", "IM-NN", "label_agreement", "diversity_pixel_l1",
-                            "diversity_h_l1", "nll_nats"}
+                            "diversity_h_l1", "pixel_l1_to_input", "nll_nats"}
         for method in ("IM-S", "IM-NN"):
             assert set(row[method]) == {"mean_l1", "se", "mean_l1_per_dim", "se_per_dim"}
             assert row[method]["mean_l1"] >= 0 and np.isfinite(row[method]["se"])
@@ -149,6 +153,10 @@ def test_pixelcnn_and_mse_side_by_side(tiny_inverters, tmp_path):
     # A point estimate has no diversity; PixelCNN samples do.
     assert rows["mse"]["diversity_pixel_l1"]["mean"] == 0 and rows["mse"]["diversity_h_l1"]["mean"] == 0
     assert rows["pixelcnn"]["diversity_pixel_l1"]["mean"] > 0 and rows["pixelcnn"]["diversity_h_l1"]["mean"] > 0
+    # Triangle inequality through the input: the mean pairwise distance is at most twice the mean
+    # distance to the input, per image and so on average (same units, same sums).
+    for row in rows.values():
+        assert 0 < row["pixel_l1_to_input"]["mean"] and row["diversity_pixel_l1"]["mean"] <= 2 * row["pixel_l1_to_input"]["mean"]
     assert rows["mse"]["IM-NN"] == rows["mse"]["IM-S"]  # K copies of one image
     # A pixel likelihood only where the kind has one.
     assert rows["mse"]["nll_nats"] is None and np.isfinite(rows["pixelcnn"]["nll_nats"]["mean"])
