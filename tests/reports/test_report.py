@@ -75,13 +75,14 @@ def l1(mean, se, dims):
 
 
 def compare_row(inverter_path, kind, ims, imnn, *, label=None, agreement=0.9, diversity=(500.0, 12.0), nll=None,
-                dims=64):
+                dims=64, to_input=640.0):
     """One inverter's row of compare.json; diversity (pixel, h) of 0 for a point estimate."""
     return {"label": label or kind, "kind": kind, "inverter": str(inverter_path),
             "IM-S": l1(ims, 1.5, dims), "IM-NN": l1(imnn, 1.0, dims),
             "label_agreement": None if agreement is None else {"mean": agreement, "se": 0.05},
             "diversity_pixel_l1": {"mean": diversity[0], "se": diversity[0] / 10},
             "diversity_h_l1": {"mean": diversity[1], "se": diversity[1] / 10},
+            "pixel_l1_to_input": {"mean": to_input, "se": to_input / 20},
             "nll_nats": None if nll is None else {"mean": nll, "se": 1.25}}
 
 
@@ -222,11 +223,11 @@ def test_report_of_a_workspace(fake_run, tmp_path):
             "25.00 ± 1.00 | ") in md
     fc3_table = md.split("### procedural/conv/compare/fc3: layer fc3, test split")[1].split("\n\n")[1].splitlines()
     assert fc3_table[2:] == [
-        "| 1NN (training) |  |  |  | 40.00 ± 2.00 | 0.625 ± 0.031 |  |  |  |  |",
+        "| 1NN (training) |  |  |  | 40.00 ± 2.00 | 0.625 ± 0.031 |  |  |  |  |  |",
         "| pixelcnn | pixelcnn | 30.00 ± 1.50 | 0.469 ± 0.023 | 20.00 ± 1.00 | 0.312 ± 0.016 | 90.0 ± 5.0% | "
-        "500.00 ± 50.00 | 12.00 ± 1.20 | 234.57 ± 1.25 |",
-        "| mse | mse | 25.00 ± 1.50 | 0.391 ± 0.023 | 25.00 ± 1.00 | 0.391 ± 0.016 | 85.0 ± 5.0% | 0.00 ± 0.00 | "
-        "0.00 ± 0.00 |  |",
+        "640.00 ± 32.00 | 500.00 ± 50.00 | 12.00 ± 1.20 | 234.57 ± 1.25 |",
+        "| mse | mse | 25.00 ± 1.50 | 0.391 ± 0.023 | 25.00 ± 1.00 | 0.391 ± 0.016 | 85.0 ± 5.0% | 640.00 ± 32.00 | "
+        "0.00 ± 0.00 | 0.00 ± 0.00 |  |",
     ]
     assert "a diversity of 0 means a point estimate" in md
     # The top-k grids of a comparison side by side, in its rows' order; samples captioned with their kinds.
@@ -354,8 +355,8 @@ def test_an_inverter_kind_the_report_never_heard_of(tmp_path):
             "0.0123 ± 0.0004 |  | 12 | 40 | 3.5 | procedural/conv/inverters/toy/fc3/inverter.keras |") in inverters
     distances = _section(md, "Representation-space distances")
     assert "| 1NN | pixelcnn IM-S | pixelcnn IM-NN | toy-v2 IM-S | toy-v2 IM-NN |" in distances
-    assert ("| toy-v2 | toy | 35.00 ± 1.50 | 0.547 ± 0.023 | 22.00 ± 1.00 | 0.344 ± 0.016 |  | 500.00 ± 50.00 | "
-            "12.00 ± 1.20 |  |") in distances
+    assert ("| toy-v2 | toy | 35.00 ± 1.50 | 0.547 ± 0.023 | 22.00 ± 1.00 | 0.344 ± 0.016 |  | 640.00 ± 32.00 | "
+            "500.00 ± 50.00 | 12.00 ± 1.20 |  |") in distances
     assert "compare_topk_toy-v2.png" in distances
     assert "layer fc3, toy inverter: 2 samples per input" in _section(md, "Samples")
     # NCE needs a pixel likelihood: the toy inverter is not drawn, nor listed as unknown.
