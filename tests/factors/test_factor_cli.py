@@ -11,17 +11,10 @@ from typer.testing import CliRunner
 from invkeras import artifacts
 from invkeras.cli import app
 from invkeras.factors.training import load_factor_model
+from cli_errors import assert_one_line_error  # tests/cli_errors.py
 
 TINY = ["--num-blocks", "2", "--hidden", "16", "--max-steps", "40", "--steps-per-checkpoint", "20",
         "--num-pairs", "2000", "--eval-pairs", "200", "--dim-pairs", "1000", "--batch-size", "64"]
-
-
-def _one_line(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -98,30 +91,30 @@ def test_score_factors_tables_exact_scores_for_factors_and_label_swaps(trained, 
 def test_bad_input_is_one_line_and_exit_code_2(trained, procedural_cinn, synthetic, tmp_path):
     runner = CliRunner()
     out, _ = trained["factors"]
-    _one_line(runner.invoke(app, ["train-factors"]), "exactly one of inverter")
-    _one_line(runner.invoke(app, ["train-factors", "--inverter", str(procedural_cinn), "--factor", "colour"]),
+    assert_one_line_error(runner.invoke(app, ["train-factors"]), "exactly one of inverter")
+    assert_one_line_error(runner.invoke(app, ["train-factors", "--inverter", str(procedural_cinn), "--factor", "colour"]),
               "colour", "not a procedural factor")
-    _one_line(runner.invoke(app, ["train-factors", "--inverter", str(procedural_cinn), "--rho", "1.5"]), "rho")
-    _one_line(runner.invoke(app, ["train-factors", "--inverter", str(tmp_path / "nope")]), "not found")
-    _one_line(runner.invoke(app, ["train-factors", "--features", str(synthetic), "--dims", "shape=two"]), "--dims")
-    _one_line(runner.invoke(app, ["train-factors", "--features", str(synthetic), "--dims", "shape=7",
+    assert_one_line_error(runner.invoke(app, ["train-factors", "--inverter", str(procedural_cinn), "--rho", "1.5"]), "rho")
+    assert_one_line_error(runner.invoke(app, ["train-factors", "--inverter", str(tmp_path / "nope")]), "not found")
+    assert_one_line_error(runner.invoke(app, ["train-factors", "--features", str(synthetic), "--dims", "shape=two"]), "--dims")
+    assert_one_line_error(runner.invoke(app, ["train-factors", "--features", str(synthetic), "--dims", "shape=7",
                                   "--out", str(tmp_path / "d")]), "--dims")
     no_y = tmp_path / "no_y.npz"
     with np.load(synthetic) as arrays:
         np.savez(no_y, x=arrays["x"][:50], h=arrays["h"][:50])
         np.savez(tmp_path / "mnistlike.npz", x=np.zeros((50, 28, 28, 1), np.uint8), h=arrays["h"][:50])
-    _one_line(runner.invoke(app, ["train-factors", "--features", str(no_y), "--pairs", "labels",
+    assert_one_line_error(runner.invoke(app, ["train-factors", "--features", str(no_y), "--pairs", "labels",
                                   "--out", str(tmp_path / "l")]), "labels", "array y")
-    _one_line(runner.invoke(app, ["train-factors", "--features", str(tmp_path / "mnistlike.npz"),
+    assert_one_line_error(runner.invoke(app, ["train-factors", "--features", str(tmp_path / "mnistlike.npz"),
                                   "--out", str(tmp_path / "m")]), "procedural")
-    _one_line(runner.invoke(app, ["edit-factors", "--factors", str(out), "--factor", "colour"]), "colour", "no block")
-    _one_line(runner.invoke(app, ["edit-factors", "--factors", str(tmp_path)]), "no factor_inn.keras")
-    _one_line(runner.invoke(app, ["score-factors", "--factors", str(out), "--factors", str(out)]), "--out")
+    assert_one_line_error(runner.invoke(app, ["edit-factors", "--factors", str(out), "--factor", "colour"]), "colour", "no block")
+    assert_one_line_error(runner.invoke(app, ["edit-factors", "--factors", str(tmp_path)]), "no factor_inn.keras")
+    assert_one_line_error(runner.invoke(app, ["score-factors", "--factors", str(out), "--factors", str(out)]), "--out")
     occupied = tmp_path / "a-file"
     occupied.write_text("keep me")
-    _one_line(runner.invoke(app, ["train-factors", "--features", str(synthetic), "--out", str(occupied), *TINY]),
+    assert_one_line_error(runner.invoke(app, ["train-factors", "--features", str(synthetic), "--out", str(occupied), *TINY]),
               "a-file")
-    _one_line(runner.invoke(app, ["edit-factors", "--factors", str(out), "--num-pairs", "1", "--out", str(occupied)]),
+    assert_one_line_error(runner.invoke(app, ["edit-factors", "--factors", str(out), "--num-pairs", "1", "--out", str(occupied)]),
               "a-file")
     assert occupied.read_text() == "keep me"
     assert not (tmp_path / "d").exists() and not (tmp_path / "l").exists()

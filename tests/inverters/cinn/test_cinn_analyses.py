@@ -15,6 +15,7 @@ from invkeras import artifacts
 from invkeras.cli import app
 from invkeras.errors import InvkerasError
 from invkeras.inverters import load_inverter
+from cli_errors import assert_one_line_error  # tests/cli_errors.py
 
 EVAL = 48
 
@@ -36,14 +37,6 @@ def cinn(tiny_classifier, autoencoder, tmp_path_factory):
                                  filters=4))
     dirs["mse"] = train_inverter(mse, progress=False).model_path.parent
     return dirs
-
-
-def _one_line(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # --- attack -------------------------------------------------------------------------
@@ -101,13 +94,13 @@ def test_epsilon_zero_leaves_labels_and_decoding_alone(cinn, tmp_path):
 
 def test_attack_is_refused_for_kinds_without_a_latent_residual_and_for_layer_none(cinn, tmp_path):
     runner = CliRunner()
-    _one_line(runner.invoke(app, ["attack", "--inverter", str(cinn["mse"]), "--epsilon", "0.3",
+    assert_one_line_error(runner.invoke(app, ["attack", "--inverter", str(cinn["mse"]), "--epsilon", "0.3",
                                   "--out", str(tmp_path)]), "kind 'mse'", "latent residual")
-    _one_line(runner.invoke(app, ["attack", "--inverter", str(cinn["none"]), "--epsilon", "0.3",
+    assert_one_line_error(runner.invoke(app, ["attack", "--inverter", str(cinn["none"]), "--epsilon", "0.3",
                                   "--out", str(tmp_path)]), "unconditional")
-    _one_line(runner.invoke(app, ["attack", "--inverter", str(cinn["fc3"]), "--epsilon", "2",
+    assert_one_line_error(runner.invoke(app, ["attack", "--inverter", str(cinn["fc3"]), "--epsilon", "2",
                                   "--out", str(tmp_path)]), "epsilon")
-    _one_line(runner.invoke(app, ["attack", "--inverter", str(cinn["fc3"]), "--epsilon", "0.1", "--method", "cw",
+    assert_one_line_error(runner.invoke(app, ["attack", "--inverter", str(cinn["fc3"]), "--epsilon", "0.1", "--method", "cw",
                                   "--out", str(tmp_path)]), "method")
 
 
@@ -151,12 +144,12 @@ def test_latent_estimate_is_the_unconditional_nll_minus_the_conditional_one(cinn
 def test_latent_and_pixel_inverters_are_refused_together_in_one_line(cinn, tiny_inverters, tmp_path):
     runner = CliRunner()
     pixelcnn = str(tiny_inverters["fc3"].model_path.parent)
-    _one_line(runner.invoke(app, ["estimate-mi", "--inverter", str(cinn["fc3"]), "--inverter", pixelcnn,
+    assert_one_line_error(runner.invoke(app, ["estimate-mi", "--inverter", str(cinn["fc3"]), "--inverter", pixelcnn,
                                   "--out", str(tmp_path / "m.json")]),
               "latent-space", "kind 'pixelcnn'", "cannot share a table")
-    _one_line(runner.invoke(app, ["estimate-mi", "--inverter", pixelcnn, "--unconditional", str(cinn["none"]),
+    assert_one_line_error(runner.invoke(app, ["estimate-mi", "--inverter", pixelcnn, "--unconditional", str(cinn["none"]),
                                   "--out", str(tmp_path / "m.json")]), "latent-space", "cannot share a table")
-    _one_line(runner.invoke(app, ["estimate-mi", "--inverter", str(cinn["fc3"]), "--inverter", str(cinn["mse"]),
+    assert_one_line_error(runner.invoke(app, ["estimate-mi", "--inverter", str(cinn["fc3"]), "--inverter", str(cinn["mse"]),
                                   "--out", str(tmp_path / "m.json")]), "kind 'mse'", "cannot share a table")
     assert not (tmp_path / "m.json").exists()
 

@@ -14,6 +14,7 @@ from invkeras.cli import app
 from invkeras.errors import InvkerasError
 from invkeras.inverters import load_inverter
 from invkeras.inverters.cinn.kind import HEADLINE, CINNInverter
+from cli_errors import assert_one_line_error  # tests/cli_errors.py
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_mix_refuses_a_kind_without_a_residual(factors, tmp_path):
     mse = train_inverter(config_for("mse", dict(features=str(factors), layer="factors", out=str(tmp_path / "mse"),
                                                 max_steps=2, steps_per_checkpoint=2, filters=4)), progress=False)
     result = CliRunner().invoke(app, ["mix", "--inverter", str(mse.model_path.parent), "--out", str(tmp_path)])
-    _one_line(result, "kind 'mse'", "residual")
+    assert_one_line_error(result, "kind 'mse'", "residual")
 
 
 def test_unconditional_flow_on_z(factors, autoencoder, tmp_path):
@@ -136,30 +137,22 @@ def test_unconditional_flow_on_z(factors, autoencoder, tmp_path):
     assert np.isfinite(result.validation["latent_nll_nats"])
 
 
-def _one_line(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def test_bad_inputs_are_one_line(tiny_classifier, autoencoder, factors, tmp_path):
     runner = CliRunner()
     common = ["train-inverter", "--kind", "cinn", "--max-steps", "1"]
     # an autoencoder of 20x20 images given CIFAR-shaped data
     colour = tmp_path / "colour.npz"
     np.savez(colour, x=np.zeros((20, 32, 32, 3), np.uint8), h=np.zeros((20, 4), np.float32))
-    _one_line(runner.invoke(app, [*common, "--features", str(colour), "--autoencoder", str(autoencoder),
+    assert_one_line_error(runner.invoke(app, [*common, "--features", str(colour), "--autoencoder", str(autoencoder),
                                   "--out", str(tmp_path / "o1")]), "(20, 20, 1)", "(32, 32, 3)")
     # a layer the classifier does not have
-    _one_line(runner.invoke(app, [*common, "--workspace", str(tiny_classifier), "--layer", "conv7", "--autoencoder",
+    assert_one_line_error(runner.invoke(app, [*common, "--workspace", str(tiny_classifier), "--layer", "conv7", "--autoencoder",
                                   str(autoencoder), "--out", str(tmp_path / "o2")]), "conv7")
     # no autoencoder, a missing one, and an option of another kind
-    _one_line(runner.invoke(app, [*common, "--features", str(factors), "--out", str(tmp_path / "o3")]), "--autoencoder")
-    _one_line(runner.invoke(app, [*common, "--features", str(factors), "--autoencoder", str(tmp_path / "none"),
+    assert_one_line_error(runner.invoke(app, [*common, "--features", str(factors), "--out", str(tmp_path / "o3")]), "--autoencoder")
+    assert_one_line_error(runner.invoke(app, [*common, "--features", str(factors), "--autoencoder", str(tmp_path / "none"),
                                   "--out", str(tmp_path / "o4")]), "not found")
-    _one_line(runner.invoke(app, [*common, "--features", str(factors), "--autoencoder", str(autoencoder),
+    assert_one_line_error(runner.invoke(app, [*common, "--features", str(factors), "--autoencoder", str(autoencoder),
                                   "--scale", "tiny"]), "--scale")
 
 
