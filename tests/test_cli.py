@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from invkeras.cli import app
+from cli_errors import assert_one_line_error  # tests/cli_errors.py
 
 runner = CliRunner()
 
@@ -21,15 +22,6 @@ def invoke(*args, width=None):
         return runner.invoke(app, [str(a) for a in args])
     finally:
         invkeras.cli.console.width = saved
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 @pytest.mark.parametrize("command", ["train-classifier", "extract", "run", "datasets", "export"])

@@ -109,7 +109,8 @@ def _spatial_copy(inverter, tmp_path):
 
 
 def test_bad_input_is_one_line_with_exit_code_2(quadrants, tiny_inverters, tmp_path):
-    from test_cli import assert_one_line_error, invoke
+    from cli_errors import assert_one_line_error
+    from test_cli import invoke
 
     inverter = quadrants["inverter"]
     assert_one_line_error(invoke("edit", "--inverter", inverter), "at least one operation", "--shift")

@@ -148,7 +148,8 @@ def test_misclassified_inputs_are_the_classifiers_mistakes(quadrants, tmp_path):
 
 
 def test_misclassified_refusals_and_the_cli(quadrants, tiny_inverters, tmp_path):
-    from test_cli import assert_one_line_error, invoke
+    from cli_errors import assert_one_line_error
+    from test_cli import invoke
 
     result = invoke("sample", "--inverter", quadrants["inverter"], "--misclassified", "--num-inputs", 3,
                     "--num-samples", 1, "--out", tmp_path, width=200)

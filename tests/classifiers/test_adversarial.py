@@ -148,7 +148,8 @@ def test_a_standard_classifier_reports_robust_accuracy_only_with_an_epsilon(tmp_
 
 
 def test_cli_trains_a_robust_classifier_and_prints_both_accuracies(tmp_path):
-    from test_cli import assert_one_line_error, invoke
+    from cli_errors import assert_one_line_error
+    from test_cli import invoke
 
     result = invoke("train-classifier", "--adversarial", "pgd", "--epsilon", 0.1, "--pgd-steps", 2, "--epochs", 1,
                     "--train-examples", 128, "--batch-size", 64, "--robust-eval-examples", 64, "--strategy", "default",
