@@ -39,8 +39,8 @@ test: install install-jax
 	INVKERAS_JAX_CACHE=$(JAX_CACHE) $(PY) -m pytest -q tests
 	INVKERAS_JAX_CACHE=$(JAX_CACHE) KERAS_BACKEND=jax $(PY_JAX) -m pytest -q tests/jax_subset
 
-bench: install
-	$(PY) -m invkeras.bench
+bench: install install-jax
+	$(PY) -m invkeras.bench --jax-python $(PY_JAX)
 
 # On a CUDA machine with JAX (see benchmarks/gpu_check.sh); GPU_CHECK_ARGS passes options.
 gpu-check:

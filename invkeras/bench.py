@@ -80,6 +80,13 @@ What is measured
   call, on an untrained network (weight norm initialised on random images so activations
   have a sane scale; the time does not depend on the weights). Timed once after a first call
   that compiles and draws one batch; the target is 30 s.
+* The JAX column: the same invkeras train step (with XLA, as `train-inverter`'s default
+  `--jit-compile auto` runs it under JAX) and the same "pixel" sampler, each in a worker
+  started with `jax_python` (a Python whose environment has JAX, keras and tfp-nightly but no
+  TensorFlow, as `make install-jax` builds) and `KERAS_BACKEND=jax`. They take part in the same
+  interleaved rounds as the TensorFlow rows, so "JAX / TensorFlow" is again a median of
+  per-round ratios, each against the TensorFlow row run as `train-inverter` runs it (no XLA)
+  and the same sampler. The matmul peak is measured under TensorFlow only.
 * Peak memory, per worker: its peak resident set size (max of `ru_maxrss` and a 20 ms RSS
   poll) and the growth over its RSS after importing TensorFlow, Keras, TFP and invkeras
   (every model worker imports the same modules, so the growth is the model's own cost).
@@ -113,6 +120,7 @@ from typing import Any, Callable
 
 DEFAULT_OUT = Path("bench-results") / "bench.json"
 QUICK_OUT = Path("bench-results") / "bench-quick.json"
+DEFAULT_JAX_PYTHON = Path(".venv-jax") / "bin" / "python"
 TRAIN_TARGET = 1.5  # ours / TFP train steps per second
 SAMPLE_TARGET = 150.0  # TFP / ours (the default "pixel" sampler) sampling time, issue 13
 FIGURE_TARGET_S = 30.0  # seconds to draw the 1,024-sample figure, issue 13
@@ -159,6 +167,9 @@ class BenchSettings:
     figure_batch: int = 256
     seed: int = 0
     smoke: bool = False  # set by quick(): its timings say nothing about the targets
+    # The JAX column: a Python whose environment has JAX, keras, tfp-nightly and invkeras (`make
+    # install-jax` builds one in .venv-jax). None: no JAX rows.
+    jax_python: str | None = None
 
     @classmethod
     def quick(cls, **overrides) -> "BenchSettings":
@@ -227,9 +238,16 @@ def _load_1min() -> float | None:
 # --- shared helpers ---------------------------------------------------------------------
 
 
-def _import_everything():
-    """Every model worker imports the same modules, so RSS growth after this is the model's cost."""
+def _import_everything(backend: str = "tensorflow"):
+    """Every model worker of a backend imports the same modules, so RSS growth after this is
+    the model's cost. A JAX worker's environment has no TensorFlow (and no TFP PixelCNN)."""
     import keras  # noqa: F401
+
+    if backend == "jax":
+        import invkeras.inverters.pixelcnn.flops  # noqa: F401
+        import invkeras.inverters.pixelcnn.kind  # noqa: F401
+        import invkeras.inverters.pixelcnn.sampling  # noqa: F401
+        return
     import tensorflow as tf  # noqa: F401
     import tensorflow_probability as tfp
     from tensorflow_probability.python.internal import tf_keras  # noqa: F401
@@ -318,6 +336,7 @@ def _tfp_weight_norm_initialised(dist) -> bool:
 class Job:
     part = ""  # "train", "peak", "sample" or "figure"
     imports_models = True  # import TF, TFP and invkeras before the memory baseline
+    backend = "tensorflow"  # the Keras backend of the worker's process ("jax": runs in BenchSettings.jax_python)
 
     def __init__(self, s: BenchSettings):
         self.s = s
@@ -349,12 +368,20 @@ class Job:
         return {"warmup_s": times, "first_loss": losses[0] if losses else math.nan}
 
 
+def _backend_versions() -> dict:
+    """Versions inside a JAX worker (the coordinator's `_versions` sees the TensorFlow side)."""
+    import jax
+    import keras
+
+    return {"jax": jax.__version__, "keras": keras.__version__}
+
+
 class TrainOurs(Job):
     part = "train"
 
-    def __init__(self, s: BenchSettings, jit: bool, count_graph: bool):
+    def __init__(self, s: BenchSettings, jit: bool, count_graph: bool, backend: str = "tensorflow"):
         super().__init__(s)
-        self.jit, self.count_graph = jit, count_graph
+        self.jit, self.count_graph, self.backend = jit, count_graph, backend
 
     def setup(self) -> dict:
         import keras
@@ -377,7 +404,10 @@ class TrainOurs(Job):
         info = {**self._warm_up(s.warmup_steps), "build_s": build_s, "params": params, "params_effective": params,
                 "train_flops_per_step": flops.train_step_flops(config, s.batch_size),
                 "how": "build_network + train_on_batch, "
-                       + ("XLA (jit_compile=True)" if self.jit else "no XLA (jit_compile=False)")}
+                       + ("XLA (jit_compile=True)" if self.jit else "no XLA (jit_compile=False)")
+                       + f", {self.backend} backend"}
+        if self.backend == "jax":
+            info["backend_versions"] = _backend_versions()
         if self.count_graph:  # after the warm-up, so the optimizer exists; traced, not run
             start = time.perf_counter()
             info["graph_flops"] = flops.graph_flops(flops.train_step_graph(self.model, self.inputs, self.x))
@@ -490,9 +520,9 @@ class PeakMatmul(Job):
 class SampleOurs(Job):
     part = "sample"
 
-    def __init__(self, s: BenchSettings, method: str):
+    def __init__(self, s: BenchSettings, method: str, backend: str = "tensorflow"):
         super().__init__(s)
-        self.method = method
+        self.method, self.backend = method, backend
 
     def setup(self) -> dict:
         import keras
@@ -512,12 +542,13 @@ class SampleOurs(Job):
         start = time.perf_counter()
         self.step()  # compiles the whole pixel loop with XLA, then runs it
         return {
+            **({"backend_versions": _backend_versions()} if self.backend == "jax" else {}),
             "first_call_s": time.perf_counter() - start, "build_s": build_s,
             "params": sum(int(math.prod(v.shape)) for v in self.model.trainable_variables),
             # Multiply-accumulates per image, as a multiple of one forward pass (counted from the shapes).
             "flops_x_forward": macs_per_image(config, self.method) / macs_per_image(config),
-            "how": f"invkeras.inverters.pixelcnn.sampling.sample(method='{self.method}'), XLA; after a first "
-                   "call that compiles",
+            "how": f"invkeras.inverters.pixelcnn.sampling.sample(method='{self.method}'), XLA, {self.backend} "
+                   "backend; after a first call that compiles",
         }
 
     def step(self):
@@ -612,17 +643,36 @@ JOBS: dict[str, tuple[str, Callable[[BenchSettings], Job]]] = {
     "train_tfp_fit": ("TFP PixelCNN (docs: Model + fit)", TrainTFPFit),
     "train_ours_xla": ("invkeras, XLA", lambda s: TrainOurs(s, jit=True, count_graph=False)),
     "train_ours_no_xla": ("invkeras, no XLA", lambda s: TrainOurs(s, jit=False, count_graph=s.count_graph_flops)),
+    "train_ours_jax": ("invkeras, JAX backend (XLA)",
+                       lambda s: TrainOurs(s, jit=True, count_graph=False, backend="jax")),
     "peak": ("float32 matmul peak", PeakMatmul),
     "sample_tfp": ("TFP dist.sample", SampleTFP),
     "sample_ours_pixel": ("invkeras 'pixel' (per-pixel caches)", lambda s: SampleOurs(s, "pixel")),
     "sample_ours_cached": ("invkeras 'cached'", lambda s: SampleOurs(s, "cached")),
     "sample_ours_full": ("invkeras 'full'", lambda s: SampleOurs(s, "full")),
+    "sample_ours_pixel_jax": ("invkeras 'pixel', JAX backend", lambda s: SampleOurs(s, "pixel", backend="jax")),
     "figure": ("Sample figure (many samples of one input)", SampleFigure),
 }
 LABELS = {name: label for name, (label, _) in JOBS.items()}
 TFP_TRAIN = ("train_tfp", "train_tfp_fit")
-OUR_TRAIN = ("train_ours_xla", "train_ours_no_xla")
-OUR_SAMPLERS = ("sample_ours_pixel", "sample_ours_cached", "sample_ours_full")
+OUR_TRAIN = ("train_ours_xla", "train_ours_no_xla", "train_ours_jax")
+OUR_SAMPLERS = ("sample_ours_pixel", "sample_ours_cached", "sample_ours_full", "sample_ours_pixel_jax")
+# The JAX column against the same code under TensorFlow, each backend as `train-inverter` runs it
+# by default (--jit-compile auto: XLA under JAX, none under TensorFlow) and the same sampler.
+JAX_PEERS = {"train_ours_jax": "train_ours_no_xla", "sample_ours_pixel_jax": "sample_ours_pixel"}
+
+
+def phase_names(part: str, s: BenchSettings, isolate: bool) -> list[str]:
+    """The workers of a phase. The JAX rows need their own process (another Python, another
+    backend), so they take part only in isolated runs with `jax_python` set."""
+    jax = s.jax_python is not None and isolate
+    if part == "train":
+        return (["train_tfp"] + (["train_tfp_fit"] if s.tfp_fit else []) + ["train_ours_xla", "train_ours_no_xla"]
+                + (["train_ours_jax"] if jax else []) + ["peak"])
+    if part == "sample":
+        return ["sample_tfp", "sample_ours_pixel", "sample_ours_cached", "sample_ours_full"] + (
+            ["sample_ours_pixel_jax"] if jax else [])
+    return ["figure"]
 
 
 # --- workers: a job in this process, or in a long-lived subprocess -----------------------------
@@ -639,7 +689,7 @@ class InProcessWorker:
 
     def import_modules(self) -> None:
         if self.job.imports_models:
-            _import_everything()
+            _import_everything(self.job.backend)
         else:
             import keras  # noqa: F401
 
@@ -675,9 +725,14 @@ class SubprocessWorker:
     def __init__(self, name: str, s: BenchSettings):
         self.name = name
         self._stderr = tempfile.TemporaryFile(mode="w+", prefix="invkeras-bench-")
-        command = [sys.executable, "-m", "invkeras.bench", "--serve", name,
+        backend = JOBS[name][1](s).backend
+        python = s.jax_python if backend == "jax" else sys.executable
+        if python is None:
+            raise ValueError(f"benchmark worker '{name}' runs under JAX and needs BenchSettings.jax_python")
+        command = [python, "-m", "invkeras.bench", "--serve", name,
                    "--settings-json", json.dumps(dataclasses.asdict(s))]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+               "KERAS_BACKEND": backend}
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                      text=True, env=env)
 
@@ -887,6 +942,15 @@ def summarize(train: dict, sample: dict, peak: dict | None = None, figure: dict 
             summary["sample_target"] = SAMPLE_TARGET
             summary["sample_target_met"] = summary["sample_ratio"]["sample_ours_pixel"]["median"] >= SAMPLE_TARGET
 
+    jax_over_tf = {}
+    for jax_name, tf_name in JAX_PEERS.items():
+        measured = train if jax_name in train else sample
+        if jax_name in measured and tf_name in measured:
+            tf_times, jax_times = round_medians(measured[tf_name]), round_medians(measured[jax_name])
+            jax_over_tf[jax_name] = spread(_ratio_by_round(tf_times, jax_times))  # speed ratio: > 1, JAX faster
+    if jax_over_tf:
+        summary["jax_over_tf"] = jax_over_tf
+
     if figure is not None:
         summary["figure_s"] = statistics.median(round_medians(figure).values())
         summary["figure_target_s"] = FIGURE_TARGET_S
@@ -941,13 +1005,13 @@ def run_benchmark(s: BenchSettings, *, isolate: bool = True, only: str | None = 
     train, sample, load = {}, {}, {}
     peak = figure = None
     if only in (None, "train"):
-        names = ["train_tfp"] + (["train_tfp_fit"] if s.tfp_fit else []) + list(OUR_TRAIN) + ["peak"]
+        names = phase_names("train", s, isolate)
         units = {name: s.steps_per_round for name in names} | {"peak": s.peak_calls}
         log(f"Training: {s.rounds} interleaved rounds of {s.steps_per_round} steps (matmul peak: {s.peak_calls} calls)")
         train, load["train"] = run_phase(names, s, isolate=isolate, rounds=s.rounds, units=units, log=log)
         peak = train.pop("peak")
     if only in (None, "sample"):
-        names = ["sample_tfp", *OUR_SAMPLERS]
+        names = phase_names("sample", s, isolate)
         log(f"Sampling: {s.sample_rounds} interleaved rounds of one draw "
             f"({', '.join(s.sample_once)}: middle round only)")
         sample, load["sample"] = run_phase(names, s, isolate=isolate, rounds=s.sample_rounds,
@@ -1021,6 +1085,10 @@ def render(results: dict):
     lines = [
         f"Machine: {m['cpu_count']} cores, {m['cpu_model']}, GPU: {', '.join(m['gpus']) or 'none'}",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        *[f"JAX column: {s['jax_python']} ("
+          + ", ".join(f"{k} {val}" for k, val in r["backend_versions"].items()) + ")"
+          for r in [next((r for r in [*results["train"].values(), *results["sample"].values()]
+                          if "backend_versions" in r), None)] if r is not None],
         f"Data: random uint8 images {h}x{w}x{c} and h ~ N(0, 1) of size {s['cond_dim']}; logistic mixture with "
         f"{s['num_mixtures']} components, vector conditioning, dropout {s['dropout_rate']}, 3 resolutions.",
         "Method: every row has its own long-lived worker process (model built once, warmed up); the workers "
@@ -1096,6 +1164,10 @@ def render(results: dict):
     if "sample_ours_full" in summary.get("sample_ratio", {}):
         targets.add_row("Sampling time, TFP / ours ('full', same algorithm as TFP)",
                         _ratio_spread(summary["sample_ratio"]["sample_ours_full"]), "info", "")
+    for name, sp in summary.get("jax_over_tf", {}).items():
+        what = "train steps/s" if name in results["train"] else "sampling time"
+        targets.add_row(f"JAX / TensorFlow backend, {what}: {LABELS[name]} against {LABELS[JAX_PEERS[name]]} "
+                        "(> 1: JAX faster)", _ratio_spread(sp), "info", "")
     if "figure_s" in summary:
         targets.add_row(f"{s['figure_samples']:,} samples of one {'x'.join(map(str, s['figure_image_shape']))} input "
                         f"({s['figure_scale']}, 'pixel')", f"{_seconds(summary['figure_s'])} s",
@@ -1204,6 +1276,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tfp-fit", action=argparse.BooleanOptionalAction, default=None,
                         help="also time TFP's docs recipe, tf_keras Model + fit (default: on, off with --quick)")
     parser.add_argument("--no-isolate", action="store_true", help="run every worker's job in this process")
+    parser.add_argument("--jax-python", type=Path, default=DEFAULT_JAX_PYTHON,
+                        help=f"Python of a JAX environment for the JAX rows (default {DEFAULT_JAX_PYTHON}, "
+                             "built by `make install-jax`; skipped with a note where it is absent)")
+    parser.add_argument("--no-jax", action="store_true", help="leave out the JAX rows")
     parser.add_argument("--serve", choices=sorted(JOBS), help=argparse.SUPPRESS)
     parser.add_argument("--settings-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1219,6 +1295,11 @@ def main(argv: list[str] | None = None) -> int:
                                    "sample_rounds": args.sample_rounds}.items() if v is not None}
     if args.tfp_fit is not None:
         overrides["tfp_fit"] = args.tfp_fit
+    if not args.no_jax and not args.no_isolate:
+        if args.jax_python.is_file():
+            overrides["jax_python"] = str(args.jax_python.absolute())  # not resolved: a venv's python is a link
+        else:
+            console.print(f"No JAX rows: {args.jax_python} not found (make install-jax builds it).")
     settings = BenchSettings.quick(**overrides) if args.quick else BenchSettings(**overrides)
     if settings.warmup_steps < 1 or min(settings.rounds, settings.steps_per_round, settings.sample_rounds) < 1:
         parser.error("--warmup-steps, --rounds, --steps-per-round and --sample-rounds must be >= 1")

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import statistics
+import sys
 
 import pytest
 from rich.console import Console
@@ -246,3 +247,53 @@ def test_a_subprocess_worker_speaks_the_line_protocol():
         assert worker.proc.returncode == 0
     finally:
         worker.close()
+
+
+def test_jax_rows_take_part_only_in_isolated_runs_with_a_jax_python():
+    """The JAX workers need their own Python and backend, so a run in one process, or one
+    without a JAX environment, has no JAX rows."""
+    with_jax = bench.BenchSettings.quick(jax_python="/envs/jax/bin/python")
+    assert "train_ours_jax" in bench.phase_names("train", with_jax, isolate=True)
+    assert "sample_ours_pixel_jax" in bench.phase_names("sample", with_jax, isolate=True)
+    for settings, isolate in ((with_jax, False), (bench.BenchSettings.quick(), True)):
+        names = bench.phase_names("train", settings, isolate) + bench.phase_names("sample", settings, isolate)
+        assert not [name for name in names if name.endswith("_jax")]
+    assert bench.phase_names("train", bench.BenchSettings(), True)[-1] == "peak"  # the peak runs with every phase
+
+
+def test_a_jax_worker_is_launched_in_the_jax_python_under_the_jax_backend(monkeypatch):
+    launched = []
+
+    class _Popen:
+        def __init__(self, command, env, **kwargs):
+            launched.append((command, env))
+
+    monkeypatch.setattr(bench.subprocess, "Popen", _Popen)
+    settings = bench.BenchSettings.quick(jax_python="/envs/jax/bin/python")
+    bench.SubprocessWorker("train_ours_jax", settings)
+    bench.SubprocessWorker("train_ours_no_xla", settings)
+    (jax_command, jax_env), (tf_command, tf_env) = launched
+    assert jax_command[0] == "/envs/jax/bin/python" and jax_env["KERAS_BACKEND"] == "jax"
+    assert tf_command[0] == sys.executable and tf_env["KERAS_BACKEND"] == "tensorflow"
+    with pytest.raises(ValueError, match="jax_python"):
+        bench.SubprocessWorker("sample_ours_pixel_jax", bench.BenchSettings.quick())
+
+
+def test_summary_compares_the_jax_rows_with_the_same_code_under_tensorflow():
+    """JAX / TF is a speed ratio per round (> 1: JAX faster), against the TensorFlow row that
+    runs as `train-inverter` does by default (no XLA) and the same sampler."""
+    train = {
+        "train_tfp": _entry({0: [1.0], 1: [1.0], 2: [1.0]}),
+        "train_ours_xla": _entry({0: [0.1], 1: [0.1], 2: [0.1]}),  # not the peer: must not enter the ratio
+        "train_ours_no_xla": _entry({0: [1.0], 1: [2.0], 2: [1.0]}),
+        "train_ours_jax": _entry({0: [0.5], 1: [0.5], 2: [2.0]}),
+    }
+    sample = {"sample_tfp": _entry({1: [60.0]}), "sample_ours_pixel": _entry({0: [2.0], 1: [3.0], 2: [2.0]}),
+              "sample_ours_pixel_jax": _entry({0: [4.0], 1: [1.0], 2: [2.0]})}
+    summary = bench.summarize(train, sample)
+    assert summary["jax_over_tf"]["train_ours_jax"]["by_round"] == pytest.approx([2.0, 4.0, 0.5])
+    assert summary["jax_over_tf"]["train_ours_jax"]["median"] == pytest.approx(2.0)
+    assert summary["jax_over_tf"]["sample_ours_pixel_jax"]["by_round"] == pytest.approx([0.5, 3.0, 1.0])
+    assert summary["train_ratio"]["train_ours_jax"]["by_round"] == pytest.approx([2.0, 2.0, 0.5])  # vs TFP
+    assert summary["sample_ratio"]["sample_ours_pixel_jax"]["by_round"] == pytest.approx([15.0, 60.0, 30.0])
+    assert "jax_over_tf" not in bench.summarize({k: train[k] for k in ("train_tfp", "train_ours_no_xla")}, {})

@@ -289,18 +289,22 @@ def plot_factor_dimensions(
     colours = {name: ("lightgrey" if name == "residual" else f"C{i % 10}") for i, name in enumerate(names)}
     figure = _new_figure(width=7.5, height=1.6 + 0.45 * len(rows))
     axes = figure.add_subplot(1, 1, 1)
+    # Each bar is its layer's share of dimensions, so a 20-d layer is as readable as a 272-d one.
     for y, row in enumerate(rows):
-        left = 0
+        total = sum(int(block["size"]) for block in row["blocks"]) or 1
+        left = 0.0
         for block in row["blocks"]:
-            size = int(block["size"])
-            axes.barh(y, size, left=left, color=colours[block["name"]], edgecolor="white", label=block["name"])
-            if size:
-                axes.annotate(str(size), (left + size / 2, y), ha="center", va="center", fontsize="small")
-            left += size
+            share = int(block["size"]) / total
+            axes.barh(y, share, left=left, color=colours[block["name"]], edgecolor="white", label=block["name"])
+            if block["size"]:
+                axes.annotate(str(int(block["size"])), (left + share / 2, y), ha="center", va="center",
+                              fontsize="small")
+            left += share
+    axes.set_xlim(0, 1)
     axes.set_yticks(range(len(rows)))
-    axes.set_yticklabels([str(row["label"]) for row in rows])
+    axes.set_yticklabels([f"{row['label']} ({sum(int(b['size']) for b in row['blocks'])})" for row in rows])
     axes.invert_yaxis()
-    axes.set_xlabel("dimensions of the representation")
+    axes.set_xlabel("share of the representation's dimensions (each block labelled with its count)")
     axes.set_title(title or "Dimensions per semantic factor (estimate)")
     handles, labels = axes.get_legend_handles_labels()
     unique = dict(zip(labels, handles))  # one legend entry per factor, not per bar

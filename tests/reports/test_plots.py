@@ -81,3 +81,24 @@ def test_accuracy_bars(tmp_path):
 
 def test_layer_order():
     assert order_layers(["none", "fc3", "dense_7", "conv1", "fc3"]) == ["conv1", "fc3", "none", "dense_7"]
+
+
+def test_factor_dimensions_draw_each_layer_as_shares_of_its_own_dimensions(tmp_path, monkeypatch):
+    """A 20-d layer beside a 272-d one: each bar spans the whole axis, split in proportion to
+    its blocks, and every block is labelled with its count."""
+    from invkeras.reports import plots
+
+    rows = [{"label": "fc3", "dim": 272, "blocks": [{"name": "shape", "size": 48}, {"name": "residual", "size": 224}]},
+            {"label": "logits", "dim": 20, "blocks": [{"name": "shape", "size": 2}, {"name": "residual", "size": 18}]}]
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda figure, path, **kw: figures.append(figure) or save(figure, path, **kw))
+    meta = drawn(plots.plot_factor_dimensions(rows, tmp_path / "dimensions.png"))
+    assert meta["data"] == rows
+    axes = figures[0].axes[0]
+    widths = [[(p.get_x(), p.get_width()) for p in axes.patches if p.get_y() < y < p.get_y() + p.get_height()]
+              for y in (0, 1)]
+    assert [sum(w for _, w in row) for row in widths] == pytest.approx([1.0, 1.0])
+    assert [w for _, w in widths[1]] == pytest.approx([0.1, 0.9])
+    assert [t.get_text() for t in axes.get_yticklabels()] == ["fc3 (272)", "logits (20)"]
+    assert sorted(t.get_text() for t in axes.texts) == ["18", "2", "224", "48"]
