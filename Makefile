@@ -31,7 +31,7 @@ $(STAMP_JAX): requirements-jax.txt pyproject.toml
 	touch $(STAMP_JAX)
 
 demo: install
-	$(VENV)/bin/invkeras run recipes/quickstart.yaml
+	$(VENV)/bin/invkeras run recipes/quickstart.yaml --parallel 2
 
 # The main suite (TensorFlow; tests/jax_subset skips there, tests/test_cross_backend.py calls into
 # .venv-jax), then the JAX subset in .venv-jax.
