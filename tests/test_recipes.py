@@ -31,17 +31,20 @@ def test_ground_truth_recipe_runs_from_all_factors_to_none():
     from invkeras.analyses.ground_truth import parse_subset, true_conditional_entropy
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/ground_truth_procedural.yaml")
-    step = recipe.steps["bounds"]
-    assert step.command == "ground-truth" and step.scale == "tiny"
-    truths = [true_conditional_entropy(parse_subset(s)) for s in step.subsets]
+    steps = [recipe.steps["bounds"], recipe.steps["bounds_most_entropy"]]
+    assert all(step.command == "ground-truth" and step.scale == "tiny" for step in steps)
+    truths = [true_conditional_entropy(parse_subset(s)) for step in steps for s in step.subsets]
     assert truths[0] == 0.0 and truths == sorted(truths) and len(set(truths)) == len(truths)
     assert truths[-1] == pytest.approx(8.841, abs=1e-3)
+    # The subsets with the most entropy left train longer, into a table of their own.
+    assert steps[1].max_steps > steps[0].max_steps and steps[1].out_dir() != steps[0].out_dir()
     # Done only when every subset's model exists: a table of fewer subsets does not count.
     from invkeras.recipes.runner import step_outputs
 
-    outputs = step_outputs(step)
-    assert len(outputs) == len(step.subsets) + 1 and outputs[-1].name == "ground_truth.json"
-    assert [p.parent.name for p in outputs[:-1]] == step.subsets
+    for step in steps:
+        outputs = step_outputs(step)
+        assert len(outputs) == len(step.subsets) + 1 and outputs[-1].name == "ground_truth.json"
+        assert [p.parent.name for p in outputs[:-1]] == step.subsets
 
 
 def test_the_top_level_scale_does_not_reach_an_edit_steps_own_scale(tmp_path):
