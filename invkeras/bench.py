@@ -665,13 +665,12 @@ JAX_PEERS = {"train_ours_jax": "train_ours_no_xla", "sample_ours_pixel_jax": "sa
 def phase_names(part: str, s: BenchSettings, isolate: bool) -> list[str]:
     """The workers of a phase. The JAX rows need their own process (another Python, another
     backend), so they take part only in isolated runs with `jax_python` set."""
-    jax = s.jax_python is not None and isolate
+    with_jax = s.jax_python is not None and isolate
+    skipped = ({"train_tfp_fit"} if not s.tfp_fit else set()) | (set() if with_jax else set(JAX_PEERS))
     if part == "train":
-        return (["train_tfp"] + (["train_tfp_fit"] if s.tfp_fit else []) + ["train_ours_xla", "train_ours_no_xla"]
-                + (["train_ours_jax"] if jax else []) + ["peak"])
+        return [name for name in (*TFP_TRAIN, *OUR_TRAIN) if name not in skipped] + ["peak"]
     if part == "sample":
-        return ["sample_tfp", "sample_ours_pixel", "sample_ours_cached", "sample_ours_full"] + (
-            ["sample_ours_pixel_jax"] if jax else [])
+        return [name for name in ("sample_tfp", *OUR_SAMPLERS) if name not in skipped]
     return ["figure"]
 
 
@@ -1085,10 +1084,7 @@ def render(results: dict):
     lines = [
         f"Machine: {m['cpu_count']} cores, {m['cpu_model']}, GPU: {', '.join(m['gpus']) or 'none'}",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        *[f"JAX column: {s['jax_python']} ("
-          + ", ".join(f"{k} {val}" for k, val in r["backend_versions"].items()) + ")"
-          for r in [next((r for r in [*results["train"].values(), *results["sample"].values()]
-                          if "backend_versions" in r), None)] if r is not None],
+        *_jax_versions_line(results),
         f"Data: random uint8 images {h}x{w}x{c} and h ~ N(0, 1) of size {s['cond_dim']}; logistic mixture with "
         f"{s['num_mixtures']} components, vector conditioning, dropout {s['dropout_rate']}, 3 resolutions.",
         "Method: every row has its own long-lived worker process (model built once, warmed up); the workers "
@@ -1164,7 +1160,7 @@ def render(results: dict):
     if "sample_ours_full" in summary.get("sample_ratio", {}):
         targets.add_row("Sampling time, TFP / ours ('full', same algorithm as TFP)",
                         _ratio_spread(summary["sample_ratio"]["sample_ours_full"]), "info", "")
-    for name, sp in summary.get("jax_over_tf", {}).items():
+    for name, sp in ((n, summary["jax_over_tf"][n]) for n in JAX_PEERS if n in summary.get("jax_over_tf", {})):
         what = "train steps/s" if name in results["train"] else "sampling time"
         targets.add_row(f"JAX / TensorFlow backend, {what}: {LABELS[name]} against {LABELS[JAX_PEERS[name]]} "
                         "(> 1: JAX faster)", _ratio_spread(sp), "info", "")
@@ -1189,6 +1185,15 @@ def render(results: dict):
     parts = [*(Text(line) for line in lines), Text(""), *tables, targets, Text("How each row was measured:")]
     parts += [Text(line) for line in how] + [Text(f"Total wall time: {results['wall_s']:.0f} s")]
     return Group(*parts)
+
+
+def _jax_versions_line(results: dict) -> list[str]:
+    """The JAX workers' Python and versions, as one line (none without JAX rows)."""
+    jax_rows = [r for r in (*results["train"].values(), *results["sample"].values()) if "backend_versions" in r]
+    if not jax_rows:
+        return []
+    versions = ", ".join(f"{k} {val}" for k, val in jax_rows[0]["backend_versions"].items())
+    return [f"JAX column: {results['settings']['jax_python']} ({versions})"]
 
 
 def _flops_table(results: dict, Table):

@@ -290,11 +290,11 @@ def plot_factor_dimensions(
     figure = _new_figure(width=7.5, height=1.6 + 0.45 * len(rows))
     axes = figure.add_subplot(1, 1, 1)
     # Each bar is its layer's share of dimensions, so a 20-d layer is as readable as a 272-d one.
-    for y, row in enumerate(rows):
-        total = sum(int(block["size"]) for block in row["blocks"]) or 1
+    totals = [sum(int(block["size"]) for block in row["blocks"]) for row in rows]
+    for y, (row, total) in enumerate(zip(rows, totals)):
         left = 0.0
         for block in row["blocks"]:
-            share = int(block["size"]) / total
+            share = int(block["size"]) / max(total, 1)
             axes.barh(y, share, left=left, color=colours[block["name"]], edgecolor="white", label=block["name"])
             if block["size"]:
                 axes.annotate(str(int(block["size"])), (left + share / 2, y), ha="center", va="center",
@@ -302,7 +302,7 @@ def plot_factor_dimensions(
             left += share
     axes.set_xlim(0, 1)
     axes.set_yticks(range(len(rows)))
-    axes.set_yticklabels([f"{row['label']} ({sum(int(b['size']) for b in row['blocks'])})" for row in rows])
+    axes.set_yticklabels([f"{row['label']} ({total})" for row, total in zip(rows, totals)])
     axes.invert_yaxis()
     axes.set_xlabel("share of the representation's dimensions (each block labelled with its count)")
     axes.set_title(title or "Dimensions per semantic factor (estimate)")
