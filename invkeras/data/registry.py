@@ -24,7 +24,14 @@ easy to state and to test (`plan_splits`):
 * shuffle the training pool's indices with ``np.random.default_rng(seed)``;
 * if there is no test split, test = the last 10% of that permutation;
 * if there is no validation split, validation = the last 10% of what remains;
-* train = the rest. Each split keeps the source's order (sorted indices).
+* train = the rest.
+
+A carved split comes in the order of that permutation, not the source's: analyses take
+the first N held-out images (`compare --num-images`, `sample --num-inputs`, evaluation
+limits), and some files are sorted by class (the shared CIFAR-10 archive is), where the
+first N of a source-ordered split would all be airplanes. TFDS streams its carved splits
+in TFDS's own order (a mask over the stream); the catalogue datasets are not class-sorted.
+Splits a source declares keep the source's order.
 
 So TFDS train/test datasets get a validation split of 10% of train (MNIST: 54,000 /
 6,000 / 10,000), and a single pool, such as the shared 10k MNIST test set, becomes
@@ -93,7 +100,8 @@ class DatasetInfo:
 
 
 def plan_splits(pool_sizes: Mapping[str, int], seed: int) -> dict[str, tuple[str, np.ndarray | None]]:
-    """For each of SPLITS: (pool it comes from, sorted indices into that pool, or None for all of it).
+    """For each of SPLITS: (pool it comes from, indices into that pool in shuffled order, or None
+    for all of it in the source's order).
 
     `pool_sizes` maps the splits a source really has to their sizes; a source with a
     single unnamed pool passes it as "train". See the module docstring for the rule.
@@ -108,9 +116,9 @@ def plan_splits(pool_sizes: Mapping[str, int], seed: int) -> dict[str, tuple[str
     for split in missing:  # test first, then validation from what is left
         held_out = int(round(HELD_OUT_FRACTION * len(remaining)))
         cut = len(remaining) - held_out
-        plan[split] = ("train", np.sort(remaining[cut:]))
+        plan[split] = ("train", remaining[cut:])
         remaining = remaining[:cut]
-    plan["train"] = ("train", np.sort(remaining))
+    plan["train"] = ("train", remaining)
     return plan
 
 
