@@ -85,7 +85,7 @@ def _carve(arrays: dict, fraction: float, seed: int) -> tuple[dict, dict]:
 
 
 def _feature_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict | None, dict]:
-    from invkeras.data.features import ExtractConfig, extract_features, open_features
+    from invkeras.data.features import extract_features, open_features
 
     if config.features:
         path = Path(config.features)
@@ -109,9 +109,7 @@ def _feature_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict | None, 
             source["layer"] = layer
         return train, val, test, source
 
-    extract = ExtractConfig(dataset=config.dataset, data_dir=config.data_dir, arch=config.arch, model=config.model,
-                            layers=[config.layer], splits=["train", "validation", "test"], seed=config.seed,
-                            workspace=config.workspace)
+    extract = _extract_config(config, ["train", "validation", "test"])
     manifests = extract_features(extract)[config.layer]
     train = open_features(manifests["train"].parent).load_all(config.train_examples)
     val = open_features(manifests["validation"].parent).load_all(config.eval_examples)
@@ -120,15 +118,23 @@ def _feature_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict | None, 
     return train, val, test, source
 
 
-def _image_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict, dict]:
+def _extract_config(config: PairedDataConfig, splits: list[str]):
+    from invkeras.data.features import ExtractConfig
+
+    return ExtractConfig(dataset=config.dataset, data_dir=config.data_dir, arch=config.arch, model=config.model,
+                         layers=[config.layer], splits=splits, seed=config.seed, workspace=config.workspace)
+
+
+def _image_split(config: PairedDataConfig, split: str, limit: int | None) -> dict:
     from invkeras.data import load_arrays
 
-    def split(name, limit):
-        x, _ = load_arrays(config.dataset, name, data_dir=config.data_dir, seed=config.seed, limit=limit)
-        return {"x": x}
+    x, _ = load_arrays(config.dataset, split, data_dir=config.data_dir, seed=config.seed, limit=limit)
+    return {"x": x}
 
-    return (split("train", config.train_examples), split("validation", config.eval_examples),
-            split("test", config.eval_examples), {"dataset": config.dataset, "layer": UNCONDITIONAL})
+
+def _image_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict, dict]:
+    return (_image_split(config, "train", config.train_examples), _image_split(config, "validation", config.eval_examples),
+            _image_split(config, "test", config.eval_examples), {"dataset": config.dataset, "layer": UNCONDITIONAL})
 
 
 def paired_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict | None, dict]:
@@ -148,12 +154,36 @@ def paired_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict | None, di
     return train, val, test, source
 
 
+def _held_out_split(config: PairedDataConfig, split: str) -> dict | None:
+    """One held-out split of `paired_arrays` (capped at eval_examples), read without the
+    training split wherever the held-out split exists on its own: the train features of a
+    conv layer of the full MNIST are over a gigabyte, for 8 or 500 held-out pairs. Only a
+    validation split carved out of the user's own training features needs them."""
+    from invkeras.data.features import MANIFEST, extract_features, open_features
+
+    if not (config.conditional or config.features):
+        return _image_split(config, split, config.eval_examples)
+    if config.features:
+        path = Path(config.features)
+        own = path / split / MANIFEST
+        if not (path.is_dir() and (path / "train" / MANIFEST).exists() and own.exists()):
+            _, val, test, _ = paired_arrays(config)
+            return {"validation": val, "test": test}[split]
+        arrays = open_features(own.parent).load_all(config.eval_examples)
+    else:
+        manifest = extract_features(_extract_config(config, [split]))[config.layer][split]
+        arrays = open_features(manifest.parent).load_all(config.eval_examples)
+    return arrays if config.conditional else {"x": arrays["x"]}
+
+
 def held_out_inputs(config: PairedDataConfig, split: str, num_inputs: int) -> dict:
-    """The first `num_inputs` held-out (x, h) pairs of the data an inverter was trained on."""
+    """The first `num_inputs` held-out (x, h) pairs of the data an inverter was trained on:
+    the same pairs, in the same order, as the held-out splits of `paired_arrays`."""
     if num_inputs < 1:
         raise InvkerasError("held-out inputs: the number of inputs must be >= 1")
-    _, val, test, _ = paired_arrays(config.model_copy(update={"eval_examples": num_inputs}))
-    arrays = {"validation": val, "test": test}.get(split)
+    if split not in ("validation", "test"):
+        raise InvkerasError(f"--split {split}: no held-out '{split}' data for this inverter (choose validation or test)")
+    arrays = _held_out_split(config.model_copy(update={"eval_examples": num_inputs}), split)
     if arrays is None:
         raise InvkerasError(f"--split {split}: no held-out '{split}' data for this inverter (choose validation or test)")
     return {k: v[:num_inputs] for k, v in arrays.items()}
