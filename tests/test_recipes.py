@@ -21,7 +21,7 @@ def test_quickstart_recipe_is_valid():
     recipe = load_recipe(Path(__file__).resolve().parents[1] / QUICKSTART)
     assert [step.command for step in recipe.steps.values()] == [
         "train-classifier", "extract", "train-inverter", "train-inverter", "train-inverter", "train-inverter", "sample",
-        "sample", "estimate-mi"]
+        "sample", "sample", "estimate-mi"]
     assert recipe.steps["classifier"].dataset == "procedural"  # inherited from the top level
     assert recipe.steps["inverter_fc3"].scale == "tiny" and recipe.steps["inverter_fc3"].arch == "conv"
     assert recipe.steps["inverter_fc3"].filters == 16 and recipe.steps["decoder_fc3"].kind == "mse"

@@ -45,9 +45,10 @@ def test_the_quickstart_graph_waits_only_for_what_each_step_reads(tmp_path):
         "inverter_fc3": ["features"],
         "inverter_unconditional": [],  # reads the dataset only: it trains beside the classifier
         "decoder_fc3": ["features"],
-        "samples": ["inverter_conv1", "inverter_fc3", "inverter_unconditional"],
-        # writes the fc3 grid that `samples` writes too, so never at the same time
-        "samples_fc3_beside_mse": ["decoder_fc3", "samples"],
+        # each grid waits for its own model only, not for the long unconditional one
+        "samples": ["inverter_conv1"],
+        "samples_fc3_beside_mse": ["inverter_fc3", "decoder_fc3"],
+        "samples_unconditional": ["inverter_unconditional"],
         "information": ["inverter_conv1", "inverter_fc3", "inverter_unconditional"],
     }
 
