@@ -91,7 +91,8 @@ def build_classifier(
 ) -> keras.Model:
     """Build one of `ARCHITECTURES` for images of `input_shape` (H, W, C) and `num_classes` classes.
 
-    `dropout_rate=0` removes dropout; `filters=(f1, f2)` overrides the conv widths.
+    `dropout_rate=0` removes dropout without changing the initial weights; `filters=(f1, f2)`
+    overrides the conv widths.
     """
     if arch not in ARCHITECTURES:
         raise InvkerasError(f"unknown architecture '{arch}'; choose one of {', '.join(ARCHITECTURES)}")
@@ -111,7 +112,14 @@ def build_classifier(
         raise InvkerasError(f"filters must give two conv widths (conv1, conv2), got {filters}")
 
     def dropout(x, name):
-        return keras.layers.Dropout(dropout_rate, name=name)(x) if dropout_rate > 0 else x
+        if dropout_rate > 0:
+            return keras.layers.Dropout(dropout_rate, name=name)(x)
+        # A Dropout layer draws its seed from the global RNG (a SeedGenerator) between the
+        # layers' initialisations; make that draw without the layer, so that one seed gives the
+        # same untrained network with and without dropout, as comparing the normal and the
+        # overfitted regimes of the training-dynamics study needs.
+        keras.random.SeedGenerator()
+        return x
 
     inputs = keras.Input(shape=input_shape, name="image")
     # Raw pixels in [0, 255] -> [-1, 1]; Rescaling also casts uint8 input to float.

@@ -68,6 +68,18 @@ def test_dropout_can_be_disabled_and_filters_overridden():
     assert tuple(model.get_layer("conv2").output.shape) == (None, 4, 4, 16)
 
 
+@pytest.mark.parametrize("arch", ["conv", "fc"])
+def test_one_seed_gives_the_same_untrained_network_with_and_without_dropout(arch):
+    # The normal and overfitted regimes of the training-dynamics study start from one network.
+    keras.utils.set_random_seed(3)
+    with_dropout = build_classifier(arch, GREY, 10, dropout_rate=0.3)
+    keras.utils.set_random_seed(3)
+    without = build_classifier(arch, GREY, 10, dropout_rate=0)
+    assert len(with_dropout.weights) == len(without.weights)
+    for a, b in zip(with_dropout.weights, without.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
 def test_raw_uint8_and_float_pixels_give_the_same_logits():
     model = build_classifier("conv", GREY, 4)
     x = _images(GREY)
