@@ -236,12 +236,17 @@ class Inverter:
 
     @staticmethod
     def prepare(config: InverterConfig) -> "PairedData":
-        """Seed everything and load the config's pairs: the first thing every kind's `train` does."""
+        """Load the config's pairs, then seed everything: the first thing every kind's `train` does.
+
+        Seeded after loading: loading a classifier to extract its features draws from the
+        global RNG (its layers' initialisers, its dropout seeds), so seeding first made the
+        inverter's initial weights depend on the classifier's architecture, and two inverters
+        of identical features start alike only this way."""
         import keras
 
         started = time.time()
-        keras.utils.set_random_seed(config.seed)
         train, validation, test, source = paired_arrays(config)
+        keras.utils.set_random_seed(config.seed)
         image_shape = tuple(int(d) for d in train["x"].shape[1:])
         h_shape = tuple(int(d) for d in train["h"].shape[1:]) if config.conditional else None
         return PairedData(train, validation, test, source, image_shape, h_shape, started)

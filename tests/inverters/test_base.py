@@ -151,3 +151,23 @@ def test_a_fresh_process_loads_and_samples_every_kind(tiny_inverters, name):
     proc = subprocess.run([sys.executable, "-c", script, str(tiny_inverters[name].model_path)], capture_output=True,
                           text=True, timeout=300, env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0 and "SHAPE (1, 2, 20, 20, 1)" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_inverters_of_identical_features_start_alike_whatever_the_classifier_draws(tmp_path):
+    """Loading a classifier to extract its features draws from the global RNG (a dropout layer
+    draws a seed); the inverter is seeded after loading, so its weights depend on its seed alone."""
+    from invkeras.classifiers.architectures import build_classifier
+
+    weights = []
+    for rate in (0.3, 0.0):  # one seed: the same network, with and without dropout layers
+        keras.utils.set_random_seed(0)
+        path = tmp_path / f"classifier-{rate}.keras"
+        build_classifier("conv", (20, 20, 1), 5, dropout_rate=rate).save(path)
+        config = config_for("mse", dict(dataset="procedural", model=str(path), layer="fc3", workspace=str(tmp_path),
+                                        out=str(tmp_path / f"mse-{rate}"), max_steps=2, steps_per_checkpoint=2,
+                                        train_examples=64, eval_examples=16, batch_size=16))
+        inverter = inverter_class("mse").train(config, progress=False)
+        weights.append([w.numpy() for w in keras.saving.load_model(inverter.model_path).weights])
+    assert len(weights[0]) == len(weights[1]) > 0
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
