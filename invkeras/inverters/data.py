@@ -133,8 +133,10 @@ def _image_split(config: PairedDataConfig, split: str, limit: int | None) -> dic
 
 
 def _image_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict, dict]:
-    return (_image_split(config, "train", config.train_examples), _image_split(config, "validation", config.eval_examples),
-            _image_split(config, "test", config.eval_examples), {"dataset": config.dataset, "layer": UNCONDITIONAL})
+    return (_image_split(config, "train", config.train_examples),
+            _image_split(config, "validation", config.eval_examples),
+            _image_split(config, "test", config.eval_examples),
+            {"dataset": config.dataset, "layer": UNCONDITIONAL})
 
 
 def paired_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict | None, dict]:
@@ -181,9 +183,8 @@ def held_out_inputs(config: PairedDataConfig, split: str, num_inputs: int) -> di
     the same pairs, in the same order, as the held-out splits of `paired_arrays`."""
     if num_inputs < 1:
         raise InvkerasError("held-out inputs: the number of inputs must be >= 1")
-    if split not in ("validation", "test"):
-        raise InvkerasError(f"--split {split}: no held-out '{split}' data for this inverter (choose validation or test)")
-    arrays = _held_out_split(config.model_copy(update={"eval_examples": num_inputs}), split)
+    limited = config.model_copy(update={"eval_examples": num_inputs})
+    arrays = _held_out_split(limited, split) if split in ("validation", "test") else None
     if arrays is None:
         raise InvkerasError(f"--split {split}: no held-out '{split}' data for this inverter (choose validation or test)")
     return {k: v[:num_inputs] for k, v in arrays.items()}
