@@ -1160,7 +1160,9 @@ def render(results: dict):
     if "sample_ours_full" in summary.get("sample_ratio", {}):
         targets.add_row("Sampling time, TFP / ours ('full', same algorithm as TFP)",
                         _ratio_spread(summary["sample_ratio"]["sample_ours_full"]), "info", "")
-    for name, sp in ((n, summary["jax_over_tf"][n]) for n in JAX_PEERS if n in summary.get("jax_over_tf", {})):
+    jax_over_tf = summary.get("jax_over_tf", {})
+    for name in (n for n in JAX_PEERS if n in jax_over_tf):  # a fixed order, whatever the JSON's
+        sp = jax_over_tf[name]
         what = "train steps/s" if name in results["train"] else "sampling time"
         targets.add_row(f"JAX / TensorFlow backend, {what}: {LABELS[name]} against {LABELS[JAX_PEERS[name]]} "
                         "(> 1: JAX faster)", _ratio_spread(sp), "info", "")

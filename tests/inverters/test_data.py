@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from invkeras.errors import InvkerasError
 from invkeras.inverters.data import PairedDataConfig, held_out_inputs, paired_arrays
 
 
@@ -60,7 +61,7 @@ def test_held_out_inputs_of_given_features_with_and_without_their_own_splits(ext
     own = PairedDataConfig(features=str(tmp_path / "mine.npz"))
     _, val, _, _ = paired_arrays(own)
     _assert_same(held_out_inputs(own, "validation", 3), val, 3)
-    with pytest.raises(Exception, match="no held-out 'test' data"):
+    with pytest.raises(InvkerasError, match="no held-out 'test' data"):
         held_out_inputs(own, "test", 3)
-    with pytest.raises(Exception, match="choose validation or test"):
+    with pytest.raises(InvkerasError, match="choose validation or test"):
         held_out_inputs(own, "train", 3)
