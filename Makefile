@@ -34,7 +34,9 @@ demo: install
 	$(VENV)/bin/invkeras run recipes/quickstart.yaml --parallel 2
 
 # The main suite (TensorFlow; tests/jax_subset skips there, tests/test_cross_backend.py calls into
-# .venv-jax), then the JAX subset in .venv-jax.
+# .venv-jax), then the JAX subset in .venv-jax. Catalogue names (mnist, cifar10) read the offline
+# copies in ../shared/data when the checkout has them beside it (empty, i.e. unset, otherwise).
+test: export INVKERAS_DATA_DIR ?= $(wildcard $(CURDIR)/../shared/data)
 test: install install-jax
 	INVKERAS_JAX_CACHE=$(JAX_CACHE) $(PY) -m pytest -q tests
 	INVKERAS_JAX_CACHE=$(JAX_CACHE) KERAS_BACKEND=jax $(PY_JAX) -m pytest -q tests/jax_subset

@@ -10,7 +10,13 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SHARED_MNIST = SHARED_DATA / "mnist"
+
+# Catalogue names (mnist, cifar10) resolve to the offline copies beside the checkout, where
+# there are any; a machine without them reads TFDS as users' machines do.
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("INVKERAS_DATA_DIR", str(SHARED_DATA))
 
 
 @pytest.fixture(scope="session")

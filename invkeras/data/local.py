@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,31 @@ def find_idx_file(directory: Path, prefix: str, kind: str) -> Path | None:
     return None
 
 
+def idx_count(path: Path) -> int:
+    """The number of items (first dimension) an IDX file holds, read from its header alone."""
+    with path.open("rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gzipped else open
+    with opener(path, "rb") as handle:
+        header = handle.read(8)
+    if len(header) < 8 or header[0] != 0 or header[1] != 0 or header[2] not in _IDX_DTYPES or header[3] < 1:
+        raise ValueError(f"{path.name}: not an IDX file (bad magic number)")
+    return int.from_bytes(header[4:8], "big")
+
+
+def idx_pool_sizes(directory: Path) -> dict[str, int]:
+    """Pool sizes of an IDX directory as `read_idx_dir` would find them, from the headers alone:
+    {"train": n, "test": m}, or {"train": n} for a lone set; {} when it holds no IDX images."""
+    sizes = {}
+    for pool, prefix in _IDX_PREFIXES.items():
+        images_path = find_idx_file(directory, prefix, "images")
+        if images_path is not None and find_idx_file(directory, prefix, "labels") is not None:
+            sizes[pool] = idx_count(images_path)
+    if len(sizes) == 1:
+        return {"train": next(iter(sizes.values()))}
+    return sizes
+
+
 def _read_idx_pair(spec: str, images_path: Path, labels_path: Path | None) -> Arrays:
     if labels_path is None:
         raise InvkerasError(f"dataset {spec!r}: {images_path.name} has no matching labels file in {images_path.parent}")
@@ -155,6 +181,24 @@ def _check_xy(spec: str, where: str, x: np.ndarray, y: np.ndarray) -> Arrays:
     if len(y) and y.min() < 0:
         raise InvkerasError(f"dataset {spec!r}: {where}: labels must be >= 0")
     return x, y.astype(np.int64)
+
+
+def npz_pool_sizes(path: Path) -> dict[str, int]:
+    """Pool sizes of a `.npz` as `read_npz` would find them ({"train": len(x)}, plus "test":
+    len(x_test) when there is one), from the archive's array headers alone; {} without x."""
+    sizes = {}
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        for pool, key in (("train", "x"), ("test", "x_test")):
+            if f"{key}.npy" not in names:
+                continue
+            with archive.open(f"{key}.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, _ = read_header(member)
+            sizes[pool] = int(shape[0]) if shape else 0
+    return sizes if "train" in sizes else {}
 
 
 def read_npz(spec: str, path: Path) -> LocalPools:

@@ -6,9 +6,9 @@ A *spec* names where images come from:
 spec                        source
 ==========================  =================================================================
 ``procedural``              embedded 20x20 shapes with exactly known H(x) (`procedural.py`)
-``mnist`` ``fashion_mnist`` TFDS catalogue datasets (``tfds:NAME`` for any other TFDS name,
-``kmnist`` ``svhn_cropped`` e.g. ``tfds:emnist/digits``), read from ``data_dir``
-``cifar10``
+``mnist`` ``fashion_mnist`` catalogue datasets (``tfds:NAME`` for any other TFDS name,
+``kmnist`` ``svhn_cropped`` e.g. ``tfds:emnist/digits``): a local copy in the data
+``cifar10``                 directory if there is one, else TFDS (see below)
 ``affnist``                 official affNIST through the invkeras TFDS builder (`affnist.py`)
 ``affnist/generated``       affNIST-style data generated from MNIST by that builder
 ``idx:DIR``                 MNIST-style IDX files (`local.py`)
@@ -38,10 +38,32 @@ So TFDS train/test datasets get a validation split of 10% of train (MNIST: 54,00
 81% / 9% / 10% (8,100 / 900 / 1,000). The same seed always gives the same splits; the
 splits are disjoint.
 
-TFDS datasets are read from ``data_dir`` (TFDS's default, ``~/tensorflow_datasets``, when
-None). If one is not prepared there, we try to download it; on a machine without network
-that fails at once (a 3-second reachability check first, because TFDS itself retries for
-minutes) with an `InvkerasError` saying how to point at a local copy instead.
+Catalogue names and the data directory
+--------------------------------------
+A catalogue name (``mnist``, ``cifar10``, ..., or the NAME of ``tfds:NAME``) is looked up in
+the *data directory*: the ``data_dir`` option (``--data-dir``) when given, else the
+environment variable ``INVKERAS_DATA_DIR`` (`DATA_DIR_ENV`). A local copy of NAME there is
+
+* a folder ``DIR/NAME/`` or ``DIR/NAME-*/`` (any suffix: ``mnist-full/``, ``cifar10-2024/``)
+  holding MNIST-style IDX files (read as ``idx:`` reads them), and
+* every ``.npz`` file directly inside such a folder (read as ``npz:`` reads them: ``x``, ``y``
+  and optionally ``x_test``, ``y_test``).
+
+Of several copies, the one with the most training images wins (the train pool: the train
+IDX file, or a lone IDX set, or ``x`` of an archive), so a folder holding only a test set
+never shadows a full copy beside it; then the one with the most images in all; then the
+first in name order (``DIR/NAME`` before ``DIR/NAME-*``, folders and files in sorted order).
+Sizes come from the IDX headers and the archives' array headers: choosing reads no image.
+The copy is read like the matching ``idx:``/``npz:`` spec, but the dataset keeps the name the
+user gave: its workspace is ``runs/NAME/...`` wherever the copy lives, so recipes stay
+portable. `find_local_copy` applies the rule; `list_sources` shows where each name resolves.
+
+Without a local copy, a catalogue name is read by TFDS from the same directory (TFDS's
+default, ``~/tensorflow_datasets``, when neither the option nor the variable is set). If it is
+not prepared there, we try to download it; on a machine without network that fails at once
+(a 3-second reachability check first, because TFDS itself retries for minutes) with an
+`InvkerasError` naming the directory, what was looked for there, and how to point at a
+local copy instead.
 
 Relative paths in specs are resolved against the current working directory.
 
@@ -56,6 +78,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import socket
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -76,7 +99,9 @@ AFFNIST_CONFIGS = {  # spec -> TFDS name of the invkeras affnist builder config
 _LOCAL_KINDS = ("idx", "npz", "folder")
 _NETWORK_PROBE = ("storage.googleapis.com", 443)
 _NETWORK_TIMEOUT_S = 3.0
-_LOCAL_HINT = "pass --data-dir DIR holding a prepared TFDS copy, or use idx:DIR, npz:FILE or folder:DIR"
+DATA_DIR_ENV = "INVKERAS_DATA_DIR"
+_LOCAL_HINT = (f"put a copy in DIR/NAME/ (IDX or .npz files) and pass --data-dir DIR or set {DATA_DIR_ENV}=DIR, "
+               "or use idx:DIR, npz:FILE or folder:DIR")
 _KNOWN_SPECS = (
     "procedural, " + ", ".join(TFDS_SHORTCUTS) + ", tfds:NAME, affnist, affnist/generated, "
     "idx:DIR, npz:FILE, folder:DIR, affnist-style:INNER"
@@ -160,10 +185,10 @@ def parse_spec(spec: str) -> Spec:
 
 _EXAMPLES = {
     "tfds": "emnist/digits",
-    "idx": "../shared/data/mnist",
+    "idx": "data/mnist",
     "npz": "data/my_images.npz",
     "folder": "data/my_pngs",
-    "affnist-style": "idx:../shared/data/mnist",
+    "affnist-style": "idx:data/mnist",
 }
 
 
@@ -278,6 +303,108 @@ class _LocalSource(_InMemorySource):
         return x.copy(), y.copy()  # never hand out the cached arrays themselves
 
 
+# --- the data directory and local copies of catalogue names ---------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DataDirectory:
+    """Where catalogue names are looked up, and who named it (for messages)."""
+
+    path: Path
+    named_by: str  # "--data-dir" or the environment variable
+
+    def describe(self) -> str:
+        return f"{self.path} (from {self.named_by})"
+
+
+def data_directory(data_dir: str | os.PathLike | None = None) -> DataDirectory | None:
+    """The data directory: `data_dir` (the --data-dir option) when given, else $INVKERAS_DATA_DIR,
+    else None. An empty value counts as not set."""
+    if data_dir is not None and str(data_dir).strip():
+        return DataDirectory(Path(data_dir).expanduser(), "--data-dir")
+    value = os.environ.get(DATA_DIR_ENV, "").strip()
+    if value:
+        return DataDirectory(Path(value).expanduser(), DATA_DIR_ENV)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalCopy:
+    """A local copy of a catalogue dataset: read as `kind`:`path` (idx or npz)."""
+
+    kind: str
+    path: Path
+    pool_sizes: dict[str, int]
+
+    @property
+    def train_images(self) -> int:
+        return self.pool_sizes.get("train", 0)
+
+    def describe(self) -> str:
+        what = "IDX files in" if self.kind == "idx" else "NumPy archive"
+        if "test" in self.pool_sizes:
+            sizes = f"{self.train_images:,} training + {self.pool_sizes['test']:,} test images"
+        else:
+            sizes = f"{self.train_images:,} images in one pool, carved 81/9/10"
+        return f"local copy: {what} {self.path} ({sizes})"
+
+
+def local_copy_pattern(name: str) -> str:
+    """What `find_local_copy` looks for, as messages say it."""
+    return f"{name}/ or {name}-*/ holding IDX or .npz files"
+
+
+def _copy_folders(name: str, directory: Path) -> list[Path]:
+    """DIR/NAME, then DIR/NAME-* in sorted order: the folders that may hold a copy of NAME."""
+    exact = directory / name
+    parent, stem = exact.parent, exact.name  # NAME may have a '/' (tfds:emnist/digits)
+    folders = [exact] if exact.is_dir() else []
+    if parent.is_dir():
+        folders += sorted(p for p in parent.glob(f"{stem}-*") if p.is_dir())
+    return folders
+
+
+def _copies_in(folder: Path) -> list[LocalCopy]:
+    """The copies one folder offers: its IDX files (if any), then each .npz inside, by name.
+    A file whose header cannot be read offers nothing (it is not a copy of anything)."""
+    copies = []
+    try:
+        sizes = local.idx_pool_sizes(folder)
+    except (OSError, ValueError, EOFError):
+        sizes = {}
+    if sizes:
+        copies.append(LocalCopy("idx", folder, sizes))
+    for archive in sorted(p for p in folder.glob("*.npz") if p.is_file() and not p.name.startswith(".")):
+        try:
+            sizes = local.npz_pool_sizes(archive)
+        except Exception:  # zipfile, header and OS errors alike: not a readable archive
+            sizes = {}
+        if sizes:
+            copies.append(LocalCopy("npz", archive, sizes))
+    return copies
+
+
+def find_local_copy(name: str, directory: str | os.PathLike) -> LocalCopy | None:
+    """The local copy of catalogue dataset `name` in `directory`, or None (the rule is in the
+    module docstring: most training images, then most images, then name order)."""
+    directory = Path(directory)
+    if not name or name.startswith((".", "/")) or ".." in Path(name).parts or not directory.is_dir():
+        return None
+    candidates = [copy for folder in _copy_folders(name, directory) for copy in _copies_in(folder)]
+    if not candidates:
+        return None
+    # max() keeps the first of equals, so name order breaks ties.
+    return max(candidates, key=lambda copy: (copy.train_images, sum(copy.pool_sizes.values())))
+
+
+def _catalogue_name(spec: Spec) -> str | None:
+    """The name a local copy would be filed under: a shortcut or the NAME of tfds:NAME (without
+    a TFDS version); None for specs that are not catalogue names (affnist has its own builder)."""
+    if spec.kind != "tfds" or spec.text in AFFNIST_CONFIGS:
+        return None
+    return spec.target.split(":")[0].strip("/") or None
+
+
 def _network_available() -> bool:
     """Whether a TFDS download could possibly work; answers within a few seconds."""
     try:
@@ -297,8 +424,9 @@ def _tfds():
     return tfds
 
 
-def _download_and_prepare(builder, spec: str) -> None:
-    """Prepare `builder` in its data_dir, failing fast and in one line when that is impossible."""
+def _download_and_prepare(builder, spec: str, looked_for: str = "") -> None:
+    """Prepare `builder` in its data_dir, failing fast and in one line when that is impossible.
+    `looked_for` says which local copy was searched for first (empty when none was)."""
     tfds = _tfds()
     root = Path(builder.data_dir_root)
     manual_dir = root / "downloads" / "manual"
@@ -306,18 +434,17 @@ def _download_and_prepare(builder, spec: str) -> None:
     hint = _LOCAL_HINT
     if builder.name == "affnist":
         hint = f"put the affNIST files in {manual_dir} (see invkeras.data.affnist), or use affnist-style:idx:DIR"
+    where = f"{looked_for}, not prepared for TFDS there" if looked_for else f"not prepared under {root}"
     if not has_manual_files and not _network_available():
-        raise InvkerasError(f"dataset {spec!r}: not prepared under {root} and the download failed (no network); {hint}")
+        raise InvkerasError(f"dataset {spec!r}: {where}, and the download failed (no network); {hint}")
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     except Exception as exc:
-        raise InvkerasError(
-            f"dataset {spec!r}: not prepared under {root} and the download failed ({_one_line(exc)}); {hint}"
-        ) from exc
+        raise InvkerasError(f"dataset {spec!r}: {where}, and the download failed ({_one_line(exc)}); {hint}") from exc
 
 
 class _TfdsSource:
-    def __init__(self, spec: Spec, data_dir: str | None, seed: int):
+    def __init__(self, spec: Spec, data_dir: str | None, seed: int, looked_for: str = ""):
         self.spec, self.seed = spec, seed
         tfds = _tfds()
         if spec.target.split("/")[0].split(":")[0] == "affnist":
@@ -327,7 +454,7 @@ class _TfdsSource:
         except Exception as exc:
             raise InvkerasError(f"dataset {spec.text!r}: TFDS cannot load {spec.target!r} ({_one_line(exc)})") from None
         if not self.builder.is_prepared():
-            _download_and_prepare(self.builder, spec.text)
+            _download_and_prepare(self.builder, spec.text, looked_for)
         self.image_key, self.label_key, self.image_shape, self.label_feature = self._check_features()
         self.pool_sizes = self._pool_sizes()
         self.plan = plan_splits(self.pool_sizes, seed)
@@ -442,6 +569,21 @@ class _AffineStyleSource(_InMemorySource):
         return affine.transform_batch(x, seed=self.seed, stream=SPLITS.index(split)), y
 
 
+def _catalogue_source(spec: Spec, data_dir: str | None, seed: int):
+    """A TFDS spec: its local copy in the data directory if there is one, else TFDS there."""
+    directory = data_directory(data_dir)
+    name = _catalogue_name(spec)
+    if directory is None:
+        return _TfdsSource(spec, None, seed)
+    looked_for = ""
+    if name is not None:
+        copy = find_local_copy(name, directory.path)
+        if copy is not None:
+            return _LocalSource(Spec(spec.text, copy.kind, str(copy.path)), seed)
+        looked_for = f"no local copy ({local_copy_pattern(name)}) in {directory.describe()}"
+    return _TfdsSource(spec, str(directory.path), seed, looked_for)
+
+
 def _make_source(spec: str, data_dir: str | None, seed: int):
     parsed = parse_spec(spec)
     if parsed.kind == "procedural":
@@ -449,7 +591,7 @@ def _make_source(spec: str, data_dir: str | None, seed: int):
     if parsed.kind in _LOCAL_KINDS:
         return _LocalSource(parsed, seed)
     if parsed.kind == "tfds":
-        return _TfdsSource(parsed, data_dir, seed)
+        return _catalogue_source(parsed, data_dir, seed)
     if parsed.kind == "affnist-style":
         return _AffineStyleSource(parsed, data_dir, seed)
     raise AssertionError(parsed.kind)
@@ -493,22 +635,33 @@ def load_arrays(
     return np.asarray(x, dtype=np.uint8), np.asarray(y, dtype=np.int64)
 
 
-def list_sources() -> list[dict]:
-    """Rows for the `invkeras datasets` table: spec, kind, description, where it loads from."""
-    tfds_where = "TFDS --data-dir (default ~/tensorflow_datasets); downloaded if missing"
+def list_sources(data_dir: str | None = None) -> list[dict]:
+    """Rows for the `invkeras datasets` table: spec, kind, description, where it loads from.
+
+    A catalogue name's row says where it resolves now: its local copy in the data directory
+    (`data_dir`, else $INVKERAS_DATA_DIR) when there is one, else TFDS in that directory."""
+    directory = data_directory(data_dir)
+    tfds_dir = directory.describe() if directory else "--data-dir, else $" + DATA_DIR_ENV + ", else ~/tensorflow_datasets"
+    tfds_where = f"TFDS in {tfds_dir}; downloaded if missing"
     carved = "validation carved: 10% of train"
+
+    def catalogue(name: str) -> str:
+        copy = find_local_copy(name, directory.path) if directory else None
+        return copy.describe() if copy else tfds_where
+
     rows = [
         ("procedural", "embedded", "20x20 grey shapes, 4 classes, exact H(x) = 8.84 nats", "generated in memory"),
-        ("mnist", "tfds", f"handwritten digits 28x28x1, 10 classes; {carved}", tfds_where),
-        ("fashion_mnist", "tfds", f"clothing 28x28x1, 10 classes; {carved}", tfds_where),
-        ("kmnist", "tfds", f"Kuzushiji characters 28x28x1, 10 classes; {carved}", tfds_where),
-        ("svhn_cropped", "tfds", f"house-number digits 32x32x3, 10 classes; {carved}", tfds_where),
-        ("cifar10", "tfds", f"natural images 32x32x3, 10 classes; {carved}", tfds_where),
-        ("tfds:NAME", "tfds", "any TFDS (image, label) dataset; missing splits carved", tfds_where),
+        ("mnist", "tfds", f"handwritten digits 28x28x1, 10 classes; {carved}", catalogue("mnist")),
+        ("fashion_mnist", "tfds", f"clothing 28x28x1, 10 classes; {carved}", catalogue("fashion_mnist")),
+        ("kmnist", "tfds", f"Kuzushiji characters 28x28x1, 10 classes; {carved}", catalogue("kmnist")),
+        ("svhn_cropped", "tfds", f"house-number digits 32x32x3, 10 classes; {carved}", catalogue("svhn_cropped")),
+        ("cifar10", "tfds", f"natural images 32x32x3, 10 classes; {carved}", catalogue("cifar10")),
+        ("tfds:NAME", "tfds", "any TFDS (image, label) dataset; missing splits carved",
+         f"a local copy NAME/ or NAME-*/ in the data directory, else {tfds_where}"),
         ("affnist", "tfds (invkeras)", "official affNIST 40x40x1 digits, 10 classes",
-         "TFDS --data-dir; cs.toronto.edu download or .mat files in DATA_DIR/downloads/manual"),
+         f"TFDS in {tfds_dir}; cs.toronto.edu download or .mat files in DIR/downloads/manual"),
         ("affnist/generated", "tfds (invkeras)", "affNIST-style 40x40x1 GENERATED from MNIST (not the official set)",
-         "TFDS --data-dir; MNIST download or IDX files in DATA_DIR/downloads/manual"),
+         f"TFDS in {tfds_dir}; MNIST download or IDX files in DIR/downloads/manual"),
         ("idx:DIR", "local", "MNIST-style IDX files; t10k-only sets carved 81/9/10",
          "DIR/{train,t10k}-*-idx*-ubyte[.gz]"),
         ("npz:FILE", "local", "arrays x (uint8 NHWC or NHW), y; optional x_test, y_test", "FILE"),

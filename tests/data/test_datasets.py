@@ -337,6 +337,143 @@ def test_folder_rgb_and_errors(tmp_path):
     assert_one_line_error(excinfo, "has no .png files")
 
 
+# --- local copies of catalogue names in the data directory -------------------------------
+
+
+@pytest.fixture
+def no_data_dir_variable(monkeypatch):
+    """Catalogue names as on a machine where INVKERAS_DATA_DIR is not set."""
+    monkeypatch.delenv(registry.DATA_DIR_ENV, raising=False)
+
+
+def write_npz_copy(path: Path, n: int, n_test: int = 0, value: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = dict(x=np.full((n, 28, 28), value, np.uint8), y=np.arange(n) % 10)
+    if n_test:
+        arrays.update(x_test=np.full((n_test, 28, 28), value, np.uint8), y_test=np.arange(n_test) % 10)
+    np.savez(path, **arrays)
+
+
+def test_a_catalogue_name_reads_its_idx_copy_in_the_data_directory(tmp_path, no_data_dir_variable):
+    write_idx_set(tmp_path / "mnist", "train", 40, seed=3)
+    test_images, _ = write_idx_set(tmp_path / "mnist", "t10k", 12, seed=4)
+    info = dataset_info("mnist", data_dir=str(tmp_path))
+    assert info.spec == "mnist" and str(tmp_path / "mnist") in info.source
+    assert info.split_sizes == {"train": 36, "validation": 4, "test": 12}
+    np.testing.assert_array_equal(load_arrays("mnist", "test", data_dir=str(tmp_path))[0][..., 0], test_images)
+    np.testing.assert_array_equal(load_arrays("mnist", "train", data_dir=str(tmp_path))[0],
+                                  load_arrays(f"idx:{tmp_path / 'mnist'}", "train")[0])
+    batches = list(iter_batches("tfds:mnist", "validation", 3, data_dir=str(tmp_path)))
+    assert sum(len(x) for x, _ in batches) == 4
+
+
+def test_a_catalogue_name_reads_an_npz_copy_with_its_own_test_arrays(tmp_path, no_data_dir_variable):
+    write_npz_copy(tmp_path / "cifar10" / "images.npz", 30, n_test=7, value=9)
+    info = dataset_info("cifar10", data_dir=str(tmp_path))
+    assert info.split_sizes == {"train": 27, "validation": 3, "test": 7}
+    assert str(tmp_path / "cifar10" / "images.npz") in info.source
+
+
+@pytest.mark.parametrize("layout, expected", [
+    # a test-set-only folder never shadows the full copy beside it
+    ({"mnist": ("idx", 30, 0), "mnist-full": ("idx", 50, 20)}, "mnist-full"),
+    # the exact name loses to a larger suffixed folder, and an .npz competes with IDX folders
+    ({"mnist": ("idx", 50, 20), "mnist-big/a.npz": ("npz", 80, 0), "mnist-small": ("idx", 10, 10)},
+     "mnist-big/a.npz"),
+    # of several archives in one folder, the one with the most training images
+    ({"cifar10/full.npz": ("npz", 60, 10), "cifar10/test.npz": ("npz", 10, 0)}, "cifar10/full.npz"),
+    # equal training images: the copy with more images in all, then the first in name order
+    ({"cifar10/a.npz": ("npz", 40, 0), "cifar10/b.npz": ("npz", 40, 5)}, "cifar10/b.npz"),
+    ({"mnist": ("idx", 40, 5), "mnist-2": ("idx", 40, 5)}, "mnist"),
+])
+def test_the_copy_with_the_most_training_images_wins(tmp_path, layout, expected):
+    for relative, (kind, n, n_test) in layout.items():
+        if kind == "npz":
+            write_npz_copy(tmp_path / relative, n, n_test)
+        else:
+            write_idx_set(tmp_path / relative, "train" if n_test else "t10k", n, seed=0)
+            if n_test:
+                write_idx_set(tmp_path / relative, "t10k", n_test, seed=1)
+    name = expected.split("/")[0].split("-")[0]
+    copy = registry.find_local_copy(name, tmp_path)
+    assert copy is not None and copy.path == tmp_path / expected
+
+
+def test_choosing_a_copy_reads_headers_only(tmp_path, monkeypatch):
+    write_idx_set(tmp_path / "mnist", "t10k", 20, seed=0)
+    write_npz_copy(tmp_path / "mnist-npz" / "d.npz", 25)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a whole file was read to choose a copy")
+
+    monkeypatch.setattr(registry.local, "read_idx_file", refuse)
+    monkeypatch.setattr(np, "load", refuse)
+    copy = registry.find_local_copy("mnist", tmp_path)
+    assert (copy.kind, copy.pool_sizes) == ("npz", {"train": 25})
+
+
+def test_files_that_are_no_copy_are_passed_over(tmp_path):
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "broken.npz").write_bytes(b"not a zip archive")
+    np.savez(tmp_path / "cifar10" / "no_x.npz", images=np.zeros((90, 2, 2), np.uint8))
+    (tmp_path / "cifar10" / "notes.txt").write_text("x")
+    assert registry.find_local_copy("cifar10", tmp_path) is None
+    write_npz_copy(tmp_path / "cifar10-ok" / "d.npz", 5)
+    assert registry.find_local_copy("cifar10", tmp_path).path == tmp_path / "cifar10-ok" / "d.npz"
+    assert registry.find_local_copy("../cifar10", tmp_path / "cifar10-ok") is None  # names stay inside DIR
+
+
+def test_the_data_dir_option_wins_over_the_environment_variable(tmp_path, monkeypatch):
+    write_npz_copy(tmp_path / "from_env" / "mnist" / "d.npz", 20)
+    write_npz_copy(tmp_path / "from_option" / "mnist" / "d.npz", 30)
+    monkeypatch.setenv(registry.DATA_DIR_ENV, str(tmp_path / "from_env"))
+    assert sum(dataset_info("mnist").split_sizes.values()) == 20
+    assert sum(dataset_info("mnist", data_dir=str(tmp_path / "from_option")).split_sizes.values()) == 30
+    monkeypatch.setenv(registry.DATA_DIR_ENV, "")  # set but empty: as if not set
+    assert registry.data_directory(None) is None
+
+
+def test_without_a_local_copy_or_network_one_line_names_the_directory_and_what_was_looked_for(tmp_path,
+                                                                                           monkeypatch):
+    monkeypatch.setenv(registry.DATA_DIR_ENV, str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(InvkerasError) as excinfo:
+        dataset_info("fashion_mnist")
+    assert time.perf_counter() - start < 5
+    assert_one_line_error(excinfo, "dataset 'fashion_mnist'", f"no local copy (fashion_mnist/ or fashion_mnist-*/ "
+                          f"holding IDX or .npz files) in {tmp_path} (from {registry.DATA_DIR_ENV})",
+                          "download failed (no network)")
+    option_dir = tmp_path / "given"
+    with pytest.raises(InvkerasError) as excinfo:
+        load_arrays("mnist", "train", data_dir=str(option_dir))
+    assert_one_line_error(excinfo, f"in {option_dir} (from --data-dir)", "mnist/ or mnist-*/")
+
+
+def test_the_dataset_table_shows_where_each_catalogue_name_resolves(tmp_path, monkeypatch):
+    write_idx_set(tmp_path / "mnist-full", "train", 30, seed=0)
+    write_idx_set(tmp_path / "mnist-full", "t10k", 10, seed=1)
+    monkeypatch.setenv(registry.DATA_DIR_ENV, str(tmp_path))
+    rows = {row["spec"]: row["loads_from"] for row in list_sources()}
+    assert rows["mnist"] == f"local copy: IDX files in {tmp_path / 'mnist-full'} (30 training + 10 test images)"
+    assert rows["cifar10"].startswith(f"TFDS in {tmp_path} (from {registry.DATA_DIR_ENV})")
+    other = tmp_path / "other"
+    write_npz_copy(other / "cifar10" / "c.npz", 12)
+    rows = {row["spec"]: row["loads_from"] for row in list_sources(data_dir=str(other))}
+    assert "NumPy archive" in rows["cifar10"] and "12 images in one pool" in rows["cifar10"]
+    assert rows["mnist"].startswith(f"TFDS in {other} (from --data-dir)")
+
+
+SHARED_DATA = SHARED_MNIST.parent
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist-full").is_dir(), reason=f"no shared data at {SHARED_DATA}")
+def test_the_offline_folder_gives_the_full_mnist_and_cifar10():
+    mnist = registry.find_local_copy("mnist", SHARED_DATA)
+    assert (mnist.path.name, mnist.pool_sizes) == ("mnist-full", {"train": 60000, "test": 10000})
+    cifar10 = registry.find_local_copy("cifar10", SHARED_DATA)
+    assert (cifar10.path.name, cifar10.pool_sizes) == ("cifar10-full-jpeg.npz", {"train": 50000, "test": 10000})
+
+
 # --- spec and argument errors -----------------------------------------------------------
 
 
@@ -372,7 +509,7 @@ def test_list_sources_covers_every_spec_kind():
 # --- TFDS ---------------------------------------------------------------------------------
 
 
-def test_tfds_via_mock_data_carves_validation(monkeypatch):
+def test_tfds_via_mock_data_carves_validation(monkeypatch, no_data_dir_variable):
     import tensorflow_datasets as tfds
 
     monkeypatch.setattr(registry, "_network_available", lambda: True)  # mock_data makes the download a no-op
@@ -396,7 +533,8 @@ def test_tfds_offline_fails_fast_with_one_line(tmp_path):
     with pytest.raises(InvkerasError) as excinfo:
         load("mnist", "train", data_dir=str(tmp_path))
     assert time.perf_counter() - start < 5
-    assert_one_line_error(excinfo, "dataset 'mnist'", "download failed", "--data-dir", "idx:DIR")
+    assert_one_line_error(excinfo, "dataset 'mnist'", "download failed", "--data-dir", "INVKERAS_DATA_DIR",
+                          "idx:DIR")
 
 
 def test_tfds_download_error_is_wrapped(tmp_path, monkeypatch):
