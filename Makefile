@@ -42,7 +42,7 @@ test: install install-jax
 	INVKERAS_JAX_CACHE=$(JAX_CACHE) KERAS_BACKEND=jax $(PY_JAX) -m pytest -q tests/jax_subset
 
 bench: install install-jax
-	$(PY) -m invkeras.bench --jax-python $(PY_JAX)
+	$(PY) benchmarks/bench.py --jax-python $(PY_JAX)
 
 # On a CUDA machine with JAX (see benchmarks/gpu_check.sh); GPU_CHECK_ARGS passes options.
 gpu-check:

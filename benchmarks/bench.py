@@ -1,16 +1,16 @@
 """Benchmark: invkeras' conditional PixelCNN++ against `tfp.distributions.PixelCNN`.
 
-Run with `make bench` (or `python -m invkeras.bench`; `--quick` is a smoke run of a couple of
-minutes on 8x8 images whose numbers mean nothing). Both columns are measured in one run on
+Run with `make bench` (or `python benchmarks/bench.py`; `--quick` is a smoke run of a couple
+of minutes on 8x8 images whose numbers mean nothing). Both columns are measured in one run on
 the same machine, with the same synthetic data: random uint8 images (as float32 0..255) and
 random normal conditioning vectors h of size `cond_dim`. Both sides use the discretised
 logistic-mixture likelihood and vector conditioning.
 
 How it measures: long-lived workers, interleaved rounds
 -------------------------------------------------------
-This machine is shared, and its load drifts by a factor of two within minutes. Timing one
-side after the other therefore measures the load as much as the code. Instead, every
-measurement gets its own long-lived worker process (its own XLA caches, allocator pools
+A shared machine's load can drift by a factor of two within minutes. Timing one side after
+the other therefore measures the load as much as the code. Instead, every measurement gets
+its own long-lived worker process (its own XLA caches, allocator pools
 and weights: nothing mixes between them) which builds its model once, warms up, and then
 waits (a phase's workers import side by side, then set up one at a time, so no compilation
 competes with another). The coordinator (this process, which only lists the GPUs) sends the workers
@@ -34,16 +34,15 @@ What is measured
   data-dependent init), stepped with `train_on_batch` (the compiled train function `fit`
   runs), with XLA (`jit_compile=True`) and without. TFP's network is tf-keras layers; we train
   it with a `tf.function` train step (GradientTape over `dist.network.trainable_variables`,
-  the same Adam schedule, loss -mean log_prob, dropout on). Its docstring says weight norm
-  "works only in Eager mode"; in fact the `WeightNorm` wrapper's call is itself a
+  the same Adam schedule, loss -mean log_prob, dropout on), without XLA: with
+  `jit_compile=True` that step runs tens of times slower on a CPU, so it is not TFP's fast
+  path. Its docstring says weight norm "works only in Eager mode"; in fact the `WeightNorm` wrapper's call is itself a
   `tf.function` and its data-dependent init runs inside our compiled step, which the worker
   checks, so TFP keeps its default `use_weight_norm=True` and both sides do the same kind of
   work. TFP's docs show a second recipe (a tf_keras Model whose output is log_prob,
   `add_loss`, compile), stepped with `train_on_batch`; it takes part in the rounds too, and
   the TFP recipe with the higher median rate is the baseline of every training ratio (each
-  round's ratio uses that recipe's rate in the same round). (`jit_compile=True` on the TFP
-  step was tried while writing this: it ran ~50x slower on this CPU, so it is not TFP's
-  fast path.)
+  round's ratio uses that recipe's rate in the same round).
 * Training against the machine's limit. One train step's FLOPs come from the layer shapes:
   2 FLOPs per multiply-add x 3 (forward pass, input gradients, weight gradients) x batch x
   the forward pass's multiply-adds per image (`invkeras.inverters.pixelcnn.flops`: every
@@ -91,7 +90,7 @@ What is measured
   poll) and the growth over its RSS after importing TensorFlow, Keras, TFP and invkeras
   (every model worker imports the same modules, so the growth is the model's own cost).
   A phase's workers are alive together, so the machine needs the sum of their peaks: about
-  15 GiB in the training phase at the default size (by earlier per-model peaks of 3-5 GiB).
+  15 GiB in the training phase at the default size (each model's own peak is 3-5 GiB).
   `--no-isolate` runs every worker's job in this one process (used by the tests); then the
   workers' memory overlaps, only the poll is used and the numbers are indicative.
 
@@ -122,8 +121,8 @@ DEFAULT_OUT = Path("bench-results") / "bench.json"
 QUICK_OUT = Path("bench-results") / "bench-quick.json"
 DEFAULT_JAX_PYTHON = Path(".venv-jax") / "bin" / "python"
 TRAIN_TARGET = 1.5  # ours / TFP train steps per second
-SAMPLE_TARGET = 150.0  # TFP / ours (the default "pixel" sampler) sampling time, issue 13
-FIGURE_TARGET_S = 30.0  # seconds to draw the 1,024-sample figure, issue 13
+SAMPLE_TARGET = 150.0  # TFP / ours (the default "pixel" sampler) sampling time
+FIGURE_TARGET_S = 30.0  # seconds to draw the 1,024-sample figure
 FC3_UNITS = 256  # classifiers.architectures.FC3_UNITS (not imported: it pulls in Keras): the figure's h
 
 
@@ -714,7 +713,7 @@ class InProcessWorker:
 
 
 class SubprocessWorker:
-    """A job in its own `python -m invkeras.bench --serve NAME` process, driven over its
+    """A job in its own `python benchmarks/bench.py --serve NAME` process, driven over its
     stdin/stdout: one JSON request per line (`{"cmd": "setup"}`, `{"cmd": "round", "n": 3}`,
     `{"cmd": "finish"}`), one JSON reply per line (`{"ok": true, "reply": {...}}` or
     `{"ok": false, "error": "..."}`). The process imports its modules as soon as it is
@@ -728,7 +727,7 @@ class SubprocessWorker:
         python = s.jax_python if backend == "jax" else sys.executable
         if python is None:
             raise ValueError(f"benchmark worker '{name}' runs under JAX and needs BenchSettings.jax_python")
-        command = [python, "-m", "invkeras.bench", "--serve", name,
+        command = [python, str(Path(__file__).resolve()), "--serve", name,
                    "--settings-json", json.dumps(dataclasses.asdict(s))]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                "KERAS_BACKEND": backend}
@@ -1180,7 +1179,7 @@ def render(results: dict):
         done = "yes" if tfp_train["weight_norm_initialised_in_graph"] else "NO"
         how.append(f"  TFP weight norm kept on (as ours); its data-dependent init ran in the tf.function step: {done}")
     if "train_ours_xla" in results["train"]:
-        how.append("  (train-inverter's default is jit_compile=false: XLA training was slower on this CPU)")
+        how.append("  (train-inverter's default is jit_compile=false: XLA training is slower on a CPU)")
     if s.get("smoke"):
         lines.insert(0, "QUICK SMOKE RUN (--quick): tiny networks and images, few rounds; its ratios and figures say "
                         "nothing about the targets.")
@@ -1272,7 +1271,7 @@ def write_results(results: dict, out: str | os.PathLike) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m invkeras.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (8x8 images, three short rounds)")
     parser.add_argument("--out", type=Path, help=f"results JSON (default {DEFAULT_OUT}, or {QUICK_OUT} with --quick)")
     parser.add_argument("--warmup-steps", type=int, help="untimed training steps per side")

@@ -5,10 +5,16 @@ line protocol as the TensorFlow workers. The coordinator times them beside the T
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 
-from invkeras import bench
+from jax_helpers import REPO_ROOT
+
+# The harness is a script beside the package, not part of it: load it from its file.
+_spec = importlib.util.spec_from_file_location("bench", REPO_ROOT / "benchmarks" / "bench.py")
+bench = sys.modules["bench"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 
 def _run_worker(name: str, settings: bench.BenchSettings) -> tuple[dict, dict, dict]:
