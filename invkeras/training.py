@@ -18,6 +18,15 @@ run killed and resumed any number of times ends with the same weights as one tha
 never interrupted. A kill between two writes loses nothing: the previous state files are
 deleted only after the new `progress.json` names their successors.
 
+A run may also be capped in wall-clock time (`Schedule.max_time`, seconds). The loop
+checks the clock after every step; once the time used, plus what the closing validation
+and checkpoint took last time, reaches the cap, it validates and checkpoints at that step
+(mid-interval if need be) and stops. The seconds used are stored in `progress.json`, so a
+resumed run gets only what is left of the cap, and a run whose time is spent goes straight
+to its end (the caller's evaluation and saving) instead of training again. A cap is not a
+trajectory setting: raising it and rerunning continues the run. Stopped by the clock, a
+run's weights depend on the machine's speed; only the step count reached says how far it got.
+
 What is trained is a `Trainee`: it declares its variables and does one step on a batch.
 That is all the loop needs, so a kind with two optimisers (a GAN's generator and
 discriminator) is one trainee whose step updates both.
@@ -84,6 +93,11 @@ class Schedule:
     monitor: str = "val_loss"
     mode: str = "min"  # "min" or "max"
     drop_remainder: bool = True  # False: a pass's last, smaller batch is trained on too
+    max_time: float | None = None  # wall-clock cap in seconds over all runs of this training (None: none)
+
+    def time_left(self, used: float) -> float:
+        """Seconds of the cap left after `used` (infinite without a cap)."""
+        return math.inf if self.max_time is None else self.max_time - used
 
 
 @dataclass
@@ -95,6 +109,8 @@ class TrainingOutcome:
     best_value: float | None
     history: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
+    stopped_by_time: bool = False  # the wall-clock cap ended it (now or in an earlier run)
+    training_seconds: float = 0.0  # time in the loop over all runs, as counted against the cap
 
 
 # --- data order ---------------------------------------------------------------------
@@ -284,16 +300,34 @@ def train(
 
     step = resumed_from
     logs: dict[str, float] = {}
+    # Time against the cap: what earlier runs used, plus this run's loop time.
+    used_before = float(state.get("seconds", 0.0))
+    loop_started = time.monotonic()
+    closing_seconds = 0.0  # what the last validation and checkpoint took: the cap keeps room for one
+
+    def used() -> float:
+        return used_before + time.monotonic() - loop_started
+
+    def time_up() -> bool:
+        return schedule.time_left(used()) <= closing_seconds
+
+    # A run that stopped at this cap (or a larger one) is done, however little of it was left.
+    reached = state.get("time_cap_reached")
+    out_of_time = schedule.max_time is not None and step < schedule.max_steps and (
+        (reached is not None and schedule.max_time <= reached) or time_up())
+    if out_of_time and restored is not None and progress:
+        console.print(f"{what}: its {schedule.max_time:g} s are used up (step {step}); not training further",
+                      highlight=False)
     for hook in hooks:
         hook.on_train_begin(trainee, step)
     with progress_bar(console, disable=not progress) as bar:
         task = bar.add_task(what, total=schedule.max_steps, completed=step, info="")
-        while step < schedule.max_steps and not state["stopped"]:
+        while step < schedule.max_steps and not state["stopped"] and not out_of_time:
             interval_started = time.monotonic()
             interval_end = min(schedule.max_steps, (step // schedule.steps_per_checkpoint + 1) * schedule.steps_per_checkpoint)
             sums: dict[str, float] = {}
             count = 0
-            while step < interval_end:
+            while step < interval_end and not out_of_time:
                 index = process_share(order.indices(step))  # all of it, but in a multi-host JAX run
                 batch = {k: v[index] for k, v in arrays.items()}
                 if batch_transform is not None:
@@ -312,7 +346,12 @@ def train(
                 count += 1
                 for hook in hooks:
                     hook.on_step_end(step, logs)
-                bar.update(task, completed=step, info=f"loss {loss:.4g}" if loss is not None else "")
+                out_of_time = schedule.max_time is not None and time_up()
+                info = f"loss {loss:.4g}" if loss is not None else ""
+                if schedule.max_time is not None:
+                    info += f"  {max(0.0, schedule.time_left(used())):.0f} s of the cap left"
+                bar.update(task, completed=step, info=info.strip())
+            closing_started = time.monotonic()
             interval_logs = {k: v / count for k, v in sums.items()}
             interval_logs.update({k: float(v) for k, v in trainee.validate().items()})
             for key, value in interval_logs.items():
@@ -329,10 +368,16 @@ def train(
                 if state["wait"] >= schedule.patience:  # as keras.callbacks.EarlyStopping counts
                     state["stopped"] = True
             state["step"] = step
+            state["seconds"] = used()
+            if out_of_time:
+                state["time_cap_reached"] = schedule.max_time
             backup.save(trainee, dict(state), best_weights, changed)
+            closing_seconds = time.monotonic() - closing_started
             if progress:  # a permanent record per checkpoint, above the live bar or alone in a log
+                capped = f"; time cap of {schedule.max_time:g} s reached" if out_of_time else ""
                 bar.console.print(f"{what}: step {step}/{schedule.max_steps}  {format_logs(interval_logs)}  "
-                                  f"({time.monotonic() - interval_started:.1f}s)", soft_wrap=True, highlight=False)
+                                  f"({time.monotonic() - interval_started:.1f}s{capped})", soft_wrap=True,
+                                  highlight=False)
             for hook in hooks:
                 hook.on_checkpoint(step, interval_logs)
 
@@ -341,7 +386,8 @@ def train(
             variable.assign(best_weights[f"v{i}"])
     return TrainingOutcome(steps=step, resumed_from_step=resumed_from, stopped_early=bool(state["stopped"]),
                            best_step=state["best_step"], best_value=state["best"], history=state["history"],
-                           seconds=time.time() - started)
+                           seconds=time.time() - started, stopped_by_time=out_of_time,
+                           training_seconds=float(state.get("seconds", 0.0)))
 
 
 # --- Keras models as trainees -------------------------------------------------------

@@ -154,3 +154,91 @@ def test_a_trainee_with_two_optimisers_resumes_both(tmp_path):
     assert int(keras.ops.convert_to_numpy(resumed.second.optimizer.iterations)) == 60
     for a, b in zip(straight.state_variables(), resumed.state_variables()):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-6, atol=1e-7)
+
+
+# --- the wall-clock cap -------------------------------------------------------------
+
+
+class StepClock(TrainingHook):
+    """Records when each step ends, to know how long the slowest step took."""
+
+    def __init__(self):
+        import time
+
+        self.clock, self.ends = time.monotonic, []
+
+    def on_train_begin(self, trainee, step):
+        super().on_train_begin(trainee, step)
+        self.ends.append(self.clock())
+
+    def on_step_end(self, step, logs):
+        self.ends.append(self.clock())
+
+    @property
+    def longest_step(self) -> float:
+        return max(np.diff(self.ends)) if len(self.ends) > 1 else 0.0
+
+
+CAPPED = Schedule(max_steps=10**6, steps_per_checkpoint=10, patience=10**6, batch_size=8, seed=3, max_time=3.0)
+
+
+def _timed_run(tmp_path, name, schedule=CAPPED, hooks=()):
+    import time
+
+    clock = StepClock()
+    started = time.monotonic()
+    trainee, outcome = _run(tmp_path, name, hooks=[clock, *hooks], schedule=schedule)
+    return trainee, outcome, time.monotonic() - started, clock
+
+
+def test_a_time_cap_stops_training_within_a_tenth_of_it_plus_one_step(tmp_path):
+    _, outcome, seconds, clock = _timed_run(tmp_path, "capped")
+    assert outcome.stopped_by_time and not outcome.stopped_early and 10 < outcome.steps < 10**6
+    assert 0.9 * 3.0 <= seconds <= 1.1 * 3.0 + clock.longest_step
+    progress = json.loads((tmp_path / "capped/backup/progress.json").read_text())
+    assert progress["step"] == outcome.steps and 0.9 * 3.0 <= progress["seconds"] <= 3.0 + clock.longest_step
+
+
+def test_a_run_stopped_by_its_time_cap_is_not_trained_again_when_rerun(tmp_path):
+    first, capped, _, _ = _timed_run(tmp_path, "capped")
+    again, rerun, seconds, clock = _timed_run(tmp_path, "capped")
+    assert len(clock.ends) == 1  # not one step taken
+    assert (rerun.steps, rerun.best_step, rerun.stopped_by_time) == (capped.steps, capped.best_step, True)
+    assert seconds < 1.0
+    for a, b in zip(first.weight_variables(), again.weight_variables()):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_a_killed_run_resumes_with_only_the_time_left_of_its_cap(tmp_path):
+    with pytest.raises(Kill):
+        _timed_run(tmp_path, "killed", hooks=[KillAt(20, at_checkpoint=True)])
+    used = json.loads((tmp_path / "killed/backup/progress.json").read_text())["seconds"]
+    assert 0 < used < 3.0
+    _, outcome, seconds, clock = _timed_run(tmp_path, "killed")
+    assert outcome.resumed_from_step == 20 and outcome.stopped_by_time
+    assert seconds <= 1.1 * (3.0 - used) + clock.longest_step + 0.3  # + restoring the state
+    assert 0.9 * 3.0 <= outcome.training_seconds <= 3.0 + clock.longest_step
+
+
+def test_raising_the_time_cap_continues_a_capped_run(tmp_path):
+    import dataclasses
+
+    _, capped, _, _ = _timed_run(tmp_path, "capped")
+    _, longer, _, _ = _timed_run(tmp_path, "capped", schedule=dataclasses.replace(CAPPED, max_time=4.0))
+    assert longer.resumed_from_step == capped.steps < longer.steps and longer.stopped_by_time
+
+
+def test_inverter_and_classifier_configs_take_the_cap_into_the_loop(tmp_path, tiny_classifier):
+    from invkeras.classifiers.training import ClassifierConfig, train_classifier
+    from invkeras.inverters import config_for, inverter_class
+
+    classifier = train_classifier(ClassifierConfig(
+        dataset="procedural", epochs=10**4, steps_per_epoch=5, patience=10**4, batch_size=16, train_examples=64,
+        max_time=1.5, out=str(tmp_path / "classifier/model.keras")), progress=False)
+    assert 1 <= classifier.steps < 5 * 10**4
+    config = config_for("mse", dict(dataset="procedural", workspace=str(tiny_classifier), layer="fc3", max_time=1.5,
+                                    max_steps=10**6, steps_per_checkpoint=10, train_examples=256, eval_examples=16,
+                                    out=str(tmp_path / "mse")))
+    trained = inverter_class("mse").train(config, progress=False)
+    assert 1 <= trained.steps < 10**6  # the first step, which builds the graph, may take most of 1.5 s
+    assert "max_time" not in config.trajectory()  # raising the cap resumes a run

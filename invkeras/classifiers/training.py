@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
-import keras
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from invkeras import artifacts
@@ -42,7 +41,8 @@ from invkeras.training import BACKUP_DIR, Backup, CompiledModelTrainee, Schedule
 CHECKPOINT_DIR = "checkpoints"
 # Settings that do not change the training trajectory: a backup made under other values of
 # these is still resumed (more epochs, more patience, another device strategy or path).
-NON_TRAJECTORY_FIELDS = ("epochs", "patience", "save_at", "strategy", "workspace", "out", "robust_eval_examples")
+NON_TRAJECTORY_FIELDS = ("epochs", "max_time", "patience", "save_at", "strategy", "workspace", "out",
+                         "robust_eval_examples")
 # The attack's settings shape training only when training is adversarial.
 ATTACK_FIELDS = ("adversarial", "epsilon", "pgd_steps", "pgd_step_size")
 
@@ -62,6 +62,8 @@ class ClassifierConfig(BaseModel):
         description="validate (and early-stop) every N steps of a repeated training set instead of once per pass; "
         "with train_examples=100 a pass is one step, so the overfitted regime needs this",
     )
+    max_time: Optional[float] = Field(None, gt=0, description="wall-clock cap on training in seconds, over all "
+                                      "resumed runs; the best epoch so far is kept when it is reached")
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(3e-4, gt=0)
     patience: int = Field(3, ge=0, description="early-stopping patience in epochs (on val_accuracy)")
@@ -222,6 +224,8 @@ def train_classifier(
 
 
 def _train_classifier(config: ClassifierConfig, strategy, hooks: Sequence[TrainingHook], progress: bool):
+    import keras  # here, not at the top: the CLI reads the config without starting Keras
+
     from invkeras.data import dataset_info, load_arrays
 
     start = time.monotonic()
@@ -265,7 +269,7 @@ def _train_classifier(config: ClassifierConfig, strategy, hooks: Sequence[Traini
     steps_per_epoch = config.steps_per_epoch or math.ceil(len(x) / config.batch_size)
     schedule = Schedule(max_steps=config.epochs * steps_per_epoch, steps_per_checkpoint=steps_per_epoch,
                         patience=config.patience, batch_size=config.batch_size, seed=config.seed,
-                        monitor="val_accuracy", mode="max", drop_remainder=False)
+                        monitor="val_accuracy", mode="max", drop_remainder=False, max_time=config.max_time)
     backup = Backup(run / BACKUP_DIR)
     if backup.progress() is None and checkpoint_dir.exists():
         # A fresh run replaces the previous one; its checkpoints would be mistaken for ours.

@@ -34,7 +34,7 @@ MODEL_FILE = "inverter.keras"
 LEGACY_DECODER_FILE = "decoder.keras"  # MSE decoders before the interface
 CAPABILITIES = ("sample", "pixel_log_prob", "reconstruct")
 # Settings that do not change a run's trajectory: changing them may resume a backup.
-NON_TRAJECTORY_FIELDS = ("max_steps", "patience", "out", "workspace", "eval_examples", "strategy")
+NON_TRAJECTORY_FIELDS = ("max_steps", "max_time", "patience", "out", "workspace", "eval_examples", "strategy")
 
 
 class InverterConfig(PairedDataConfig):
@@ -45,6 +45,8 @@ class InverterConfig(PairedDataConfig):
     batch_size: int = Field(16, gt=0)
     learning_rate: float = Field(1e-3, gt=0)
     max_steps: int = Field(2000, gt=0)
+    max_time: Optional[float] = Field(None, gt=0, description="wall-clock cap on training in seconds, over all "
+                                      "resumed runs; the model is saved at the step the cap is reached")
     steps_per_checkpoint: int = Field(200, gt=0)
     patience: int = Field(5, ge=0, description="checkpoint intervals without validation improvement")
     out: Optional[str] = Field(None, description="output dir; default runs/<dataset>/<arch>/inverters/<kind>/<layer>")
@@ -258,7 +260,7 @@ class Inverter:
         from invkeras.training import Schedule, train
 
         schedule = Schedule(config.max_steps, config.steps_per_checkpoint, config.patience, config.batch_size,
-                            config.seed)
+                            config.seed, max_time=config.max_time)
         return train(trainee, data.train, schedule, out_dir=config.out_dir(), settings=config.trajectory(),
                      what=f"train-inverter --kind {config.kind} layer '{config.layer}'", hooks=hooks,
                      progress=progress, non_finite_hint=non_finite_hint)
@@ -354,7 +356,7 @@ def inverter_kind_of(meta: dict) -> str | None:
 
 def load_inverter(path: str | Path, *, flag: str = "--inverter") -> Inverter:
     """Load any kind's inverter from its directory or model file; the metadata picks the class."""
-    import keras
+    from invkeras.models import load_keras_model
 
     file = model_file(path, flag=flag)
     meta = artifacts.read_metadata(file)
@@ -364,17 +366,7 @@ def load_inverter(path: str | Path, *, flag: str = "--inverter") -> Inverter:
     cls = inverter_class(kind)
     meta = {**meta, "inverter_kind": kind}
     cls.register_layers()
-    import zipfile
-
-    if not zipfile.is_zipfile(file):  # Keras would call a truncated file "File not found"
-        raise InvkerasError(f"{flag} {file}: not a loadable inverter (not a .keras archive: truncated or corrupted)")
-    try:
-        model = keras.saving.load_model(file, compile=False, safe_mode=True)
-    except (ValueError, OSError, KeyError, TypeError, EOFError) as exc:
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise InvkerasError(f"{flag} {file}: not a loadable inverter ({reason})") from None
-    except Exception as exc:  # zipfile.BadZipFile and friends from a truncated file
-        raise InvkerasError(f"{flag} {file}: not a loadable inverter ({type(exc).__name__})") from None
+    model = load_keras_model(file, what="inverter", flag=flag)
     return cls(model, meta, file)
 
 

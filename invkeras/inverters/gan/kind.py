@@ -107,7 +107,8 @@ class GANInverter(Inverter):
         early = config.patience is not None
         schedule = Schedule(config.max_steps, config.steps_per_checkpoint,
                             config.patience if early else config.max_steps + 1, config.batch_size * config.d_steps,
-                            config.seed, monitor="val_loss" if early else "(early stopping off)")
+                            config.seed, monitor="val_loss" if early else "(early stopping off)",
+                            max_time=config.max_time)
         return train(trainee, data.train, schedule, out_dir=config.out_dir(), settings=config.trajectory(),
                      what=f"train-inverter --kind gan layer '{config.layer}'", hooks=hooks, progress=progress,
                      non_finite_hint=non_finite_hint)
