@@ -229,22 +229,13 @@ def autoencoder_file(path: str | Path, flag: str = "--autoencoder") -> Path:
 
 def load_autoencoder(path: str | Path, flag: str = "--autoencoder"):
     """(model, metadata) of an autoencoder given as its directory or .keras file; one line if unusable."""
-    import zipfile
-
-    import keras
-
     import invkeras.autoencoders.network  # noqa: F401  (registers its layers)
+    from invkeras.models import load_keras_model
 
     file = autoencoder_file(path, flag)
     meta = artifacts.read_metadata(file)
     if not meta or meta.get("kind") != "autoencoder":
         raise InvkerasError(f"{flag} {file}: no autoencoder metadata beside it (train one with "
                             "`invkeras train-autoencoder`)")
-    if not zipfile.is_zipfile(file):
-        raise InvkerasError(f"{flag} {file}: not a loadable autoencoder (not a .keras archive)")
-    try:
-        model = keras.saving.load_model(file, compile=False, safe_mode=True)
-    except Exception as exc:  # Keras raises many types for a bad file
-        reason = (str(exc).splitlines() or [""])[0][:160]
-        raise InvkerasError(f"{flag} {file}: not a loadable autoencoder ({type(exc).__name__}: {reason})") from None
+    model = load_keras_model(file, what="autoencoder", flag=flag)
     return model, meta

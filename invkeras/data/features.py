@@ -52,21 +52,10 @@ def resolve_model_path(model: str | Path) -> Path:
 
 def load_model(model: str | Path):
     """Load a Keras model; importing invkeras.classifiers.architectures registers its custom layers."""
-    import keras
-
     import invkeras.classifiers.architectures  # noqa: F401  (registers ConvBlock etc. for deserialisation)
+    from invkeras.models import load_keras_model
 
-    import zipfile
-
-    path = resolve_model_path(model)
-    if not zipfile.is_zipfile(path):  # Keras would call a truncated file "File not found"
-        raise InvkerasError(f"--model {path}: not a loadable Keras model (not a .keras archive: truncated or corrupted)")
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # Keras raises many types for a bad file; the user needs one line
-        reason = (str(exc).splitlines() or [""])[0][:160]
-        raise InvkerasError(f"--model {path}: not a loadable Keras model ({type(exc).__name__}"
-                            + (f": {reason}" if reason else "") + ")") from None
+    return load_keras_model(resolve_model_path(model), what="Keras model", flag="--model")
 
 
 # --- writing features ---------------------------------------------------------------

@@ -248,12 +248,9 @@ class FactorModel:
 
 def load_factor_model(path: str | Path, flag: str = "--factors") -> FactorModel:
     """A factor model from its directory or `factor_inn.keras`; one line when it is not one."""
-    import zipfile
-
-    import keras
-
     import invkeras.factors.network  # noqa: F401  (registers FactorINN, FactorPairModel)
     import invkeras.inverters.cinn.network  # noqa: F401  (ConditionalINN and its pieces)
+    from invkeras.models import load_keras_model
 
     file = Path(path)
     if file.is_dir():
@@ -263,11 +260,5 @@ def load_factor_model(path: str | Path, flag: str = "--factors") -> FactorModel:
     meta = artifacts.read_metadata(file)
     if not meta or meta.get("kind") != ARTIFACT_KIND:
         raise InvkerasError(f"{flag} {file}: no factor INN metadata beside it ({artifacts.metadata_path(file).name})")
-    if not zipfile.is_zipfile(file):
-        raise InvkerasError(f"{flag} {file}: not a loadable factor INN (not a .keras archive)")
-    try:
-        model = keras.saving.load_model(file, compile=False, safe_mode=True)
-    except Exception as exc:  # Keras raises many types for a bad file
-        reason = (str(exc).splitlines() or [""])[0][:160]
-        raise InvkerasError(f"{flag} {file}: not a loadable factor INN ({type(exc).__name__}: {reason})") from None
+    model = load_keras_model(file, what="factor INN", flag=flag)
     return FactorModel(model, meta, file)
