@@ -1,0 +1,7 @@
+"""`invkeras inspect`: from a user's classifier and images to a report on every layer, in a time budget.
+
+    layers   which layers to invert (the default rule), and the checks that the model is a classifier
+    plan     calibration of each model's step time, and the budget split over layers and kinds
+    config   InspectConfig, the command's settings
+    run      the orchestration: extract, train, evaluate, report; rerunning resumes
+"""
