@@ -1,12 +1,8 @@
 """Recipes: YAML files of invkeras steps (`schema`), run in order and resumably (`runner`)."""
 
-from invkeras.recipes.runner import RUNNERS, StepResult, run_recipe, step_outputs  # noqa: F401
-from invkeras.recipes.schema import (  # noqa: F401
-    CompareStep,
-    EstimateMIStep,
-    Recipe,
-    SampleStep,
-    describe_validation_error,
-    load_recipe,
-    train_inverter_step,
-)
+from invkeras.commands.compare import CompareStep  # noqa: F401
+from invkeras.commands.information import EstimateMIStep  # noqa: F401
+from invkeras.commands.inverter import train_inverter_step  # noqa: F401
+from invkeras.commands.samples import SampleStep  # noqa: F401
+from invkeras.recipes.runner import StepResult, run_recipe, step_outputs  # noqa: F401
+from invkeras.recipes.schema import Recipe, describe_validation_error, load_recipe  # noqa: F401

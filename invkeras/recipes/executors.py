@@ -43,7 +43,8 @@ from rich.console import Console
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError
-from invkeras.recipes.runner import RUNNERS, StepResult, step_dependencies, step_outputs
+from invkeras.commands import command_class
+from invkeras.recipes.runner import StepResult, step_dependencies, step_outputs
 from invkeras.recipes.schema import Recipe, step_model
 
 EXECUTORS = ("local", "ray")
@@ -106,7 +107,7 @@ def execute_step(payload: dict) -> dict:
     try:
         step = rebuild_step(payload["step"])
         print(f"invkeras: step {name} ({step.command}) in process {os.getpid()}", flush=True)
-        summary = RUNNERS[step.command](step)
+        summary = command_class(step.command).run(step)
     except InvkerasError as exc:
         print(f"invkeras: step {name} failed: {exc}", file=sys.stderr, flush=True)
         return {"status": "failed", "error": str(exc), "exit_code": exc.exit_code, "seconds": time.time() - started}

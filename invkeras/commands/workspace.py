@@ -1,0 +1,71 @@
+"""Steps that act on the inverters of a workspace, found by the layout
+runs/<dataset>/<arch>/inverters/<kind>/<layer>: the schema they share, and what they read.
+
+An analysis step (sample, compare, estimate-mi, edit, mix, attack) names layers, not paths:
+the paths derive from the recipe's workspace, dataset and arch, so a recipe runs on any
+dataset unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from invkeras import artifacts
+from invkeras.commands.base import Command, StepAccess
+
+DEFAULT_KIND = "pixelcnn"
+
+
+def known_kind(kind: str) -> str:
+    from invkeras.inverters import inverter_kinds
+
+    if kind not in inverter_kinds():
+        raise ValueError(f"unknown inverter kind {kind!r}; choose from {', '.join(sorted(inverter_kinds()))}")
+    return kind
+
+
+class InvertersInWorkspace(BaseModel):
+    """Steps that act on inverters found by the layout runs/<dataset>/<arch>/inverters/<kind>/<layer>."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = "procedural"
+    arch: str = "conv"
+    workspace: str = str(artifacts.DEFAULT_WORKSPACE)
+    layers: list[str] = Field(min_length=1)
+    kind: str = Field(DEFAULT_KIND, description="the inverter kind these steps read")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_known(cls, value: str) -> str:
+        return known_kind(value)
+
+    def inverter(self, layer: str, kind: str | None = None) -> Path:
+        return artifacts.inverter_dir(self.dataset, self.arch, layer, self.workspace, kind=kind or self.kind)
+
+
+class InverterAnalysis(Command):
+    """A command that reads the workspace's inverters of its step's layers and writes beside them.
+
+    It reads each inverter's `inverter.keras` (not the whole directory: other analyses write
+    their grids beside it) and, for a conditional inverter, the classifier and the layer's
+    features of its run; it writes its outputs."""
+
+    @classmethod
+    def inverters_read(cls, step) -> list[Path]:
+        """The directory of every inverter the step loads (each ends in /<layer>)."""
+        kinds = [step.kind] + ([step.reconstruction] if getattr(step, "reconstruction", None) else [])
+        return [step.inverter(layer, kind) for layer in step.layers for kind in kinds]
+
+    @classmethod
+    def access(cls, step) -> StepAccess:
+        from invkeras.inverters.base import MODEL_FILE
+
+        reads = []
+        for inverter in cls.inverters_read(step):
+            run = inverter.parents[2]  # runs/<dataset>/<arch>/inverters/<kind>/<layer>
+            reads.append(inverter / MODEL_FILE)
+            if inverter.name != "none":  # the classifier's labels and the layer's features
+                reads += [run / "classifier" / "model.keras", run / "features" / inverter.name]
+        return StepAccess(reads, cls.outputs(step))
