@@ -27,13 +27,19 @@ import numpy as np
 from keras import ops
 
 from invkeras.factors.loss import pair_nll
+from invkeras.inverters.cinn.flows import FlowLayer
 from invkeras.inverters.cinn.network import ConditionalINN
 
 RESIDUAL = "residual"
 
 
+def _no_condition(condition) -> None:
+    if condition is not None:
+        raise ValueError("the factor INN is unconditional: it takes no condition")
+
+
 @keras.saving.register_keras_serializable(package="invkeras")
-class FactorINN(keras.layers.Layer):
+class FactorINN(FlowLayer):
     """z~ = T(r): fixed standardisation, then an unconditional flow; z~ splits into named blocks."""
 
     def __init__(self, dim: int, block_names, block_sizes, num_blocks: int = 8, hidden: int = 64, depth: int = 2,
@@ -75,15 +81,21 @@ class FactorINN(keras.layers.Layer):
     def standardise(self, r):
         return (r - self.r_mean) * self.r_scale
 
-    def call(self, r, noise=None):
-        """(z~, log|det dT/dr|) per example; `noise` (in standardised units) is added before the flow."""
+    def forward_and_log_det(self, r, condition=None, noise=None):
+        """(z~, log|det dT/dr|) per example; T is unconditional (the condition must be None).
+        `noise` (in standardised units) is added before the flow."""
+        _no_condition(condition)
         x = self.standardise(r)
         if noise is not None:
             x = x + noise
         z, logdet = self.flow(x)
         return z, logdet + ops.sum(ops.log(self.r_scale))
 
-    def inverse(self, z):
+    def call(self, r, condition=None, noise=None):
+        return self.forward_and_log_det(r, condition, noise=noise)
+
+    def inverse(self, z, condition=None):
+        _no_condition(condition)
         return self.flow.inverse(z) / self.r_scale + self.r_mean
 
     def initialize(self, r: np.ndarray, noise: np.ndarray | None = None) -> None:
@@ -126,8 +138,8 @@ class FactorPairModel(keras.Model):
         if training and self.noise > 0 and noise_a is None:
             noise_a = keras.random.normal(ops.shape(a), stddev=self.noise, seed=self.seed_generator)
             noise_b = keras.random.normal(ops.shape(b), stddev=self.noise, seed=self.seed_generator)
-        z_a, logdet_a = self.inn(a, noise_a)
-        z_b, logdet_b = self.inn(b, noise_b)
+        z_a, logdet_a = self.inn(a, noise=noise_a)
+        z_b, logdet_b = self.inn(b, noise=noise_b)
         nll = pair_nll(z_a, z_b, logdet_a, logdet_b, self.inn.shared_dims(shared), self.rho)
         return nll / (2 * self.inn.dim)
 

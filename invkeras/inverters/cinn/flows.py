@@ -1,7 +1,8 @@
 """The invertible pieces of the conditional INN, in keras.ops (any backend).
 
-Each piece maps x -> y with `call(x, c) -> (y, logdet)` (logdet: log|det dy/dx| per example)
-and back with `inverse(y, c) -> x`; `c` is the embedded condition or None.
+Every piece is a `FlowLayer`: it maps x -> y with `forward_and_log_det(x, condition) ->
+(y, log_det)` (log_det: log|det dy/dx| per example), which calling the layer runs, and back
+with `inverse(y, condition) -> x`; the condition is the embedded h, or None.
 
     ActNorm            y = (x + loc) * exp(log_scale), initialised from data so that the
                        first batch comes out with zero mean and unit variance per dimension
@@ -13,6 +14,8 @@ As in Rombach, Esser & Ommer (2020) and Esser, Rombach & Ommer (2020, "iin").
 """
 
 from __future__ import annotations
+
+import abc
 
 import keras
 import numpy as np
@@ -38,8 +41,29 @@ def _run_mlp(layers, final, x):
     return final(x)
 
 
+class FlowLayer(keras.layers.Layer, metaclass=abc.ABCMeta):
+    """An invertible map of vectors [B, d] -> [B, d] that knows its log-determinant.
+
+    A flow is a chain of these: its log-likelihood needs each piece's log|det dy/dx|, and its
+    inverse each piece's inverse. Calling the layer, `layer(x, condition)`, returns
+    `forward_and_log_det(x, condition)`. A subclass's `get_config` mirrors its `__init__`, so
+    that a saved flow loads back.
+    """
+
+    @abc.abstractmethod
+    def forward_and_log_det(self, x, condition=None):
+        """(y, log|det dy/dx|) per example, for x [B, d] and the condition (None if unconditional)."""
+
+    @abc.abstractmethod
+    def inverse(self, y, condition=None):
+        """The x that `forward_and_log_det(x, condition)` maps to y."""
+
+    def call(self, x, condition=None):
+        return self.forward_and_log_det(x, condition)
+
+
 @keras.saving.register_keras_serializable(package="invkeras")
-class ActNorm(keras.layers.Layer):
+class ActNorm(FlowLayer):
     """Per-dimension affine y = (x + loc) * exp(log_scale) with data-dependent initialisation."""
 
     def __init__(self, dim: int, **kwargs):
@@ -57,11 +81,11 @@ class ActNorm(keras.layers.Layer):
         self.log_scale.assign((-np.log(std + 1e-6)).astype(self.dtype))
         return ((x - mean) / (std + 1e-6)).astype(self.dtype)
 
-    def call(self, x, c=None):
+    def forward_and_log_det(self, x, condition=None):
         y = (x + self.loc) * ops.exp(self.log_scale)
         return y, ops.sum(self.log_scale) * ops.ones_like(x[:, 0])
 
-    def inverse(self, y, c=None):
+    def inverse(self, y, condition=None):
         return y * ops.exp(-self.log_scale) - self.loc
 
     def get_config(self):
@@ -69,7 +93,7 @@ class ActNorm(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="invkeras")
-class DoubleCoupling(keras.layers.Layer):
+class DoubleCoupling(FlowLayer):
     """Double affine coupling: the second half given the first, then the first given the second."""
 
     def __init__(self, dim: int, cond_dim: int = 0, hidden: int = 64, depth: int = 2, **kwargs):
@@ -101,19 +125,19 @@ class DoubleCoupling(keras.layers.Layer):
         shift = self.net_layers[(2 * i + 1) * per_net : (2 * i + 2) * per_net]
         return _run_mlp(scale[:-1], scale[-1], inputs), _run_mlp(shift[:-1], shift[-1], inputs)
 
-    def call(self, x, c=None):
+    def forward_and_log_det(self, x, condition=None):
         x1, x2 = x[:, : self.d1], x[:, self.d1 :]
-        s0, t0 = self._affine(0, x1, c)
+        s0, t0 = self._affine(0, x1, condition)
         x2 = x2 * ops.exp(s0) + t0
-        s1, t1 = self._affine(1, x2, c)
+        s1, t1 = self._affine(1, x2, condition)
         x1 = x1 * ops.exp(s1) + t1
         return ops.concatenate([x1, x2], axis=-1), ops.sum(s0, axis=-1) + ops.sum(s1, axis=-1)
 
-    def inverse(self, y, c=None):
+    def inverse(self, y, condition=None):
         y1, y2 = y[:, : self.d1], y[:, self.d1 :]
-        s1, t1 = self._affine(1, y2, c)
+        s1, t1 = self._affine(1, y2, condition)
         y1 = (y1 - t1) * ops.exp(-s1)
-        s0, t0 = self._affine(0, y1, c)
+        s0, t0 = self._affine(0, y1, condition)
         y2 = (y2 - t0) * ops.exp(-s0)
         return ops.concatenate([y1, y2], axis=-1)
 
@@ -123,7 +147,7 @@ class DoubleCoupling(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="invkeras")
-class FixedPermutation(keras.layers.Layer):
+class FixedPermutation(FlowLayer):
     """A fixed permutation of the dimensions, drawn once from `seed`; volume-preserving."""
 
     def __init__(self, dim: int, seed: int = 0, **kwargs):
@@ -134,10 +158,10 @@ class FixedPermutation(keras.layers.Layer):
         self.inverse_order = np.argsort(order).astype("int32")
         self.built = True
 
-    def call(self, x, c=None):
+    def forward_and_log_det(self, x, condition=None):
         return ops.take(x, self.order, axis=1), ops.zeros_like(x[:, 0])
 
-    def inverse(self, y, c=None):
+    def inverse(self, y, condition=None):
         return ops.take(y, self.inverse_order, axis=1)
 
     def get_config(self):

@@ -21,7 +21,7 @@ import numpy as np
 from keras import ops
 
 from invkeras.distribution import training_jit
-from invkeras.inverters.cinn.flows import ActNorm, DoubleCoupling, FixedPermutation, _leaky
+from invkeras.inverters.cinn.flows import ActNorm, DoubleCoupling, FixedPermutation, FlowLayer, _leaky
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -83,8 +83,9 @@ class HEmbedder(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="invkeras")
-class ConditionalINN(keras.layers.Layer):
-    """v = t(z | h): `num_blocks` blocks of ActNorm, a double affine coupling and a fixed permutation."""
+class ConditionalINN(FlowLayer):
+    """v = t(z | h): `num_blocks` blocks of ActNorm, a double affine coupling and a fixed permutation;
+    its condition is h, which it embeds itself."""
 
     def __init__(self, latent_dim: int, h_shape=None, num_blocks: int = 12, hidden: int = 64, depth: int = 2,
                  embed_dim: int = 32, seed: int = 0, **kwargs):
@@ -114,17 +115,17 @@ class ConditionalINN(keras.layers.Layer):
             raise ValueError("this flow is conditional: it needs h")
         return self.embedder(h)
 
-    def call(self, z, h=None):
-        """(v, log|det dv/dz|) per example."""
-        c = self.embed(h)
+    def forward_and_log_det(self, z, condition=None):
+        """(v, log|det dv/dz|) per example; the condition is h."""
+        c = self.embed(condition)
         logdet = ops.zeros_like(z[:, 0])
         for layer in self.flow_layers:
             z, ld = layer(z, c)
             logdet = logdet + ld
         return z, logdet
 
-    def inverse(self, v, h=None):
-        c = self.embed(h)
+    def inverse(self, v, condition=None):
+        c = self.embed(condition)
         for layer in reversed(self.flow_layers):
             v = layer.inverse(v, c)
         return v
