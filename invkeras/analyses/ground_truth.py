@@ -97,7 +97,8 @@ class GroundTruthConfig(BaseModel):
     eval_examples: int = Field(500, gt=1, description="validation and test images per subset")
     seed: int = 0
     workspace: str = "runs"
-    out: Optional[str] = Field(None, description="default runs/procedural/ground-truth")
+    name: str = Field("ground-truth", description="the folder under <workspace>/procedural/")
+    out: Optional[str] = Field(None, description="default <workspace>/procedural/<name>")
 
     @field_validator("subsets")
     @classmethod
@@ -117,7 +118,11 @@ class GroundTruthConfig(BaseModel):
         return kind
 
     def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path(self.workspace) / DATASET / "ground-truth"
+        if self.out:
+            return Path(self.out)
+        from invkeras.artifacts import plain_name
+
+        return Path(self.workspace) / DATASET / plain_name(self.name, "name")
 
     def model_paths(self) -> list[Path]:
         """Each subset's inverter file: with the table, what a finished run has written."""

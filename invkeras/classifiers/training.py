@@ -41,7 +41,7 @@ from invkeras.training import BACKUP_DIR, Backup, CompiledModelTrainee, Schedule
 CHECKPOINT_DIR = "checkpoints"
 # Settings that do not change the training trajectory: a backup made under other values of
 # these is still resumed (more epochs, more patience, another device strategy or path).
-NON_TRAJECTORY_FIELDS = ("epochs", "max_time", "patience", "save_at", "strategy", "workspace", "out",
+NON_TRAJECTORY_FIELDS = ("epochs", "max_time", "patience", "save_at", "strategy", "workspace", "run", "out",
                          "robust_eval_examples")
 # The attack's settings shape training only when training is adversarial.
 ATTACK_FIELDS = ("adversarial", "epsilon", "pgd_steps", "pgd_step_size")
@@ -76,6 +76,8 @@ class ClassifierConfig(BaseModel):
     seed: int = 0
     strategy: str = "auto"
     workspace: str = str(artifacts.DEFAULT_WORKSPACE)
+    run: Optional[str] = Field(None, description="the run's folder, runs/<dataset>/<run>/ (default: the arch); "
+                               "a second classifier of one arch, such as a robust one, needs its own")
     out: Optional[str] = None
     adversarial: Literal["none", "pgd"] = Field(
         "none", description="pgd: train on PGD adversarial examples only, none of the clean batch (Madry et al. 2018)")
@@ -137,7 +139,9 @@ class ClassifierConfig(BaseModel):
         return value
 
     def model_path(self) -> Path:
-        return Path(self.out) if self.out else artifacts.classifier_path(self.dataset, self.arch, self.workspace)
+        if self.out:
+            return Path(self.out)
+        return artifacts.classifier_path(self.dataset, self.run or self.arch, self.workspace)
 
     def effective_dropout_rate(self) -> float:
         return self.dropout_rate if self.dropout else 0.0

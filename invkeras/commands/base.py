@@ -21,6 +21,9 @@ Each command the CLI offers is a subclass of `Command`, decorated with `register
         @classmethod
         def access(cls, step) -> StepAccess: ...    # what it reads and writes
 
+        @classmethod
+        def product(cls, step) -> Path: ...         # what `{step: NAME}` in a recipe stands for
+
 The command line (`invkeras.cli`), the recipe schema (`invkeras.recipes.schema`) and the
 recipe runner and executors are built from this registry, so a new command, in any module
 imported before the CLI runs, needs no edit anywhere else. A command that writes no `cli`
@@ -101,6 +104,15 @@ class Command:
     def outputs(cls, step: BaseModel) -> list[Path]:
         """The artefacts whose completeness means the step is done (a rerun skips it)."""
         raise NotImplementedError(f"command {cls.name!r} does not name its outputs")
+
+    @classmethod
+    def product(cls, step: BaseModel, **selectors) -> Path:
+        """What a later step gets when it refers to this one by name (`{step: NAME}` in a
+        recipe): its first output, a trained model's file for the training commands. A command
+        may take selectors, keys beside `step` (a classifier's `checkpoint`)."""
+        if selectors:
+            raise TypeError(f"{cls.name} takes no selectors")
+        return cls.outputs(step)[0]
 
     @classmethod
     def access(cls, step: BaseModel) -> StepAccess:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -35,6 +36,8 @@ def cli_train_classifier(
     strategy: str = typer.Option("auto", help="auto | mirrored (TensorFlow) | data-parallel (JAX) | default."),
     data_dir: Optional[str] = typer.Option(None, help="TFDS data directory holding prepared datasets."),
     workspace: str = typer.Option("runs", help="Root of runs/<dataset>/<arch>/..."),
+    run: Optional[str] = typer.Option(None, help="Run folder runs/<dataset>/<run>/ [default: the arch]; "
+                                                 "a second classifier of one arch (a robust one) needs its own."),
     out: Optional[str] = typer.Option(None, help="Model path (default runs/<dataset>/<arch>/classifier/model.keras)."),
     adversarial: Optional[str] = typer.Option(
         None, help="none | pgd: train on PGD adversarial examples only (Madry et al. 2018) [default: none]."),
@@ -65,7 +68,7 @@ def cli_train_classifier(
         data_dir=data_dir,
         workspace=workspace,
         out=out,
-        **given(dict(adversarial=adversarial, epsilon=epsilon, pgd_steps=pgd_steps, pgd_step_size=pgd_step_size,
+        **given(dict(run=run, adversarial=adversarial, epsilon=epsilon, pgd_steps=pgd_steps, pgd_step_size=pgd_step_size,
                       robust_eval_examples=robust_eval_examples)),
     )
     result = train(config)
@@ -112,6 +115,17 @@ class TrainClassifier(Command):
     @staticmethod
     def outputs(step):
         return [step.model_path()]
+
+    @staticmethod
+    def product(step, checkpoint: int | None = None) -> Path:
+        """The trained model, or with `checkpoint: N` its checkpoint at global step N (`save_at`)."""
+        if checkpoint is None:
+            return step.model_path()
+        if checkpoint not in step.save_at:
+            raise ValueError(f"checkpoint {checkpoint} is not saved by this step (save_at: {step.save_at})")
+        from invkeras.classifiers.training import CHECKPOINT_DIR
+
+        return step.model_path().parent / CHECKPOINT_DIR / f"step-{checkpoint:06d}.keras"
 
     @staticmethod
     def access(step) -> StepAccess:

@@ -22,6 +22,7 @@ def cli_ground_truth(
     eval_examples: Optional[int] = typer.Option(None, help="Validation and test images per subset [default: 500]."),
     seed: Optional[int] = typer.Option(None, help="[default: 0]"),
     workspace: Optional[str] = typer.Option(None, help="[default: runs]"),
+    name: Optional[str] = typer.Option(None, help="Folder under <workspace>/procedural/ [default: ground-truth]."),
     out: Optional[str] = typer.Option(None, help="Output directory (default runs/procedural/ground-truth)."),
 ) -> None:
     """The bound against the truth: on the procedural dataset, with h a subset of its factors, H(x|h) is exact.

@@ -17,6 +17,19 @@ Each step's keys are exactly the options of its command's config (extra keys are
 A `train-inverter` step takes the options of its `kind` (default pixelcnn), whatever kinds
 are registered: the schema is looked up in the inverter registry when the recipe is read.
 
+A step refers to what another, earlier step made by that step's name, never by a path:
+
+      autoencoder:
+        command: train-autoencoder
+        classifier: {step: classifier}     # the classifier step's model file
+      cinn_fc3:
+        command: train-inverter
+        kind: cinn
+        autoencoder: {step: autoencoder}
+
+Paths derive from the workspace, the dataset and the step, so `--set dataset=X` (with
+`--set scale=small`) is all that changes to run a recipe on other data.
+
 Two sections keep long recipes short and give each one a cheap variant:
 
     defaults:                    # per command; a step's own keys win
@@ -131,6 +144,11 @@ class Recipe(BaseModel):
                 if key in model.model_fields and key not in step:
                     step[key] = value
             try:
+                step = _resolve_references(name, step, steps)
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+            try:
                 steps[name] = model.model_validate(step)
             except ValidationError as exc:
                 problems.append(describe_validation_error(exc, prefix=f"steps.{name}"))
@@ -138,6 +156,36 @@ class Recipe(BaseModel):
             raise ValueError("; ".join(problems))
         raw["steps"] = steps
         return raw
+
+
+def is_reference(value: Any) -> bool:
+    """A value `{step: NAME}` (with the command's selectors, e.g. `checkpoint: 100` for a
+    classifier's checkpoint): the product of another step of the recipe."""
+    return isinstance(value, dict) and isinstance(value.get("step"), str)
+
+
+def _resolve_references(name: str, step: dict, built: dict[str, BaseModel]) -> dict:
+    """Replace each `{step: NAME}` value by the path of that earlier step's product (its
+    command's `product`: a trained model's file), so no recipe names a dataset's folder."""
+    from invkeras.commands import command_class
+
+    resolved = dict(step)
+    for key, value in step.items():
+        if not is_reference(value):
+            continue
+        target = value["step"]
+        if target not in built:
+            raise ValueError(f"steps.{name}.{key}: {{step: {target}}} names no earlier step of this recipe "
+                             f"(earlier steps: {', '.join(built) or 'none'})")
+        selectors = {k: v for k, v in value.items() if k != "step"}
+        try:
+            resolved[key] = str(command_class(built[target].command).product(built[target], **selectors))
+        except TypeError:
+            raise ValueError(f"steps.{name}.{key}: {{step: {target}}} takes no "
+                             f"{', '.join(selectors)} (a {built[target].command} step)") from None
+        except ValueError as exc:
+            raise ValueError(f"steps.{name}.{key}: {exc}") from None
+    return resolved
 
 
 def _check_defaults(defaults: dict) -> None:

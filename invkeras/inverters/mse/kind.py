@@ -24,7 +24,7 @@ class MSEInverterConfig(InverterConfig):
     """Every setting of an MSE-decoder run (`train-inverter --kind mse`)."""
 
     kind: Literal["mse"] = "mse"
-    filters: int = Field(DEFAULT_FILTERS, gt=0)
+    filters: int = Field(DEFAULT_FILTERS, gt=0, description="width of the decoder's convolutions")
     batch_size: int = Field(32, gt=0)
 
 

@@ -32,13 +32,16 @@ class PixelCNNInverterConfig(InverterConfig):
 
     kind: Literal["pixelcnn"] = "pixelcnn"
     # Network (None = take the value from the --scale preset).
-    scale: Literal["tiny", "small", "paper"] = "small"
-    filters: Optional[int] = Field(None, gt=0)
-    nr_resnet: Optional[int] = Field(None, gt=0)
-    dropout_rate: Optional[float] = Field(None, ge=0, lt=1)
-    h_dropout: Optional[float] = Field(None, ge=0, lt=1)
-    likelihood: Literal["auto", "categorical", "logistic_mixture"] = "auto"
-    num_mixtures: int = Field(10, gt=0)
+    scale: Literal["tiny", "small", "paper"] = Field(
+        "small", description="network preset: tiny (8 filters, 1 resnet layer), small (32, 2) or paper (64, 3)")
+    filters: Optional[int] = Field(None, gt=0, description="filters per convolution")
+    nr_resnet: Optional[int] = Field(None, gt=0, description="gated resnet layers per block")
+    dropout_rate: Optional[float] = Field(None, ge=0, lt=1, description="dropout inside the gated resnet layers")
+    h_dropout: Optional[float] = Field(None, ge=0, lt=1, description="dropout on h before it conditions the network")
+    likelihood: Literal["auto", "categorical", "logistic_mixture"] = Field(
+        "auto", description="per-pixel likelihood; auto = a 256-way softmax for grey images, a discretised "
+                            "logistic mixture for colour (the paper)")
+    num_mixtures: int = Field(10, gt=0, description="components of the logistic mixture")
     vector_conditioning: Literal["auto", "global", "deconv"] = Field(
         "auto", description="how a vector h enters: per-channel bias (global, the paper) or learned maps "
                             "(deconv); auto = the --scale preset's (deconv except at paper scale)")
@@ -48,8 +51,9 @@ class PixelCNNInverterConfig(InverterConfig):
     # auto: off under TensorFlow, where `make bench` measured XLA training 2.5x *slower* on 2
     # CPU cores (and slow to compile; try "true" on a GPU), on under JAX, whose uncompiled path
     # runs op by op (`distribution.training_jit`). Sampling always uses XLA (its row caches need it).
-    jit_compile: Literal["auto", "true", "false"] = "auto"
-    mixed_precision: bool = False
+    jit_compile: Literal["auto", "true", "false"] = Field(
+        "auto", description="compile training steps with XLA; auto = off under TensorFlow, on under JAX")
+    mixed_precision: bool = Field(False, description="train in float16 with float32 weights and loss scaling")
     strategy: Literal["auto", "mirrored", "data-parallel", "default"] = Field(
         "auto", description="devices: mirrored (TensorFlow) or data-parallel (JAX) over all of them, default (one), "
                             "auto (all when there are several); see invkeras.distribution")
