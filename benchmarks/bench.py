@@ -258,13 +258,21 @@ def _import_everything(backend: str = "tensorflow"):
     import invkeras.inverters.pixelcnn.sampling  # noqa: F401
 
 
-def _synthetic_batch(s: BenchSettings, batch: int, seed_offset: int = 0):
+def _synthetic_batch(s: BenchSettings, batch: int):
+    """Random images and h of `batch` examples, after seeding Keras' global random state (and
+    so TensorFlow's, under that backend) with the run's seed, as every job does first."""
+    import keras
     import numpy as np
 
-    rng = np.random.default_rng(s.seed + seed_offset)
+    keras.utils.set_random_seed(s.seed)
+    rng = np.random.default_rng(s.seed)
     x = rng.integers(0, 256, (batch, *s.image_shape)).astype("float32")
     h = rng.normal(size=(batch, s.cond_dim)).astype("float32")
     return x, h
+
+
+def _param_count(model) -> int:
+    return sum(int(math.prod(v.shape)) for v in model.trainable_variables)
 
 
 def our_kwargs(s: BenchSettings, filters: int, nr_resnet: int) -> dict:
@@ -383,14 +391,11 @@ class TrainOurs(Job):
         self.jit, self.count_graph, self.backend = jit, count_graph, backend
 
     def setup(self) -> dict:
-        import keras
-
         from invkeras.inverters.pixelcnn import flops
         from invkeras.inverters.pixelcnn.kind import build_network
         from invkeras.inverters.pixelcnn.weight_norm import initialize_weight_norm
 
         s = self.s
-        keras.utils.set_random_seed(s.seed)
         self.x, h = _synthetic_batch(s, s.batch_size)
         self.inputs = {"x": self.x, "h": h}
         config = _our_config(s, s.train_filters, s.train_nr_resnet)
@@ -399,7 +404,7 @@ class TrainOurs(Job):
                                    jit_compile=str(self.jit).lower())
         initialize_weight_norm(self.model, self.inputs)  # as the pixelcnn kind does before training
         build_s = time.perf_counter() - start
-        params = sum(int(math.prod(v.shape)) for v in self.model.trainable_variables)
+        params = _param_count(self.model)
         info = {**self._warm_up(s.warmup_steps), "build_s": build_s, "params": params, "params_effective": params,
                 "train_flops_per_step": flops.train_step_flops(config, s.batch_size),
                 "how": "build_network + train_on_batch, "
@@ -425,7 +430,6 @@ class TrainTFP(Job):
         from tensorflow_probability.python.internal import tf_keras
 
         s = self.s
-        tf.random.set_seed(s.seed)
         x_np, h_np = _synthetic_batch(s, s.batch_size)
         x, h = tf.constant(x_np), tf.constant(h_np)
         start = time.perf_counter()
@@ -464,7 +468,6 @@ class TrainTFPFit(Job):
         from tensorflow_probability.python.internal import tf_keras
 
         s = self.s
-        tf.random.set_seed(s.seed)
         x, h = _synthetic_batch(s, s.batch_size)
         self.batch = [x, h]
         start = time.perf_counter()
@@ -524,14 +527,11 @@ class SampleOurs(Job):
         self.method, self.backend = method, backend
 
     def setup(self) -> dict:
-        import keras
-
         from invkeras.inverters.pixelcnn.network import build_pixelcnn
         from invkeras.inverters.pixelcnn.sampling import macs_per_image
         from invkeras.inverters.pixelcnn.weight_norm import initialize_weight_norm
 
         s = self.s
-        keras.utils.set_random_seed(s.seed)
         x, self.h = _synthetic_batch(s, s.num_images)
         self.config = config = _our_config(s, s.sample_filters, s.sample_nr_resnet)
         start = time.perf_counter()
@@ -543,7 +543,7 @@ class SampleOurs(Job):
         return {
             **({"backend_versions": _backend_versions()} if self.backend == "jax" else {}),
             "first_call_s": time.perf_counter() - start, "build_s": build_s,
-            "params": sum(int(math.prod(v.shape)) for v in self.model.trainable_variables),
+            "params": _param_count(self.model),
             # Multiply-accumulates per image, as a multiple of one forward pass (counted from the shapes).
             "flops_x_forward": macs_per_image(config, self.method) / macs_per_image(config),
             "how": f"invkeras.inverters.pixelcnn.sampling.sample(method='{self.method}'), XLA, {self.backend} "
@@ -569,7 +569,6 @@ class SampleTFP(Job):
         import tensorflow as tf
 
         s = self.s
-        tf.random.set_seed(s.seed)
         _, h = _synthetic_batch(s, s.num_images)
         self.h = tf.constant(h)
         start = time.perf_counter()
@@ -617,7 +616,7 @@ class SampleFigure(Job):
         self._draw(s.figure_batch)  # compiles, then draws one batch
         return {
             "first_call_s": time.perf_counter() - start, "build_s": build_s,
-            "params": sum(int(math.prod(v.shape)) for v in self.model.trainable_variables),
+            "params": _param_count(self.model),
             "config": self.config.model_dump(mode="json"),
             "how": f"sample(method='pixel', num_samples={s.figure_samples}, batch_size={s.figure_batch}) of one h, "
                    f"PixelCNNConfig.from_scale('{s.figure_scale}', vector h of {s.figure_h_dim}"
