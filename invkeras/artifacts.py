@@ -22,6 +22,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from invkeras.errors import InvkerasError
+
 DEFAULT_WORKSPACE = Path("runs")
 META_SUFFIX = ".meta.json"
 
@@ -197,9 +199,34 @@ def dataset_slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "dataset"
 
 
+def plain_name(value: str, what: str) -> str:
+    """`value`, a name that becomes one folder or file name of the workspace layout (a layer,
+    an architecture, a kind, a dataset's slug, a model's name), checked to be just that.
+
+    A separator, `.`/`..` or an absolute path would put the artefact somewhere else, outside
+    the workspace even: it is refused here, where the layout's paths are built, so every field
+    that reaches a path is checked whichever command or recipe key it came from."""
+    text = str(value)
+    separators = {"/", "\\", os.sep, os.altsep} - {None}
+    if (not text.strip() or text in (".", "..") or any(s in text for s in separators) or "\0" in text
+            or Path(text).is_absolute()):
+        raise InvkerasError(f"{what} {text!r}: must be a plain name (no '/', '\\' or '..'), as it names a folder of "
+                            "the workspace")
+    return text
+
+
+def dataset_folder(dataset: str) -> str:
+    """The dataset's folder in the workspace (its slug), refused where it would be '.' or '..'."""
+    slug = dataset_slug(dataset)
+    if slug in (".", ".."):
+        raise InvkerasError(f"dataset {dataset!r}: its folder name would be {slug!r}, outside the workspace layout; "
+                            "name the dataset another way")
+    return plain_name(slug, "dataset")
+
+
 def run_dir(dataset: str, arch: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
     """`runs/<dataset>/<arch>`: where a classifier and everything built on it live."""
-    return Path(workspace) / dataset_slug(dataset) / arch
+    return Path(workspace) / dataset_folder(dataset) / plain_name(arch, "arch")
 
 
 def classifier_path(dataset: str, arch: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
@@ -209,15 +236,20 @@ def classifier_path(dataset: str, arch: str, workspace: str | os.PathLike = DEFA
 def features_dir(
     dataset: str, arch: str, layer: str, split: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE
 ) -> Path:
-    return run_dir(dataset, arch, workspace) / "features" / layer / split
+    return run_dir(dataset, arch, workspace) / "features" / plain_name(layer, "layer") / plain_name(split, "split")
 
 
 def inverter_dir(dataset: str, arch: str, layer: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE, *,
                  kind: str) -> Path:
     """`runs/<dataset>/<arch>/inverters/<kind>/<layer>`: kinds never share a directory."""
-    return run_dir(dataset, arch, workspace) / "inverters" / kind / layer
+    return run_dir(dataset, arch, workspace) / "inverters" / plain_name(kind, "kind") / plain_name(layer, "layer")
 
 
 def comparison_dir(dataset: str, arch: str, layer: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
     """`runs/<dataset>/<arch>/comparisons/<layer>`: kinds compared side by side on one layer."""
-    return run_dir(dataset, arch, workspace) / "comparisons" / layer
+    return run_dir(dataset, arch, workspace) / "comparisons" / plain_name(layer, "layer")
+
+
+def autoencoder_dir(dataset: str, name: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
+    """`runs/<dataset>/autoencoders/<name>`: autoencoders belong to a dataset, not a classifier."""
+    return Path(workspace) / dataset_folder(dataset) / "autoencoders" / plain_name(name, "name")

@@ -77,7 +77,7 @@ class AutoencoderConfig(BaseModel):
 
 def autoencoder_dir(dataset: str, name: str, workspace: str | Path = artifacts.DEFAULT_WORKSPACE) -> Path:
     """`runs/<dataset>/autoencoders/<name>`: autoencoders belong to a dataset, not a classifier."""
-    return Path(workspace) / artifacts.dataset_slug(dataset) / "autoencoders" / name
+    return artifacts.autoencoder_dir(dataset, name, workspace)
 
 
 @dataclass

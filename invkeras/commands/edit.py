@@ -52,7 +52,7 @@ class EditStep(create_model("_EditFields", __base__=InvertersInWorkspace,
         return value
 
     def out(self, layer: str) -> Path:
-        return self.inverter(layer) / self.subdir
+        return self.inverter(layer) / artifacts.plain_name(self.subdir, "subdir")
 
 
 def cli_edit(

@@ -35,8 +35,10 @@ def cli_run(
     from invkeras.commands.base import command_class
     from invkeras.recipes import load_recipe, run_recipe
     from invkeras.recipes.executors import make_executor
+    from invkeras.recipes.runner import plan_recipe
 
     parsed = load_recipe(recipe, set_, allow_outside_workspace=allow_outside_workspace)
+    plan_recipe(parsed, source=recipe)  # a step that cannot run is refused before anything is printed
     runner = make_executor(executor, parallel=parallel, address=address, cpus_per_step=cpus_per_step,
                            console=console)
     variant = f", variant '{parsed.scale}'" if parsed.scale in parsed.variants else ""

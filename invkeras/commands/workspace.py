@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from invkeras import artifacts
 from invkeras.commands.base import Command, StepAccess
+from invkeras.errors import InvkerasError
 
 DEFAULT_KIND = "pixelcnn"
 
@@ -40,6 +41,21 @@ class InvertersInWorkspace(BaseModel):
     @classmethod
     def _kind_known(cls, value: str) -> str:
         return known_kind(value)
+
+    @field_validator("dataset", "arch", "layers")
+    @classmethod
+    def _names_of_folders(cls, value, info):
+        """The layout's folder names, checked as the layout checks them when it builds the paths,
+        but when the step is read: not after the recipe's earlier steps have run."""
+        try:
+            for name in value if isinstance(value, list) else [value]:
+                if info.field_name == "dataset":
+                    artifacts.dataset_folder(name)
+                else:
+                    artifacts.plain_name(name, "layer" if info.field_name == "layers" else "arch")
+        except InvkerasError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     def inverter(self, layer: str, kind: str | None = None) -> Path:
         return artifacts.inverter_dir(self.dataset, self.arch, layer, self.workspace, kind=kind or self.kind)

@@ -110,7 +110,7 @@ class ExtractConfig(BaseModel):
         return artifacts.run_dir(self.dataset, self.arch, self.workspace) / "features"
 
     def split_dir(self, layer: str, split: str) -> Path:
-        return self.out_root() / layer / split
+        return self.out_root() / artifacts.plain_name(layer, "layer") / artifacts.plain_name(split, "split")
 
 
 def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[str, dict[str, Path]]:

@@ -110,6 +110,17 @@ def step_dependencies(recipe: Recipe) -> dict[str, list[str]]:
     return {name: [w for w in ws if not any(w in before[other] for other in ws)] for name, ws in waits.items()}
 
 
+def plan_recipe(recipe: Recipe, *, source: str | Path = "") -> None:
+    """Work out every step's outputs and what it reads and writes, without running anything:
+    a name that cannot become a path is refused here, in one line naming the step."""
+    for name, step in recipe.steps.items():
+        try:
+            step_outputs(step)
+            step_access(step)
+        except InvkerasError as exc:
+            raise type(exc)(f"recipe {source or recipe.name}: step '{name}': {exc}") from None
+
+
 def run_recipe(
     recipe: Recipe,
     *,
@@ -122,7 +133,11 @@ def run_recipe(
     With an `executor` (`invkeras.recipes.executors`), steps run in worker processes or on a
     Ray cluster instead, as many at once as the graph and the executor allow; the skip rule is
     the same, and `on_step` is not called (the executor reports its own progress).
+
+    Every step's paths are worked out before the first step runs, so a recipe whose names
+    would put a path outside the workspace (a layer of '../x') is refused before it writes.
     """
+    plan_recipe(recipe, source=source)
     if executor is not None:
         results = executor.run(recipe, source=source)
     else:
