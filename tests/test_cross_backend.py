@@ -128,7 +128,7 @@ def test_gan_training_steps_agree_across_backends(results):
     # Weights, spectral-norm vectors, batch statistics, the EMA, optimiser slots and counters.
     # Measured: at most 4e-7 apart (values up to 1.6). Some are rounding noise around zero
     # (the Adam slots of a bias that batch norm cancels: about 1e-6 on either side), hence atol.
-    # At atol 1e-5 this failed in about 1 run of 8 (session 5); 1e-4 still catches a wrong
+    # At atol 1e-5 this failed in about 1 run of 8; 1e-4 still catches a wrong
     # update, which moves a weight by about lr = 1e-3 per step.
     for key in tf_state:
         np.testing.assert_allclose(jax_state[key], tf_state[key], rtol=1e-4, atol=1e-4, err_msg=key)

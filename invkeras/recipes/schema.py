@@ -36,7 +36,7 @@ Two sections keep long recipes short and give each one a cheap variant:
       train-inverter: {learning_rate: 0.001, max_steps: 100000}
     variants:                    # applied when the recipe's scale is `small`
       small:                     # (e.g. `--set scale=small`); dotted keys, like --set
-        dataset: idx:../shared/data/mnist
+        dataset: npz:my_digits.npz
         defaults.train-inverter.max_steps: 500
         steps.inverter_unconditional: null     # null drops a step
 
