@@ -188,7 +188,7 @@ def is_complete(artifact: str | os.PathLike) -> bool:
 
 
 def dataset_slug(spec: str) -> str:
-    """A directory name for a dataset spec: 'idx:../shared/data/mnist' -> 'idx-mnist'."""
+    """A directory name for a dataset spec: 'idx:data/mnist' -> 'idx-mnist'."""
     kind, _, rest = spec.partition(":")
     if not rest:
         name = kind
