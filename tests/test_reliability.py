@@ -112,3 +112,65 @@ def test_a_name_that_would_leave_the_workspace_is_refused_before_anything_is_wri
     # Refused by the schema (a kind must be known) or where the path would be built.
     assert_one_line_error(result, repr(bad) if "kind" not in field and "reconstruction" not in field else bad)
     assert files_under(tmp_path) == before  # nothing written anywhere, nothing lost
+
+
+# --- 2. a run never writes over the recipe it runs, nor over a file that is not its own ------
+
+SELF_RECIPE = {"name": "selfref", "workspace": "WS", "steps": {"classifier": {"command": "train-classifier",
+                                                                               "epochs": 1}}}
+
+
+def _recipe_text(path: Path, workspace: Path) -> str:
+    recipe = json.loads(json.dumps(SELF_RECIPE).replace('"WS"', json.dumps(str(workspace))))
+    return json.dumps(recipe) if path.suffix == ".json" else yaml.safe_dump(recipe)
+
+
+# Where the recipe is kept, and what else is in <workspace>/recipes/ (None: nothing).
+RECORD_COLLISIONS = {
+    "the recipe is the record (json)": ("ws/recipes/selfref.json", None),
+    "the recipe is the record, spelled another way": ("ws/./recipes/../recipes/selfref.json", None),
+    "the recipe is the record's metadata": ("ws/recipes/selfref.json.meta.json", None),
+    "a user's own file is where the record goes": ("selfref.yaml", ("selfref.json", "my notes\n")),
+    "a user's own file is where the record's metadata goes": ("selfref.yaml", ("selfref.json.meta.json", "{}\n")),
+    "a folder is where the record goes": ("selfref.yaml", ("selfref.json", None)),
+}
+
+
+@pytest.mark.parametrize("case", list(RECORD_COLLISIONS))
+def test_a_run_refuses_to_write_its_record_over_the_recipe_or_a_file_not_its_own(tmp_path, case):
+    kept_at, other = RECORD_COLLISIONS[case]
+    workspace = tmp_path / "ws"
+    recipe = tmp_path / kept_at
+    recipe.parent.mkdir(parents=True, exist_ok=True)
+    recipe.write_text(_recipe_text(recipe, workspace))
+    if other is not None:
+        name, text = other
+        (workspace / "recipes").mkdir(parents=True, exist_ok=True)
+        if text is None:
+            (workspace / "recipes" / name).mkdir()
+        else:
+            (workspace / "recipes" / name).write_text(text)
+    before = files_under(tmp_path)
+
+    result = invoke("run", recipe)
+
+    assert_one_line_error(result, "record", "selfref.json")
+    assert files_under(tmp_path) == before  # the recipe and the user's files intact, no step ran
+
+
+def test_the_record_of_an_earlier_run_is_replaced_by_the_rerun(tmp_path):
+    from invkeras import artifacts
+
+    workspace = tmp_path / "ws"
+    model = workspace / "procedural" / "conv" / "classifier" / "model.keras"
+    model.parent.mkdir(parents=True)
+    model.write_text("a finished classifier")  # complete: the step is skipped
+    artifacts.write_metadata(model, kind="classifier")
+    recipe = tmp_path / "selfref.yaml"
+    recipe.write_text(_recipe_text(recipe, workspace))
+
+    for _ in range(2):
+        result = invoke("run", recipe)
+        assert result.exit_code == 0, result.output
+    record = json.loads((workspace / "recipes" / "selfref.json").read_text())
+    assert [step["status"] for step in record["steps"]] == ["skipped"]

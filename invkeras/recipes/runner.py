@@ -15,6 +15,8 @@ exactly what it would have seen run top to bottom.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,8 @@ from invkeras import artifacts
 from invkeras.commands.base import StepAccess, command_class  # noqa: F401  (StepAccess: part of this API)
 from invkeras.errors import InvkerasError
 from invkeras.recipes.schema import Recipe
+
+RECORD_KIND = "recipe-run"  # the metadata kind of a run's record
 
 
 @dataclass
@@ -110,9 +114,45 @@ def step_dependencies(recipe: Recipe) -> dict[str, list[str]]:
     return {name: [w for w in ws if not any(w in before[other] for other in ws)] for name, ws in waits.items()}
 
 
+def run_record(recipe: Recipe) -> Path:
+    """`<workspace>/recipes/<name>.json`: what a run of the recipe did, step by step."""
+    return Path(recipe.workspace) / "recipes" / f"{recipe.name}.json"
+
+
+def _is_run_record(path: Path, meta: Path) -> bool:
+    """Whether `meta` says `path` is the record of a recipe run (so a rerun may replace it)."""
+    try:
+        return path.is_file() and json.loads(meta.read_text()).get("kind") == RECORD_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_run_record(recipe: Recipe, source: str | Path = "") -> None:
+    """Refuse, before any step runs, a run whose record would be written over a file that is not
+    an earlier record of a recipe run: above all the recipe being run, when it is kept as
+    `<workspace>/recipes/<name>.json`, but also any other file a user put there.
+
+    The record stays where it always is, so that scripts and the report find it; the user keeps
+    the recipe elsewhere or gives it another `name`, and nothing is lost either way."""
+    record = run_record(recipe)
+    meta = artifacts.metadata_path(record)
+    for path in (record, meta):
+        if not os.path.lexists(path):
+            continue
+        if source and Path(source).exists() and path.exists() and path.samefile(source):
+            raise InvkerasError(f"recipe {source}: the run's record {path} would be written over this recipe; "
+                                f"keep recipes outside {record.parent}, or give the recipe another name")
+        if not _is_run_record(record, meta):
+            raise InvkerasError(f"recipe {source or recipe.name}: the run's record {record} would replace {path}, "
+                                "which is not the record of an earlier run; move that file, or give the recipe "
+                                "another name")
+
+
 def plan_recipe(recipe: Recipe, *, source: str | Path = "") -> None:
-    """Work out every step's outputs and what it reads and writes, without running anything:
-    a name that cannot become a path is refused here, in one line naming the step."""
+    """Work out every step's outputs and what it reads and writes, and where the run's record
+    goes, without running anything: a name that cannot become a path, or a record that would
+    replace a file that is not one, is refused here, in one line naming the step or file."""
+    check_run_record(recipe, source)
     for name, step in recipe.steps.items():
         try:
             step_outputs(step)
@@ -157,7 +197,7 @@ def run_recipe(
                 raise type(exc)(f"recipe {source or recipe.name}: step '{name}': {exc}") from exc
             results.append(StepResult(name, step.command, "ran", time.time() - started, summary,
                                       [str(p) for p in outputs], started=started))
-    record = Path(recipe.workspace) / "recipes" / f"{recipe.name}.json"
+    record = run_record(recipe)
     artifacts.write_json_atomic(record, {"recipe": recipe, "source": str(source), "steps": [r.__dict__ for r in results]})
-    artifacts.write_metadata(record, kind="recipe-run", config=recipe, seed=recipe.seed, data=recipe.dataset)
+    artifacts.write_metadata(record, kind=RECORD_KIND, config=recipe, seed=recipe.seed, data=recipe.dataset)
     return results
