@@ -25,6 +25,13 @@ IM-NN each row has what tells the kinds apart:
                     the layer is invariant to;
   NLL               the held-out -log p(x|h) in nats, for kinds with a pixel likelihood.
 
+Inverters trained on given features (`train-inverter --features`) have no classifier to put
+their samples through: their rows keep what needs none (the 1NN distance over the features'
+own training pairs, pixel diversity and distance, NLL) and leave IM-S, IM-NN, label agreement
+and the diversity in h empty, with a note saying why; their grids show the first top-k
+samples, unranked. The held-out split is chosen as `sample` chooses it
+(`invkeras.inverters.data.choose_held_out_split`).
+
 Distances are L1 norms, summed over every feature (and every position, for a spatial h);
 the JSON also gives them per feature dimension. The nearest-neighbour search is exact and
 streams the extracted training split shard by shard, keeping a running top-k, so memory is
@@ -246,9 +253,19 @@ class CompareResult:
         return next(iter(self.grid_paths.values()), None)
 
 
+NO_CLASSIFIER = ("the inverters were trained on given features (--features), so there is no classifier to put "
+                 "their samples through: IM-S, IM-NN, label agreement and diversity in h are not measured, and the "
+                 "grids show samples unranked; 1NN searches the features' own training pairs")
+
+
 def training_features(config):
-    """The extracted training split at an inverter config's layer (extracted now if not cached yet)."""
+    """The training pairs at an inverter config's layer: extracted now if not cached yet, or
+    the given features' own (`invkeras.inverters.data.training_pairs`)."""
     from invkeras.data.features import ExtractConfig, extract_features, open_features
+    from invkeras.inverters.data import training_pairs
+
+    if config.features:
+        return training_pairs(config)
 
     extract = ExtractConfig(dataset=config.dataset, data_dir=config.data_dir, arch=config.arch, model=config.model,
                             layers=[config.layer], splits=["train"], seed=config.seed, workspace=config.workspace)
@@ -311,8 +328,9 @@ def _data_key(config) -> str:
     return json.dumps(config.model_dump(include=fields), sort_keys=True, default=str)
 
 
-def _checked_inverters(config: CompareConfig) -> tuple[list, list[str], Path]:
-    """The inverters, their labels and their one classifier; one line for anything that does not fit."""
+def _checked_inverters(config: CompareConfig) -> tuple[list, list[str], Path | None]:
+    """The inverters, their labels and their one classifier (None when all were trained on given
+    features); one line for anything that does not fit."""
     from invkeras.analyses.common import classifier_of, inverter_label
     from invkeras.inverters import load_inverter
 
@@ -328,15 +346,19 @@ def _checked_inverters(config: CompareConfig) -> tuple[list, list[str], Path]:
         if not inverter.conditional:
             raise InvkerasError(f"compare: inverter {inverter_label(inverter)} is unconditional (layer 'none'); "
                                 "there is no representation to compare in")
-    classifiers = [classifier_of(inverter, "compare") for inverter in inverters]
+    classifiers = [None if inverter.config.features else classifier_of(inverter, "compare") for inverter in inverters]
     for inverter, classifier in zip(inverters[1:], classifiers[1:]):
         if inverter.layer != first.layer:
             raise InvkerasError(f"compare: inverters of different layers: {inverter_label(first)} inverts layer "
                                 f"'{first.layer}', {inverter_label(inverter)} layer '{inverter.layer}'; "
                                 "compare inverters of one layer")
-        if not _same_file(classifier, classifiers[0]):
-            raise InvkerasError(f"compare: inverters of different classifiers: {inverter_label(first)} inverts "
-                                f"{classifiers[0]}, {inverter_label(inverter)} inverts {classifier}")
+        if (classifier is None) != (classifiers[0] is None) or (
+                classifier is not None and not _same_file(classifier, classifiers[0])):
+            def inverts(path):
+                return f"inverts {path}" if path is not None else "was trained on given features (no classifier)"
+
+            raise InvkerasError(f"compare: inverters of different classifiers: {inverter_label(first)} "
+                                f"{inverts(classifiers[0])}, {inverter_label(inverter)} {inverts(classifier)}")
     return inverters, labels, classifiers[0]
 
 
@@ -387,15 +409,21 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
     if config.num_samples < 2:
         raise InvkerasError(f"compare: --num-samples {config.num_samples}: sample diversity needs at least 2 samples "
                             "per image")
+    from invkeras.analyses.common import inverter_label
+    from invkeras.inverters.data import choose_held_out_split
+
     started = time.time()
     inverters, labels, classifier = _checked_inverters(config)
     first = inverters[0]
     layer = first.layer
+    split = choose_held_out_split({f"inverter {inverter_label(i)}": i.config for i in inverters}, config.split,
+                                  given="split" in config.model_fields_set, command="compare")
+    config = config if split == config.split else config.model_copy(update={"split": split})
     inputs = _held_out(inverters, config.split, config.num_images)
     x, h = inputs["x"], np.asarray(inputs["h"], np.float32)
     feature_dims = int(np.prod(h.shape[1:]))
-    probe = ClassifierProbe(classifier, layer)
-    input_labels = probe.labels(x[:, None])
+    probe = ClassifierProbe(classifier, layer) if classifier is not None else None
+    input_labels = probe.labels(x[:, None]) if probe is not None else None
     input_labels = None if input_labels is None else input_labels[:, 0]
 
     train_set = training_features(first.config)
@@ -413,25 +441,31 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
     rows, per_image, arrays = [], {}, {"nn_index": nn_i, "nn_distance": nn_d, "distance_1NN": nn_d[:, 0]}
     for inverter, label in zip(inverters, labels):
         samples = sample(inverter, h, config.num_samples, config.seed)
-        samples_h, sample_labels = probe(samples)
-        sample_d = l1_to_reference(h, samples_h)
-        distances = per_image_distances(nn_d[:, 0], sample_d)
-        values = {"IM-S": distances["IM-S"], "IM-NN": distances["IM-NN"], "sample_distance": sample_d,
-                  "diversity_pixel_l1": pairwise_l1(samples), "diversity_h_l1": pairwise_l1(samples_h),
-                  "pixel_l1_to_input": l1_to_inputs(samples, x)}
-        if input_labels is not None and sample_labels is not None:
-            values["label_agreement"] = label_agreement(input_labels, sample_labels)
+        values = {"diversity_pixel_l1": pairwise_l1(samples), "pixel_l1_to_input": l1_to_inputs(samples, x)}
+        if probe is not None:
+            samples_h, sample_labels = probe(samples)
+            sample_d = l1_to_reference(h, samples_h)
+            distances = per_image_distances(nn_d[:, 0], sample_d)
+            values.update({"IM-S": distances["IM-S"], "IM-NN": distances["IM-NN"], "sample_distance": sample_d,
+                           "diversity_h_l1": pairwise_l1(samples_h)})
+            if input_labels is not None and sample_labels is not None:
+                values["label_agreement"] = label_agreement(input_labels, sample_labels)
         if inverter.has("pixel_log_prob"):
             values["nll_nats"] = -np.asarray(inverter.log_prob(x, h, batch_size=config.batch_size), np.float64)
         per_image[label] = values
+
+        def summary(key, summarise=mean_and_se):
+            return summarise(values[key]) if key in values else None
+
         rows.append({
             "label": label, "kind": inverter.kind, "inverter": str(inverter.path),
-            "IM-S": l1_summary(values["IM-S"], feature_dims), "IM-NN": l1_summary(values["IM-NN"], feature_dims),
-            "label_agreement": mean_and_se(values["label_agreement"]) if "label_agreement" in values else None,
-            "diversity_pixel_l1": mean_and_se(values["diversity_pixel_l1"]),
-            "diversity_h_l1": mean_and_se(values["diversity_h_l1"]),
-            "pixel_l1_to_input": mean_and_se(values["pixel_l1_to_input"]),
-            "nll_nats": mean_and_se(values["nll_nats"]) if "nll_nats" in values else None,
+            "IM-S": summary("IM-S", lambda v: l1_summary(v, feature_dims)),
+            "IM-NN": summary("IM-NN", lambda v: l1_summary(v, feature_dims)),
+            "label_agreement": summary("label_agreement"),
+            "diversity_pixel_l1": summary("diversity_pixel_l1"),
+            "diversity_h_l1": summary("diversity_h_l1"),
+            "pixel_l1_to_input": summary("pixel_l1_to_input"),
+            "nll_nats": summary("nll_nats"),
         })
         name = _safe(label, "_")
         arrays.update({f"{key}_{name}": np.asarray(value, np.float32) for key, value in values.items()})
@@ -439,7 +473,8 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
     out_dir = Path(config.out) if config.out else _default_out(first)
     recorded = {**config.model_dump(), "inverters": [str(inverter.path) for inverter in inverters], "labels": labels}
     facts = {"layer": layer, "split": config.split, "n_images": len(x), "samples_per_image": config.num_samples,
-             "feature_dims": feature_dims, "training_examples_searched": int(total), "distance": DISTANCE}
+             "feature_dims": feature_dims, "training_examples_searched": int(total), "distance": DISTANCE,
+             **({"note": NO_CLASSIFIER} if probe is None else {})}
     grid_paths: dict[str, Path] = {}
     if config.grid_inputs > 0:
         shown = min(config.grid_inputs, len(x))
@@ -447,10 +482,13 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
         neighbours = gather_examples(_limited(train_set.iter_batches(config.chunk_size), limit), nn_i[:shown, : config.top_k])
         for inverter, label in zip(inverters, labels):
             # Its own seed stream, so the grid's samples do not repeat the table's.
-            many = sample(inverter, h[:shown], config.grid_samples, config.seed + 1)
-            many_d = l1_to_reference(h[:shown], probe.features(many))
-            order = np.argsort(many_d, axis=1, kind="stable")[:, :k]
-            top_samples = np.take_along_axis(many, order[:, :, None, None, None], axis=1)
+            if probe is None:  # nothing to rank them by: the first k
+                top_samples = sample(inverter, h[:shown], k, config.seed + 1)
+            else:
+                many = sample(inverter, h[:shown], config.grid_samples, config.seed + 1)
+                many_d = l1_to_reference(h[:shown], probe.features(many))
+                order = np.argsort(many_d, axis=1, kind="stable")[:, :k]
+                top_samples = np.take_along_axis(many, order[:, :, None, None, None], axis=1)
             grid_paths[label] = save_grid(out_dir / f"compare_topk_{_safe(label)}.png",
                                           topk_rows(x[:shown], top_samples, neighbours))
 

@@ -17,6 +17,10 @@ exact H(x) is impossible for I(x;h) <= H(x), so the unconditional model is under
 least the excess (flag "estimate exceeds H(x)"); a bound H(x) - H*(x|h) below zero says
 nothing (flag "lower bound vacuous"). The raw numbers are kept either way.
 
+The split is the one asked for; when that is only the default (test) and the inverters'
+data have no test split (a user's features .npz), the held-out split they all have, with a
+note saying so (`invkeras.inverters.data.choose_held_out_split`).
+
 Only kinds with a pixel likelihood (`pixel_log_prob`) give such bounds; any other kind is
 refused in one line. Kinds with a latent likelihood (`latent_likelihood`, e.g. cinn) get a
 separate latent-space table instead (`invkeras.analyses.latent_mi`, written to
@@ -161,11 +165,14 @@ def _whole_split(config, split: str) -> dict:
     """Every held-out pair of a split of the data the inverter was trained on."""
     from invkeras.inverters.data import paired_arrays
 
+    from invkeras.inverters.data import held_out_splits
+
+    available = held_out_splits(config)
+    if split not in available:
+        raise InvkerasError(f"--split {split}: this inverter's data has no held-out '{split}' split; "
+                            f"it has: {', '.join(available)}")
     _, val, test, _ = paired_arrays(config)
-    arrays = {"validation": val, "test": test}.get(split)
-    if arrays is None:
-        raise InvkerasError(f"--split {split}: no held-out '{split}' data for this inverter (choose validation or test)")
-    return arrays
+    return {"validation": val, "test": test}[split]
 
 
 def _check_same_images(estimates: list[LayerEstimate]) -> None:
@@ -294,11 +301,17 @@ def estimate_mi(config: EstimateMIConfig) -> tuple[MIReport, Path]:
     """
     from invkeras.data import dataset_info
 
+    from invkeras.inverters.data import choose_held_out_split
+
     inverters = [_load(path) for path in config.inverters]
     base_inverter = _load(config.unconditional) if config.unconditional else None
     if config.labels is not None and (len(config.labels) != len(inverters)
                                       or len(set(config.labels)) != len(config.labels)):
         raise InvkerasError(f"{COMMAND}: need one distinct label per inverter, got {config.labels}")
+    owners = {f"inverter {i.path.parent}": i.config for i in [*inverters, *([base_inverter] if base_inverter else [])]}
+    split = choose_held_out_split(owners, config.split, given="split" in config.model_fields_set, command=COMMAND)
+    if split != config.split:
+        config = config.model_copy(update={"split": split})
     if _split_by_space([*inverters, *([base_inverter] if base_inverter is not None else [])]):
         from invkeras.analyses.latent_mi import estimate_latent_mi
 

@@ -15,6 +15,10 @@ inverter's directory unless `out` says otherwise:
 Each with a `.meta.json` saying how it was made (inverter and its kind, split, seed, K, N).
 An unconditional inverter (layer 'none') has no inputs: it draws K samples of p(x).
 
+The inputs come from the `split` asked for; when that is only the default (test) and the
+inverter's data have no test split (a user's features .npz), from the held-out split they
+have, with a note saying so (`invkeras.inverters.data.choose_held_out_split`).
+
 With `misclassified` (`sample --misclassified`, Teterwak et al. 2021), the N inputs are the
 first held-out images the classifier gets wrong (among the first MISCLASSIFIED_SEARCH of
 the split), and the files are named samples_misclassified.png / .npz (and
@@ -88,6 +92,7 @@ class Inversions:
     kind: str = ""
     layer: str = ""
     selection: dict | None = None  # misclassified inputs: labels, predictions, how many were searched
+    split: str | None = None  # the held-out split the inputs came from (None: no inputs)
 
     @property
     def mean_l1_to_original(self) -> float | None:
@@ -139,6 +144,15 @@ def misclassified_inputs(inverter, split: str, num_inputs: int, *, command: str 
     return inputs, selection
 
 
+def with_held_out_split(config: SampleConfig, inverter, command: str) -> SampleConfig:
+    """`config` with the split its inputs really come from (see the module docstring)."""
+    from invkeras.inverters.data import choose_held_out_split
+
+    split = choose_held_out_split({f"inverter {inverter.path.parent}": inverter.config}, config.split,
+                                  given="split" in config.model_fields_set, command=command)
+    return config if split == config.split else config.model_copy(update={"split": split})
+
+
 def _inputs(config: SampleConfig, inverter) -> tuple[dict, dict | None]:
     """The held-out inputs a sample command shows: the first N, or the first N mistakes."""
     from invkeras.inverters.data import held_out_inputs
@@ -170,6 +184,7 @@ def draw_inversions(config: SampleConfig, *, inverter=None) -> Inversions:
     if not inverter.conditional and not config.misclassified:
         samples = _draw(inverter, config, None)
     else:
+        config = with_held_out_split(config, inverter, "sample")
         inputs, selection = _inputs(config, inverter)
         originals, h = inputs["x"], inputs["h"]
         samples = _draw(inverter, config, h)
@@ -201,7 +216,7 @@ def draw_inversions(config: SampleConfig, *, inverter=None) -> Inversions:
         arrays["samples_h"] = samples_h.astype(np.float32)
     arrays_path = artifacts.save_npz_atomic(out_dir / config.output_name(SAMPLES_ARRAYS), **arrays)
     result = Inversions(originals, h, samples, samples_h, grid_path, arrays_path, time.time() - started,
-                        inverter.kind, inverter.layer, selection)
+                        inverter.kind, inverter.layer, selection, None if originals is None else config.split)
     provenance = dict(
         kind="inversion-samples",
         config=_provenance_config(config, inverter),
@@ -281,6 +296,7 @@ def save_samples_with_reconstruction(config: SampleConfig, reconstructor, *, inv
         raise InvkerasError(f"sample-grid: reconstructor {reconstructor.path.parent} decodes h of shape "
                             f"{reconstructor.h_shape} (layer '{reconstructor.layer}'), but inverter "
                             f"{inverter.path.parent} has {inverter.h_shape} (layer '{inverter.layer}')")
+    config = with_held_out_split(config, inverter, "sample-grid")
     inputs, _ = _inputs(config, inverter)
     out_dir = Path(config.out) if config.out else inverter.path.parent
     recorded = _provenance_config(config, inverter)

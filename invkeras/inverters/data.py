@@ -6,12 +6,20 @@ The pairs come from one of:
   * an extract directory or a user's own `.npz` with `x` and `h` (`--features PATH`);
   * `--layer none`: images only, for a kind that can model p(x) unconditionally.
 All kinds read the same pairs, splits and order, so their held-out scores are paired.
+
+Held-out splits: a classifier run (or --layer none) has validation and test; given features
+have validation (their own, or carved out of their training pairs) and test only where an
+extract directory has one (a user's .npz has none). `held_out_splits` says which exist;
+`choose_held_out_split` is how the analyses (sample, compare, estimate-mi) pick one: the
+split asked for when it exists, else, when the split was only the default, the one that
+exists (with a note on stderr saying so), else one line naming the splits there are.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +30,7 @@ from invkeras import artifacts
 from invkeras.errors import InvkerasError
 
 UNCONDITIONAL = "none"
+HELD_OUT_SPLITS = ("validation", "test")
 
 
 class PairedDataConfig(BaseModel):
@@ -85,7 +94,7 @@ def _carve(arrays: dict, fraction: float, seed: int) -> tuple[dict, dict]:
 
 
 def _feature_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict | None, dict]:
-    from invkeras.data.features import extract_features, open_features
+    from invkeras.data.features import MANIFEST, extract_features, open_features
 
     if config.features:
         path = Path(config.features)
@@ -95,7 +104,8 @@ def _feature_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict | None, 
                 val = open_features(path / "validation").load_all(config.eval_examples)
             else:
                 train, val = _carve(train, 0.1, config.seed)
-            test = open_features(path / "test").load_all(config.eval_examples) if (path / "test").exists() else None
+            test = (open_features(path / "test").load_all(config.eval_examples)
+                    if (path / "test" / MANIFEST).exists() else None)
             layer = open_features(path / "train").layer
         else:
             everything = open_features(path).load_all()
@@ -178,13 +188,88 @@ def _held_out_split(config: PairedDataConfig, split: str) -> dict | None:
     return arrays if config.conditional else {"x": arrays["x"]}
 
 
+class InMemoryPairs:
+    """Pairs already in memory, read like a `FeatureSet`: `num_examples` and `iter_batches`."""
+
+    def __init__(self, arrays: dict):
+        self.arrays = arrays
+        self.num_examples = len(arrays["x"])
+
+    def iter_batches(self, batch_size: int):
+        for start in range(0, self.num_examples, batch_size):
+            yield {k: v[start : start + batch_size] for k, v in self.arrays.items()}
+
+
+def training_pairs(config: PairedDataConfig):
+    """The training pairs of given features (`config.features`), for a nearest-neighbour search:
+    an extract directory's train split, streamed shard by shard, when its validation split
+    stands on its own; else the pairs `paired_arrays` trains on once validation is carved out
+    (so no carved held-out pair is among them)."""
+    from invkeras.data.features import MANIFEST, open_features
+
+    if not config.features:
+        raise ValueError("training_pairs reads given features; a classifier run's come from extract_features")
+    path = Path(config.features)
+    if path.is_dir() and all((path / split / MANIFEST).exists() for split in ("train", "validation")):
+        return open_features(path / "train")
+    train, _, _, _ = paired_arrays(config)
+    return InMemoryPairs(train)
+
+
+def held_out_splits(config: PairedDataConfig) -> tuple[str, ...]:
+    """The held-out splits the data of `config` have, in HELD_OUT_SPLITS order (see the module
+    docstring); found from the files' names, without reading them."""
+    from invkeras.data.features import MANIFEST
+
+    if not config.features:
+        return HELD_OUT_SPLITS
+    path = Path(config.features)
+    if path.is_dir() and (path / "train" / MANIFEST).exists() and (path / "test" / MANIFEST).exists():
+        return HELD_OUT_SPLITS
+    return ("validation",)
+
+
+def _missing_split(split: str, owner: str, available: tuple[str, ...]) -> InvkerasError:
+    """The one line for a split that is not there: which splits are."""
+    has = ", ".join(available) or "none"
+    if split not in HELD_OUT_SPLITS:
+        return InvkerasError(f"--split {split}: not a held-out split; {owner} has: {has}")
+    return InvkerasError(f"--split {split}: {owner} has no held-out '{split}' split; it has: {has}")
+
+
+def notice(message: str) -> None:
+    """A note on stderr about a choice made for the user (results go to stdout and files)."""
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def choose_held_out_split(owners: dict[str, PairedDataConfig], split: str, *, given: bool, command: str) -> str:
+    """The held-out split `command` evaluates `owners` ({how messages name it: its config}) on.
+
+    `split` when every owner has it. When it was only the default (`given` False), the first
+    split of HELD_OUT_SPLITS they all have, with a `notice` saying so. Otherwise one line
+    naming the splits the first owner lacking `split` has."""
+    available = {name: held_out_splits(config) for name, config in owners.items()}
+    lacking = [name for name, splits in available.items() if split not in splits]
+    if not lacking:
+        return split
+    common = tuple(s for s in HELD_OUT_SPLITS if all(s in splits for splits in available.values()))
+    if not given and common:
+        chosen = common[0]
+        notice(f"{command}: {lacking[0]} has no held-out '{split}' split; using its '{chosen}' split")
+        return chosen
+    if split not in HELD_OUT_SPLITS and len(owners) > 1:
+        raise InvkerasError(f"--split {split}: not a held-out split; the inverters all have: {', '.join(common) or 'none'}")
+    raise _missing_split(split, lacking[0], available[lacking[0]])
+
+
 def held_out_inputs(config: PairedDataConfig, split: str, num_inputs: int) -> dict:
     """The first `num_inputs` held-out (x, h) pairs of the data an inverter was trained on:
     the same pairs, in the same order, as the held-out splits of `paired_arrays`."""
     if num_inputs < 1:
         raise InvkerasError("held-out inputs: the number of inputs must be >= 1")
+    available = held_out_splits(config)
+    if split not in available:
+        raise _missing_split(split, "this inverter's data", available)
     limited = config.model_copy(update={"eval_examples": num_inputs})
-    arrays = _held_out_split(limited, split) if split in ("validation", "test") else None
-    if arrays is None:
-        raise InvkerasError(f"--split {split}: no held-out '{split}' data for this inverter (choose validation or test)")
+    arrays = _held_out_split(limited, split)
     return {k: v[:num_inputs] for k, v in arrays.items()}
