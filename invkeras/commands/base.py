@@ -134,6 +134,33 @@ class Command:
         return generated_cli(cls)
 
 
+class OnePerLayer(Command):
+    """A command whose step does the same work for each of its `layers`, with one output per
+    layer: a rerun does only the layers whose output is not complete."""
+
+    @classmethod
+    def layer_output(cls, step: BaseModel, layer: str) -> Path:
+        """The file whose completeness means `layer` is done."""
+        raise NotImplementedError
+
+    @classmethod
+    def run_layer(cls, step: BaseModel, layer: str) -> str:
+        """Do one layer's work; return its summary."""
+        raise NotImplementedError
+
+    @classmethod
+    def outputs(cls, step: BaseModel) -> list[Path]:
+        return [cls.layer_output(step, layer) for layer in step.layers]
+
+    @classmethod
+    def run(cls, step: BaseModel) -> str:
+        from invkeras import artifacts
+
+        done = [cls.run_layer(step, layer) for layer in step.layers
+                if not artifacts.is_complete(cls.layer_output(step, layer))]
+        return "; ".join(s for s in done if s) or f"{cls.name}: nothing left to do"
+
+
 _COMMANDS: dict[str, type[Command]] = {}
 
 

@@ -11,7 +11,7 @@ from pydantic import Field, create_model, field_validator
 
 from invkeras import artifacts
 from invkeras.analyses.compare import CompareConfig
-from invkeras.commands.base import config_of, fields_of, given, register_command
+from invkeras.commands.base import OnePerLayer, config_of, fields_of, given, register_command
 from invkeras.commands.tables import comparison_table, console
 from invkeras.commands.workspace import InverterAnalysis, InvertersInWorkspace, known_kind
 
@@ -66,7 +66,7 @@ def cli_compare(
 
 
 @register_command
-class Compare(InverterAnalysis):
+class Compare(OnePerLayer, InverterAnalysis):
     name = "compare"
     step_schema = CompareStep
     examples = (
@@ -77,22 +77,16 @@ class Compare(InverterAnalysis):
     cli = staticmethod(cli_compare)
 
     @staticmethod
-    def run(step) -> str:
-        from invkeras.analyses.compare import compare_inverters
-
-        summaries = []
-        for layer in step.layers:
-            if artifacts.is_complete(step.out(layer) / COMPARISON):
-                continue
-            inverters = [str(step.inverter(layer, kind)) for kind in step.compared_kinds()]
-            result = compare_inverters(config_of(step, CompareConfig, inverters=inverters, out=str(step.out(layer))))
-            summaries.append(layer + " " + ", ".join(f"{r['label']} IM-NN {r['IM-NN']['mean_l1']:.2f}"
-                                                     for r in result.rows))
-        return "; ".join(summaries) or "nothing left to compare"
+    def layer_output(step, layer):
+        return step.out(layer) / COMPARISON
 
     @staticmethod
-    def outputs(step):
-        return [step.out(layer) / COMPARISON for layer in step.layers]
+    def run_layer(step, layer) -> str:
+        from invkeras.analyses.compare import compare_inverters
+
+        inverters = [str(step.inverter(layer, kind)) for kind in step.compared_kinds()]
+        result = compare_inverters(config_of(step, CompareConfig, inverters=inverters, out=str(step.out(layer))))
+        return layer + " " + ", ".join(f"{r['label']} IM-NN {r['IM-NN']['mean_l1']:.2f}" for r in result.rows)
 
     @classmethod
     def inverters_read(cls, step):

@@ -11,7 +11,7 @@ from pydantic import Field, create_model, field_validator
 
 from invkeras import artifacts
 from invkeras.analyses.factors import EditFactorsConfig, ScoreFactorsConfig
-from invkeras.commands.base import Command, fields_of, config_of, given, register_command
+from invkeras.commands.base import Command, OnePerLayer, config_of, fields_of, given, register_command
 from invkeras.commands.edit import parse_floats
 from invkeras.commands.tables import console, factor_score_tables, table
 from invkeras.commands.workspace import InvertersInWorkspace
@@ -57,9 +57,6 @@ class TrainFactorsStep(create_model("_TrainFactorsFields", __base__=FactorModels
     def config(self, layer: str) -> FactorConfig:
         values = {k: v for k, v in self.model_dump().items() if k in FactorConfig.model_fields}
         return FactorConfig(**values, inverter=str(self.inverter(layer)), out=str(self.factor_dir(layer)))
-
-    def outputs(self) -> list[Path]:
-        return [self.config(layer).model_path() for layer in self.layers]
 
 
 def cli_train_factors(
@@ -120,7 +117,7 @@ def cli_train_factors(
 
 
 @register_command
-class TrainFactors(Command):
+class TrainFactors(OnePerLayer):
     name = "train-factors"
     step_schema = TrainFactorsStep
     examples = (
@@ -133,22 +130,16 @@ class TrainFactors(Command):
     cli = staticmethod(cli_train_factors)
 
     @staticmethod
-    def run(step) -> str:
-        from invkeras.factors.training import train_factors
-
-        summaries = []
-        for layer in step.layers:
-            config = step.config(layer)
-            if artifacts.is_complete(config.model_path()):  # a rerun trains only the missing layers
-                continue
-            result = train_factors(config)
-            blocks = " ".join(f"{b['name']}:{b['size']}" for b in result.blocks)
-            summaries.append(f"{layer} {blocks}, pair NLL {result.validation['pair_nll_nats_per_dim']:.3f} nats/dim")
-        return "; ".join(summaries) or "nothing left to train"
+    def layer_output(step, layer):
+        return step.config(layer).model_path()
 
     @staticmethod
-    def outputs(step):
-        return step.outputs()
+    def run_layer(step, layer) -> str:
+        from invkeras.factors.training import train_factors
+
+        result = train_factors(step.config(layer))
+        blocks = " ".join(f"{b['name']}:{b['size']}" for b in result.blocks)
+        return f"{layer} {blocks}, pair NLL {result.validation['pair_nll_nats_per_dim']:.3f} nats/dim"
 
 
 class EditFactorsStep(create_model("_EditFactorsFields", __base__=FactorModelsInWorkspace,
@@ -161,11 +152,6 @@ class EditFactorsStep(create_model("_EditFactorsFields", __base__=FactorModelsIn
         from invkeras.analyses.factors import EDITS_DIR
 
         return self.factor_dir(layer) / EDITS_DIR
-
-    def outputs(self) -> list[Path]:
-        from invkeras.analyses.factors import EDITS_JSON
-
-        return [self.out(layer) / EDITS_JSON for layer in self.layers]
 
 
 def cli_edit_factors(
@@ -197,7 +183,7 @@ def cli_edit_factors(
 
 
 @register_command
-class EditFactors(Command):
+class EditFactors(OnePerLayer):
     name = "edit-factors"
     step_schema = EditFactorsStep
     examples = (
@@ -208,24 +194,20 @@ class EditFactors(Command):
     cli = staticmethod(cli_edit_factors)
 
     @staticmethod
-    def run(step) -> str:
-        from invkeras.analyses.factors import EDITS_JSON, edit_factors
+    def layer_output(step, layer):
+        from invkeras.analyses.factors import EDITS_JSON
 
-        summaries = []
-        for layer in step.layers:
-            if artifacts.is_complete(step.out(layer) / EDITS_JSON):
-                continue
-            result = edit_factors(config_of(step, EditFactorsConfig, factors=str(step.factor_dir(layer)),
-                                            out=str(step.out(layer))))
-            accuracy = [f"{name} {s['share_edit_accuracy']:.0%}" for name, s in result.summary.items()
-                        if "share_edit_accuracy" in s]
-            summaries.append(f"{layer}: {len(result.grids)} block(s)" + (f", edits right {', '.join(accuracy)}"
-                                                                          if accuracy else ""))
-        return "; ".join(summaries) or "nothing left to edit"
+        return step.out(layer) / EDITS_JSON
 
     @staticmethod
-    def outputs(step):
-        return step.outputs()
+    def run_layer(step, layer) -> str:
+        from invkeras.analyses.factors import edit_factors
+
+        result = edit_factors(config_of(step, EditFactorsConfig, factors=str(step.factor_dir(layer)),
+                                        out=str(step.out(layer))))
+        accuracy = [f"{name} {s['share_edit_accuracy']:.0%}" for name, s in result.summary.items()
+                    if "share_edit_accuracy" in s]
+        return f"{layer}: {len(result.grids)} block(s)" + (f", edits right {', '.join(accuracy)}" if accuracy else "")
 
 
 class ScoreFactorsStep(create_model("_ScoreFactorsFields", __base__=FactorModelsInWorkspace,
@@ -238,11 +220,6 @@ class ScoreFactorsStep(create_model("_ScoreFactorsFields", __base__=FactorModels
     def out(self) -> Path:
         return artifacts.run_dir(self.dataset, self.arch, self.workspace) / "factor_scores" / factor_dir_name(
             self.pairs, self.shuffled)
-
-    def outputs(self) -> list[Path]:
-        from invkeras.analyses.factors import SCORES_JSON
-
-        return [self.out() / SCORES_JSON]
 
 
 def cli_score_factors(
@@ -299,4 +276,6 @@ class ScoreFactors(Command):
 
     @staticmethod
     def outputs(step):
-        return step.outputs()
+        from invkeras.analyses.factors import SCORES_JSON
+
+        return [step.out() / SCORES_JSON]

@@ -13,7 +13,7 @@ from pydantic import create_model
 from invkeras import artifacts
 from invkeras.analyses.attack import AttackConfig
 from invkeras.analyses.mix import MixConfig
-from invkeras.commands.base import config_of, fields_of, given, register_command
+from invkeras.commands.base import OnePerLayer, config_of, fields_of, given, register_command
 from invkeras.commands.tables import console, table
 from invkeras.commands.workspace import InverterAnalysis, InvertersInWorkspace
 
@@ -47,7 +47,7 @@ def cli_mix(
 
 
 @register_command
-class Mix(InverterAnalysis):
+class Mix(OnePerLayer, InverterAnalysis):
     name = "mix"
     step_schema = MixStep
     examples = (
@@ -57,19 +57,17 @@ class Mix(InverterAnalysis):
     cli = staticmethod(cli_mix)
 
     @staticmethod
-    def run(step) -> str:
-        from invkeras.analyses.mix import MIX_GRID, mix_images
-
-        for layer in step.layers:
-            if not artifacts.is_complete(step.inverter(layer) / MIX_GRID):  # a rerun redoes only the missing grids
-                mix_images(config_of(step, MixConfig, inverter=str(step.inverter(layer))))
-        return f"mixing grids for {', '.join(step.layers)}"
-
-    @staticmethod
-    def outputs(step):
+    def layer_output(step, layer):
         from invkeras.analyses.mix import MIX_GRID
 
-        return [step.inverter(layer) / MIX_GRID for layer in step.layers]
+        return step.inverter(layer) / MIX_GRID
+
+    @staticmethod
+    def run_layer(step, layer) -> str:
+        from invkeras.analyses.mix import mix_images
+
+        mix_images(config_of(step, MixConfig, inverter=str(step.inverter(layer))))
+        return f"{layer}: mixing grid"
 
 
 class AttackStep(create_model("_AttackFields", __base__=InvertersInWorkspace,
@@ -125,7 +123,7 @@ def cli_attack(
 
 
 @register_command
-class Attack(InverterAnalysis):
+class Attack(OnePerLayer, InverterAnalysis):
     name = "attack"
     step_schema = AttackStep
     examples = (
@@ -136,22 +134,16 @@ class Attack(InverterAnalysis):
     cli = staticmethod(cli_attack)
 
     @staticmethod
-    def run(step) -> str:
-        from invkeras.analyses.attack import ATTACK_JSON, attack_inverter
-
-        summaries = []
-        for layer in step.layers:
-            if artifacts.is_complete(step.out(layer) / ATTACK_JSON):  # a rerun redoes only the missing attacks
-                continue
-            result = attack_inverter(config_of(step, AttackConfig, inverter=str(step.inverter(layer)),
-                                               out=str(step.out(layer))))
-            s = result.summary
-            summaries.append(f"{layer}: {s['attack_success_rate']:.0%} labels changed, "
-                             f"{s['share_decoded_with_adversarial_label']:.0%} decoded as x'")
-        return "; ".join(summaries) or "nothing left to attack"
-
-    @staticmethod
-    def outputs(step):
+    def layer_output(step, layer):
         from invkeras.analyses.attack import ATTACK_JSON
 
-        return [step.out(layer) / ATTACK_JSON for layer in step.layers]
+        return step.out(layer) / ATTACK_JSON
+
+    @staticmethod
+    def run_layer(step, layer) -> str:
+        from invkeras.analyses.attack import attack_inverter
+
+        s = attack_inverter(config_of(step, AttackConfig, inverter=str(step.inverter(layer)),
+                                      out=str(step.out(layer)))).summary
+        return (f"{layer}: {s['attack_success_rate']:.0%} labels changed, "
+                f"{s['share_decoded_with_adversarial_label']:.0%} decoded as x'")

@@ -90,13 +90,19 @@ def test_inverters_that_extract_their_own_features_take_turns(tmp_path):
     assert step_dependencies(load_recipe(path)) == {"pixelcnn": [], "mse": []}
 
 
-def test_a_step_of_an_unknown_command_waits_for_all_before_it_and_all_after_wait_for_it(tmp_path):
+def test_a_step_whose_command_declares_no_paths_waits_for_all_before_it_and_all_after_wait_for_it(tmp_path):
     from pydantic import BaseModel
 
+    from invkeras.commands import Command, register_command
     from invkeras.recipes.schema import Recipe
 
     class Plugin(BaseModel):
         command: str = "plugin-step"
+
+    @register_command
+    class PluginStep(Command):  # no `access`: ordered against every other step
+        name = "plugin-step"
+        step_schema = Plugin
 
     steps = load_recipe(write(tmp_path / "r.yaml", f"""
         name: g
