@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import os
 import sys
 from typing import Callable
@@ -62,6 +63,7 @@ def user_errors(command: Callable) -> Callable:
             if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES") or os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):
                 initialize_multi_host()  # one process of a multi-host run (README, "Scaling up")
         try:
+            check_finite_options(kwargs)
             return command(*args, **kwargs)
         except InvkerasError as exc:
             err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
@@ -81,6 +83,16 @@ def user_errors(command: Callable) -> Callable:
             raise typer.Exit(code=130) from None
 
     return wrapper
+
+
+def check_finite_options(options: dict) -> None:
+    """Every number option is finite: Typer reads 'inf' and 'nan' as floats, and a run on them
+    goes to the end and writes garbage (a NaN noise level, an infinite step size). An option
+    that means something by infinity says so, and takes it as text."""
+    for name, value in options.items():
+        for number in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(number, float) and not math.isfinite(number):
+                raise InvkerasError(f"--{name.replace('_', '-')} {number}: must be a finite number")
 
 
 def configured_backend() -> str:

@@ -4,8 +4,10 @@ A model is trained in *checkpoint intervals* of `steps_per_checkpoint` optimiser
 After each interval the loop validates, updates early stopping, and writes the whole
 training state to `<out_dir>/backup/`:
 
-    backup/config.json       the settings that shape the trajectory; a rerun under other
-                             settings is refused in one line naming the keys that differ
+    backup/config.json       the settings that shape the trajectory, and a fingerprint of
+                             each training array; a rerun under other settings, or on data
+                             that changed (a features file or an autoencoder replaced at the
+                             same path), is refused in one line naming what differs
     backup/progress.json     step, history, early-stopping state, and which files below
                              hold the state (written last, atomically: the commit point)
     backup/state-<step>.npz  every variable the trainee declares: weights, optimiser slots,
@@ -150,8 +152,26 @@ def trajectory_settings(config: Any, exclude: Iterable[str] = ()) -> dict:
     return {k: v for k, v in sorted(values.items()) if k not in set(exclude)}
 
 
-def check_backup_settings(backup_dir: Path, settings: dict, *, what: str) -> None:
-    """Refuse, in one line, to resume a backup made under other settings."""
+# The key of backup/config.json that holds the fingerprints of the arrays the run trains on.
+DATA_KEY = "data_fingerprints"
+_ARRAY_NAMES = {"x": "images x", "h": "features h", "y": "labels y", "z": "latents z"}
+
+
+def data_fingerprints(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """A digest of each training array's content (as estimate-mi fingerprints held-out images):
+    a resumed run must train on exactly the data its backup was made on, whatever file it
+    came from (features, an .npz, images, an autoencoder's latents)."""
+    from invkeras.inverters.data import fingerprint
+
+    return {name: fingerprint(np.asarray(array)) for name, array in sorted(arrays.items())}
+
+
+def check_backup_settings(backup_dir: Path, settings: dict, *, what: str, data: dict[str, str] | None = None,
+                          data_source: str = "") -> None:
+    """Refuse, in one line, to resume a backup made under other settings, or on other data:
+    `data` are the `data_fingerprints` of the arrays this run would train on, `data_source`
+    says where they were read from (for the message). A backup made before fingerprints were
+    recorded is compared on its settings only."""
     marker = backup_dir / CONFIG_FILE
     if not marker.is_file():
         return
@@ -160,6 +180,7 @@ def check_backup_settings(backup_dir: Path, settings: dict, *, what: str) -> Non
     except (OSError, ValueError):
         raise InvkerasError(f"{what}: the resume state in {backup_dir} is unreadable; delete that directory to start "
                             "afresh") from None
+    found_data = found.pop(DATA_KEY, None) if isinstance(found, dict) else None
     wanted = json.loads(json.dumps(settings))
     differ = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
     if differ:
@@ -167,6 +188,13 @@ def check_backup_settings(backup_dir: Path, settings: dict, *, what: str) -> Non
         more = f" (+{len(differ) - 6} more)" if len(differ) > 6 else ""
         raise InvkerasError(f"{what}: {backup_dir} holds an unfinished run made with other settings ({changes}{more}); "
                             f"rerun with the original settings to resume it, or delete {backup_dir} to start afresh")
+    if data is not None and isinstance(found_data, dict) and found_data != data:
+        changed = [_ARRAY_NAMES.get(k, k) for k in sorted(set(found_data) | set(data)) if found_data.get(k) != data.get(k)]
+        named = " and ".join([", ".join(changed[:-1]), changed[-1]] if len(changed) > 1 else changed)
+        read_from = f" (read from {data_source})" if data_source else ""
+        raise InvkerasError(f"{what}: {backup_dir} holds an unfinished run on other data: the training {named}"
+                            f"{read_from} changed since it began; put the original data back to resume it, or delete "
+                            f"{backup_dir} to start afresh")
 
 
 # --- state on disk ------------------------------------------------------------------
@@ -263,11 +291,13 @@ def train(
     non_finite_hint: Callable[[], str] | None = None,
     batch_transform: Callable[[dict], dict] | None = None,
     console=None,
+    data_source: str = "",
 ) -> TrainingOutcome:
     """Train `trainee` on `arrays` (all of equal length) under `schedule`; resume if a backup exists.
 
-    `settings` are the trajectory-shaping settings (a rerun with others is refused); `what`
-    names the run in messages ("train-inverter layer 'fc3'"). With `progress`, a rich bar
+    `settings` are the trajectory-shaping settings (a rerun with others is refused), and so
+    is the content of `arrays` (a rerun on other data is refused, naming `data_source`, where
+    they were read from); `what` names the run in messages ("train-inverter layer 'fc3'"). With `progress`, a rich bar
     runs on a terminal, and every checkpoint prints one permanent line (step, interval
     means, validation, seconds) to `console` (default stderr), above the bar or, in a log,
     alone. The best weights are left in the trainee at the end; the caller saves its
@@ -282,7 +312,8 @@ def train(
 
     started = time.time()
     backup = Backup(Path(out_dir) / BACKUP_DIR)
-    check_backup_settings(backup.directory, settings, what=what)
+    fingerprints = data_fingerprints(arrays)
+    check_backup_settings(backup.directory, settings, what=what, data=fingerprints, data_source=data_source)
     lengths = {k: len(v) for k, v in arrays.items()}
     if len(set(lengths.values())) != 1:
         raise InvkerasError(f"{what}: training arrays of different lengths {lengths}")
@@ -294,7 +325,7 @@ def train(
     resumed_from = int(state["step"])
     if restored is None:
         backup.directory.mkdir(parents=True, exist_ok=True)
-        artifacts.write_json_atomic(backup.directory / CONFIG_FILE, settings)
+        artifacts.write_json_atomic(backup.directory / CONFIG_FILE, {**settings, DATA_KEY: fingerprints})
     elif progress:
         console.print(f"{what}: resuming from step {resumed_from} ({backup.directory})", highlight=False)
 

@@ -4,8 +4,10 @@ before anything is written outside the workspace and without losing anything alr
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -174,3 +176,255 @@ def test_the_record_of_an_earlier_run_is_replaced_by_the_rerun(tmp_path):
         assert result.exit_code == 0, result.output
     record = json.loads((workspace / "recipes" / "selfref.json").read_text())
     assert [step["status"] for step in record["steps"]] == ["skipped"]
+
+
+# --- 3. input that used to give a silently wrong result --------------------------------------
+
+# (a) A key given twice: YAML keeps the last one without a word.
+DUPLICATE_KEYS = {
+    "a top-level key": ("name: a\nname: b\nsteps:\n  c: {command: train-classifier}\n", 2, "name"),
+    "a step's key": ("name: a\nsteps:\n  c:\n    command: train-classifier\n    epochs: 3\n    epochs: 1\n", 6,
+                     "epochs"),
+    "a step's name": ("name: a\nsteps:\n  c: {command: train-classifier}\n  c: {command: extract}\n", 4, "c"),
+    "a key of a flow mapping": ("name: a\nsteps:\n  c: {command: train-classifier, seed: 1, seed: 2}\n", 3, "seed"),
+    "a key of the defaults": ("name: a\ndefaults:\n  train-classifier: {epochs: 1}\n  train-classifier: {epochs: 2}\n"
+                              "steps:\n  c: {command: train-classifier}\n", 4, "train-classifier"),
+    "a key of a variant": ("name: a\nvariants:\n  small:\n    seed: 1\n    seed: 2\nsteps:\n"
+                           "  c: {command: train-classifier}\n", 5, "seed"),
+}
+
+
+@pytest.mark.parametrize("case", list(DUPLICATE_KEYS))
+def test_a_key_given_twice_in_a_recipe_is_refused_with_its_line(tmp_path, case):
+    text, line, key = DUPLICATE_KEYS[case]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text.replace("name: a\n", f"name: a\nworkspace: {tmp_path / 'ws'}\n", 1))
+    before = files_under(tmp_path)
+
+    result = invoke("run", recipe)
+
+    assert_one_line_error(result, str(recipe), f"line {line + 1}", f"duplicate key {key!r}")
+    assert files_under(tmp_path) == before
+
+
+def test_keys_a_merge_brings_in_may_still_be_overridden(tmp_path):
+    from invkeras.recipes import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: a\nsteps:\n  c: &base {command: train-classifier, epochs: 3}\n"
+                      "  d: {<<: *base, epochs: 1, run: second}\n")
+    assert load_recipe(recipe).steps["d"].epochs == 1
+
+
+# (b) `report --out` naming a folder: the report goes inside it, not beside it.
+@pytest.mark.parametrize("out, inside", [("existing", "existing"), ("existing/", "existing"), ("new/", "new"),
+                                         ("named.html", None)])
+def test_a_report_out_that_is_a_folder_puts_the_report_inside_it(tmp_path, out, inside):
+    from invkeras import artifacts
+
+    artifact = tmp_path / "ws" / "thing.json"
+    artifact.parent.mkdir()
+    artifact.write_text("{}")
+    artifacts.write_metadata(artifact, kind="something")
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "existing" / "keep.txt").write_text("kept")
+
+    result = invoke("report", tmp_path / "ws", "--out", f"{tmp_path}/{out}")
+
+    assert result.exit_code == 0, result.output
+    expected = tmp_path / inside / "report.html" if inside else tmp_path / out
+    assert expected.is_file() and expected.with_suffix(".md").is_file()
+    assert not (tmp_path / "existing.html").exists() and not (tmp_path / "new.html").exists()
+    assert (tmp_path / "existing" / "keep.txt").read_text() == "kept"
+
+
+# (c) inf and nan: Typer and YAML read them as numbers, and a run on them writes garbage.
+NON_FINITE = {
+    "attack --pgd-step-size inf": (["attack", "--inverter", "INV", "--epsilon", "0.1", "--pgd-step-size", "inf"],
+                                   "--pgd-step-size inf"),
+    "edit --noise inf": (["edit", "--inverter", "INV", "--noise", "inf"], "--noise inf"),
+    "edit --scale nan": (["edit", "--inverter", "INV", "--scale", "nan"], "--scale nan"),
+    "edit --strengths 0,inf": (["edit", "--inverter", "INV", "--strengths", "0,inf"], "--strengths '0,inf'"),
+    "edit --shift 1:1e999": (["edit", "--inverter", "INV", "--shift", "1:1e999"], "--shift '1:1e999'"),
+    "edit-factors --walk nan,inf": (["edit-factors", "--factors", "INV", "--walk", "nan,inf"], "--walk 'nan,inf'"),
+    "train-classifier --learning-rate nan": (["train-classifier", "--learning-rate", "nan", "--workspace", "WS"],
+                                            "--learning-rate nan"),
+    "train-inverter --learning-rate -inf": (["train-inverter", "--learning-rate", "-inf", "--workspace", "WS"],
+                                           "--learning-rate -inf"),
+    "train-inverter --kind gan --g-learning-rate inf": (["train-inverter", "--kind", "gan", "--g-learning-rate", "inf",
+                                                         "--workspace", "WS"], "g_learning_rate"),
+    "a recipe's .inf": (["run", "RECIPE:{command: edit, layers: [logits], noise: .inf}"], "steps.s.noise"),
+    "a recipe's 'inf'": (["run", "RECIPE:{command: edit, layers: [logits], scale: 'inf'}"], "steps.s.scale"),
+    "a recipe's list with .nan": (["run", "RECIPE:{command: edit, layers: [logits], strengths: [0, .nan]}"],
+                                  "steps.s.strengths"),
+}
+
+
+@pytest.mark.parametrize("case", list(NON_FINITE))
+def test_a_number_that_is_not_finite_is_refused_before_anything_runs(tmp_path, case):
+    argv, fragment = NON_FINITE[case]
+    inverter = tmp_path / "inverter"
+    inverter.mkdir()
+    workspace = tmp_path / "ws"
+    args = []
+    for a in argv:
+        if a.startswith("RECIPE:"):
+            recipe = tmp_path / "r.yaml"
+            recipe.write_text(f"name: r\nworkspace: {workspace}\nsteps:\n  s: {a[len('RECIPE:'):]}\n")
+            a = recipe
+        args.append({"INV": inverter, "WS": workspace}.get(a, a))
+    before = files_under(tmp_path)
+
+    result = invoke(*args)
+
+    assert_one_line_error(result, fragment)  # one line: no NumPy warning before it either
+    assert "finite" in result.output
+    assert files_under(tmp_path) == before
+
+
+# (d) sample-grid with a reconstructor of other data: refused, as compare and estimate-mi refuse.
+def _random_images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
+
+
+def _features_npz(path: Path, seed: int, h_dim: int = 8) -> Path:
+    rng = np.random.default_rng(seed)
+    np.savez(path, x=_random_images(64, seed), h=rng.normal(size=(64, h_dim)).astype(np.float32),
+             y=rng.integers(0, 10, 64))
+    return path
+
+
+def _mse(out: Path, **options) -> Path:
+    from invkeras.inverters import config_for, inverter_class
+
+    options = dict(max_steps=2, steps_per_checkpoint=2, batch_size=8, eval_examples=8, out=str(out), **options)
+    inverter_class("mse").train(config_for("mse", options, given=set(options)), progress=False)
+    return out
+
+
+MISMATCHED_DATA = {
+    "user features of other images": ("npz A", "npz B", "different held-out"),
+    "a classifier's layer and user features of that layer's shape": ("run fc3", "npz fc3", "different classifiers"),
+    "a classifier of another dataset": ("run fc3", "other run fc3", "different classifiers"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISMATCHED_DATA))
+def test_sample_grid_refuses_a_reconstructor_of_other_data(tmp_path, tiny_classifier, case):
+    from invkeras.classifiers.training import ClassifierConfig, train_classifier
+
+    def inverter(which: str) -> Path:
+        out = tmp_path / which.replace(" ", "_")
+        if which.startswith("npz"):
+            seed = {"npz A": 1, "npz B": 2, "npz fc3": 3}[which]
+            h_dim = 256 if which == "npz fc3" else 8
+            layer = {"layer": "fc3"} if which == "npz fc3" else {}
+            return _mse(out, features=str(_features_npz(tmp_path / f"{seed}.npz", seed, h_dim)), **layer)
+        if which == "run fc3":
+            return _mse(out, dataset="procedural", layer="fc3", workspace=str(tiny_classifier), train_examples=64)
+        images = tmp_path / "other.npz"
+        np.savez(images, x=_random_images(256, 5), y=np.arange(256) % 10)
+        train_classifier(ClassifierConfig(dataset=f"npz:{images}", arch="conv", epochs=1, batch_size=64,
+                                          workspace=str(tmp_path / "other_ws")), progress=False)
+        return _mse(out, dataset=f"npz:{images}", layer="fc3", workspace=str(tmp_path / "other_ws"),
+                    train_examples=64)
+
+    first, second, fragment = MISMATCHED_DATA[case]
+    drawing, reconstructing = inverter(first), inverter(second)
+    before = files_under(tmp_path)
+
+    result = invoke("sample-grid", "--inverter", drawing, "--reconstructor", reconstructing, "--num-inputs", 2,
+                    "--num-samples", 1, "--split", "validation")
+
+    assert_one_line_error(result, "sample-grid", fragment, str(drawing), str(reconstructing))
+    assert files_under(tmp_path) == before  # no grid
+
+
+# (e) An unfinished run resumed after its input was replaced at the same path.
+def _train_until_killed(kind: str, options: dict) -> None:
+    from killing import Interrupt, KillAt  # tests/killing.py
+
+    hooks = [KillAt(2, at_checkpoint=True)]
+    with pytest.raises(Interrupt):
+        if kind == "autoencoder":
+            from invkeras.autoencoders.training import AutoencoderConfig, train_autoencoder
+
+            train_autoencoder(AutoencoderConfig(**options), hooks=hooks, progress=False)
+        else:
+            from invkeras.inverters import config_for, inverter_class
+
+            inverter_class(kind).train(config_for(kind, options, given=set(options)), hooks=hooks, progress=False)
+
+
+def _autoencoder(tmp_path: Path, seed: int) -> Path:
+    from invkeras.autoencoders.training import AutoencoderConfig, train_autoencoder
+
+    images = tmp_path / f"ae_images_{seed}.npz"
+    np.savez(images, x=_random_images(64, seed), y=np.arange(64) % 10)
+    out = tmp_path / f"ae{seed}"
+    train_autoencoder(AutoencoderConfig(dataset=f"npz:{images}", latent_dim=4, filters=4, max_steps=2,
+                                        steps_per_checkpoint=2, batch_size=8, out=str(out)), progress=False)
+    return out / "autoencoder.keras"
+
+
+def _replace(path: Path, make) -> None:
+    """Write other content at `path`, as a user replacing the file in place would."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    make(path)
+
+
+CHANGED_INPUTS = {
+    "the features .npz of an inverter": "features h",
+    "an extract directory's training split": "images x",
+    "the autoencoder of a cinn inverter": "latents z",
+    "the images of an autoencoder's npz: dataset": "images x",
+}
+
+
+@pytest.mark.parametrize("case", list(CHANGED_INPUTS))
+def test_a_resumed_run_whose_input_changed_at_the_same_path_is_refused(tmp_path, case):
+    from invkeras.data.features import write_features
+
+    out = tmp_path / "run"
+    loop = dict(max_steps=6, steps_per_checkpoint=2, batch_size=8)
+    if case == "the features .npz of an inverter":
+        data = _features_npz(tmp_path / "features.npz", 1)
+        kind, options = "mse", dict(loop, features=str(data), eval_examples=8, out=str(out))
+        change = lambda: _features_npz(data, 2)  # noqa: E731
+    elif case == "an extract directory's training split":
+        data = tmp_path / "features"
+
+        def write(split, seed):
+            rng = np.random.default_rng(seed)
+            write_features(data / split, layer="fc3", split=split, x=_random_images(32, seed),
+                           h=rng.normal(size=(32, 8)), y=rng.integers(0, 10, 32), dataset="mine", config={},
+                           seed=0, source="a test")
+
+        write("train", 1)
+        write("validation", 3)
+        kind, options = "mse", dict(loop, features=str(data), eval_examples=8, out=str(out))
+        change = lambda: write("train", 2)  # noqa: E731
+    elif case == "the autoencoder of a cinn inverter":
+        data, other = _autoencoder(tmp_path, 1), _autoencoder(tmp_path, 2)
+        features = _features_npz(tmp_path / "features.npz", 1)
+        kind, options = "cinn", dict(loop, features=str(features), autoencoder=str(data), eval_examples=8,
+                                     out=str(out))
+        change = lambda: shutil.copyfile(other, data)  # noqa: E731
+    else:
+        data = tmp_path / "images.npz"
+        np.savez(data, x=_random_images(64, 1), y=np.arange(64) % 10)
+        kind, options = "autoencoder", dict(loop, dataset=f"npz:{data}", latent_dim=4, filters=4, out=str(out))
+        change = lambda: np.savez(data, x=_random_images(64, 2), y=np.arange(64) % 10)  # noqa: E731
+    _train_until_killed(kind, options)
+    assert (out / "backup" / "progress.json").is_file()
+    change()
+    before = files_under(tmp_path)
+
+    argv = ["train-autoencoder"] if kind == "autoencoder" else ["train-inverter", "--kind", kind]
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", value]
+    result = invoke(*argv)
+
+    assert_one_line_error(result, "unfinished run on other data", CHANGED_INPUTS[case], str(out / "backup"))
+    assert files_under(tmp_path) == before  # the backup kept, the new data untouched

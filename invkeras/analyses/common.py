@@ -32,6 +32,56 @@ def classifier_of(inverter, command: str) -> Path:
     return Path(classifier)
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """One file: the same path, or a byte-identical copy (a workspace copied elsewhere)."""
+    import filecmp
+
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    return a.is_file() and b.is_file() and a.stat().st_size == b.stat().st_size and filecmp.cmp(a, b, shallow=False)
+
+
+def data_settings(config) -> str:
+    """The settings that decide an inverter's held-out images (not how many of them)."""
+    import json
+
+    from invkeras.inverters.data import PairedDataConfig
+
+    fields = set(PairedDataConfig.model_fields) - {"train_examples", "eval_examples"}
+    return json.dumps(config.model_dump(include=fields), sort_keys=True, default=str)
+
+
+def check_same_data(inverters: list, *, command: str, split: str, count: int) -> None:
+    """Refuse, in one line naming two of them, inverters that do not share their data: each must
+    invert the same classifier (or all be trained on given features) and have the same first
+    `count` held-out `split` images (checked by fingerprint where their data settings differ).
+    Their samples, reconstructions and scores of one image mean nothing side by side otherwise."""
+    from invkeras.inverters.data import fingerprint, held_out_inputs
+
+    first = inverters[0]
+    prints: dict[str, str] = {}
+
+    def images_of(inverter) -> str:
+        key = data_settings(inverter.config)
+        if key not in prints:
+            prints[key] = fingerprint(held_out_inputs(inverter.config, split, count)["x"])
+        return prints[key]
+
+    for other in inverters[1:]:
+        a, b = first.classifier_path, other.classifier_path
+        if (a is None) != (b is None) or (a is not None and not same_file(a, b)):
+            def inverts(path):
+                return f"inverts {path}" if path is not None else "was trained on given features (no classifier)"
+
+            raise InvkerasError(f"{command}: inverters of different classifiers: {inverter_label(first)} "
+                                f"{inverts(a)}, {inverter_label(other)} {inverts(b)}")
+        if images_of(first) != images_of(other):
+            raise InvkerasError(f"{command}: inverters {inverter_label(first)} and {inverter_label(other)} have "
+                                f"different held-out {split} images (fingerprints {images_of(first)} and "
+                                f"{images_of(other)}); use inverters trained on the same data")
+
+
 class ClassifierProbe:
     """A classifier loaded once, read at one layer and at its final output.
 

@@ -31,6 +31,7 @@ Outputs, in `<inverter dir>/edits/` unless `out` says otherwise, each with its `
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ def parse_shift(text: str) -> tuple[int, float]:
     match = _SHIFT.match(str(text))
     if not match:
         raise ValueError(f"--shift {text!r}: expected CLASS:DELTA, e.g. 3:10 (add 10 to logit 3)")
+    if not math.isfinite(float(match.group(2))):  # 1e999
+        raise ValueError(f"--shift {text!r}: DELTA must be a finite number")
     return int(match.group(1)), float(match.group(2))
 
 

@@ -281,8 +281,10 @@ def save_samples_with_reconstruction(config: SampleConfig, reconstructor, *, inv
     inverter) is any inverter with the `reconstruct` capability, of the same layer's h (an
     MSE decoder today). With `reuse_samples`, the samples of a complete samples.npz beside
     the grid, drawn with the same inverter, inputs, count, seed and options, are shown
-    instead of being drawn again: they are exactly what this call would draw.
+    instead of being drawn again: they are exactly what this call would draw. The two must
+    share their data, as `compare`'s inverters must (`common.check_same_data`).
     """
+    from invkeras.analyses.common import check_same_data
     from invkeras.reports.grids import save_grid
 
     started = time.time()
@@ -297,6 +299,7 @@ def save_samples_with_reconstruction(config: SampleConfig, reconstructor, *, inv
                             f"{reconstructor.h_shape} (layer '{reconstructor.layer}'), but inverter "
                             f"{inverter.path.parent} has {inverter.h_shape} (layer '{inverter.layer}')")
     config = with_held_out_split(config, inverter, "sample-grid")
+    check_same_data([inverter, reconstructor], command="sample-grid", split=config.split, count=config.num_inputs)
     inputs, _ = _inputs(config, inverter)
     out_dir = Path(config.out) if config.out else inverter.path.parent
     recorded = _provenance_config(config, inverter)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import ClassVar, List, Literal, Optional
@@ -25,6 +26,8 @@ def parse_floats(text: str, flag: str) -> list[float]:
         raise InvkerasError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0,0.25,0.5,0.75,1") from None
     if not values:
         raise InvkerasError(f"{flag} {text!r}: give at least one number")
+    if not all(math.isfinite(v) for v in values):
+        raise InvkerasError(f"{flag} {text!r}: every number must be finite")
     return values
 
 

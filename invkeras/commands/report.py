@@ -12,7 +12,7 @@ from invkeras.commands.tables import console
 
 def cli_report(
     run_dir: str = typer.Argument(..., help="A workspace (runs/) or one run (runs/<dataset>/<arch>)."),
-    out: Optional[str] = typer.Option(None, help="HTML path (default <RUN_DIR>/report/report.html); the .md twin and plots go beside it."),
+    out: Optional[str] = typer.Option(None, help="HTML path (default <RUN_DIR>/report/report.html), or a folder to hold report.html; the .md twin and plots go beside it."),
 ) -> None:
     """One self-contained HTML report (and a Markdown twin) of every artefact in a run directory."""
     from invkeras.reports.report import write_report

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import numpy as np
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError
@@ -39,7 +39,10 @@ NON_TRAJECTORY_FIELDS = ("max_steps", "max_time", "patience", "out", "workspace"
 
 class InverterConfig(PairedDataConfig):
     """The settings every kind has: its name, the data (inherited), the optimisation loop and
-    the output directory. A kind's config subclasses this and narrows `kind` to its name."""
+    the output directory. A kind's config subclasses this and narrows `kind` to its name.
+    Every number is finite: 'inf' or 'nan' (a kind's option on the command line) is refused."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     kind: str = Field(description="the inverter kind (see `invkeras kinds`)")
     batch_size: int = Field(16, gt=0)
@@ -81,6 +84,14 @@ class PairedData:
     @property
     def provenance(self) -> dict:
         return {**self.source, "train_examples": len(self.train["x"]), "validation_examples": len(self.validation["x"])}
+
+    def described(self, config: InverterConfig) -> str:
+        """Where the pairs were read from, for messages: the features, or the dataset and the
+        classifier, and a kind's own inputs (cinn's autoencoder)."""
+        parts = [f"{k} {v}" for k, v in self.source.items() if k in ("features", "dataset", "classifier")]
+        if getattr(config, "autoencoder", None):
+            parts.append(f"autoencoder {config.autoencoder}")
+        return ", ".join(parts)
 
 
 @dataclass
@@ -263,7 +274,7 @@ class Inverter:
                             config.seed, max_time=config.max_time)
         return train(trainee, data.train, schedule, out_dir=config.out_dir(), settings=config.trajectory(),
                      what=f"train-inverter --kind {config.kind} layer '{config.layer}'", hooks=hooks,
-                     progress=progress, non_finite_hint=non_finite_hint)
+                     progress=progress, non_finite_hint=non_finite_hint, data_source=data.described(config))
 
     @classmethod
     def save(cls, model, config: InverterConfig, data: PairedData, *, validation: dict, test: dict | None, outcome,

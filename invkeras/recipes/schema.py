@@ -48,6 +48,7 @@ inside its workspace unless the user allows otherwise on the command line.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
@@ -270,6 +271,44 @@ def _set_path(raw: dict, path: list[str], value: Any, what: str) -> None:
     node[path[-1]] = value
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names the same key twice: YAML itself would keep the last value silently."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (with its
+    line) rather than the last value silently winning. Keys brought in by a merge (`<<: *base`)
+    may still be overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: dict = {}  # key -> the line it was first given on
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    if key in lines:
+                        raise DuplicateKeyError(None, None, f"duplicate key {key!r} (first given on line {lines[key]})",
+                                                key_node.start_mark)
+                    lines[key] = key_node.start_mark.line + 1
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+        return super().construct_mapping(node, deep=deep)
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a step's value is, or holds, inf or NaN (YAML's .inf and .nan, or 'inf' read as a
+    number): a step run on one goes to the end and writes garbage."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        value = list(value.values())
+    elif isinstance(value, BaseModel):
+        value = [v for _, v in value]
+    return isinstance(value, (list, tuple)) and any(_non_finite(v) for v in value)
+
+
 def load_recipe(path: str | Path, overrides: list[str] = (), *, allow_outside_workspace: bool = False) -> Recipe:
     """Read, override and validate a recipe; every problem becomes one line naming file and key."""
     path = Path(path)
@@ -280,12 +319,13 @@ def load_recipe(path: str | Path, overrides: list[str] = (), *, allow_outside_wo
     except UnicodeDecodeError as exc:
         raise InvkerasError(f"recipe {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InvkerasError(f"recipe {path}: {where}YAML syntax error: {problem}") from None
+        what = "" if isinstance(exc, DuplicateKeyError) else "YAML syntax error: "
+        raise InvkerasError(f"recipe {path}: {where}{what}{problem}") from None
     if not isinstance(raw, dict):
         raise InvkerasError(f"recipe {path}: expected a mapping at the top level, got {type(raw).__name__}")
     raw = apply_variant(raw, list(overrides), source=path)
@@ -293,6 +333,10 @@ def load_recipe(path: str | Path, overrides: list[str] = (), *, allow_outside_wo
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
         raise InvkerasError(f"recipe {path}: {describe_validation_error(exc)}") from None
+    for name, step in recipe.steps.items():
+        for key, value in step:
+            if _non_finite(value):
+                raise InvkerasError(f"recipe {path}: steps.{name}.{key}: {value}: every number must be finite")
     if not allow_outside_workspace:
         try:
             check_inside_workspace(recipe)

@@ -17,6 +17,7 @@ and `render` writes HTML and Markdown. Artefact kinds no section claims are list
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -30,11 +31,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[Pa
     """Write `<out>` (HTML, self-contained) and its Markdown twin; return both paths.
 
     `out` is the HTML path (default `<run_dir>/report/report.html`); the Markdown file and
-    the plot PNGs are written beside it, sharing its stem. Both files get metadata of kind
-    "report", which later reports skip.
+    the plot PNGs are written beside it, sharing its stem. An `out` that is a folder (one that
+    exists, or a path ending in '/') gets `report.html` inside it. Both files get metadata of
+    kind "report", which later reports skip.
     """
     contents = collect(run_dir)
     html_path = Path(out) if out else contents.run_dir / "report" / "report.html"
+    if out and (html_path.is_dir() or str(out).endswith(("/", os.sep))):
+        html_path = html_path / "report.html"
     if html_path.suffix.lower() not in (".html", ".htm"):
         html_path = html_path.with_name(html_path.name + ".html")
     html_path = html_path.resolve()

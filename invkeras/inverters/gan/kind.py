@@ -111,7 +111,7 @@ class GANInverter(Inverter):
                             max_time=config.max_time)
         return train(trainee, data.train, schedule, out_dir=config.out_dir(), settings=config.trajectory(),
                      what=f"train-inverter --kind gan layer '{config.layer}'", hooks=hooks, progress=progress,
-                     non_finite_hint=non_finite_hint)
+                     non_finite_hint=non_finite_hint, data_source=data.described(config))
 
     @classmethod
     def train(cls, config: GANInverterConfig, *, hooks=(), progress: bool = True):
