@@ -5,3 +5,12 @@
     config   InspectConfig, the command's settings
     run      the orchestration: extract, train, evaluate, report; rerunning resumes
 """
+
+from invkeras.inspection.config import InspectConfig, parse_duration  # noqa: E402,F401
+
+
+def inspect_classifier(config: InspectConfig, console=None):
+    """Inspect a classifier's layers within a budget; see `invkeras.inspection.run`."""
+    from invkeras.inspection.run import inspect_classifier as run
+
+    return run(config, console=console)

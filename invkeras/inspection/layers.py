@@ -189,13 +189,14 @@ def choose_layers(model, requested: Sequence[str] | None = None, *, where: str =
         missing = ", ".join(repr(n) for n in unknown) or "no layer"
         raise InvkerasError(f"--layers: model '{model.name}' has no layer named {missing}; its layers are: "
                             + ", ".join(layers))
+    roles = {choice.name: choice.role for choice in default_layers(model)}
     choices = []
     for name in names:
         shape = _output_shape(layers[name])
         if shape is None:
             raise InvkerasError(f"--layers {name}: layer '{name}' of model '{model.name}' has no single output "
                                 "(it is shared, or never called); name another layer")
-        choices.append(LayerChoice(name, CHOSEN, shape))
+        choices.append(LayerChoice(name, roles.get(name, CHOSEN), shape))
     return choices
 
 

@@ -1,9 +1,11 @@
 """Rendering built sections as one self-contained HTML page, or as Markdown.
 
 `render_html` embeds every image as a base64 data URI and the stylesheet inline, so the page
-has no external assets and can be mailed or archived as one file. `render_markdown` writes
-the same content with images linked by paths relative to the Markdown file. In both, each
-artefact's provenance (command, seed, versions, time, config) is a collapsible block.
+has no external assets and can be mailed or archived as one file; given `image_base` (the
+page's directory), it links the PNG files by relative path instead, which keeps a page of
+many figures light. `render_markdown` writes the same content with images linked by paths
+relative to the Markdown file. In both, each artefact's provenance (command, seed, versions,
+time, config) is a collapsible block.
 """
 
 from __future__ import annotations
@@ -76,15 +78,25 @@ def _details_html(artifact: Artifact) -> str:
             f"<p><b>config</b></p><pre>{e(config)}</pre></details>\n")
 
 
-def _figure_html(image: Image) -> str:
+def image_source(path: Path, image_base: Path | None = None) -> str:
+    """The img src of a PNG: a data URI, or its path relative to `image_base` (the page's directory)."""
+    if image_base is None:
+        return data_uri(path)
+    return Path(os.path.relpath(Path(path).resolve(), Path(image_base).resolve())).as_posix()
+
+
+def _figure_html(image: Image, image_base: Path | None = None) -> str:
     e = html.escape
-    return (f"<figure><h3>{e(image.title)}</h3><img src=\"{data_uri(image.path)}\" alt=\"{e(image.title)}\">"
+    source = e(image_source(image.path, image_base))
+    return (f"<figure><h3>{e(image.title)}</h3><img src=\"{source}\" alt=\"{e(image.title)}\">"
             f"<figcaption>{e(image.caption)}</figcaption>\n"
             + (_details_html(image.details) if image.details is not None else "") + "</figure>\n")
 
 
-def render_html(title: str, subtitle: str, sections: list[Section]) -> str:
-    """The whole report as one HTML page: a contents list, then each section's tables, figures, provenance."""
+def render_html(title: str, subtitle: str, sections: list[Section], image_base: Path | None = None) -> str:
+    """The whole report as one HTML page: a contents list, then each section's tables, figures, provenance.
+
+    Images are embedded, or linked relative to `image_base` when it is given."""
     e = html.escape
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{e(title)}</title>\n"
              f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{e(title)}</h1>\n<p class=\"note\">{e(subtitle)}</p>\n"]
@@ -104,7 +116,7 @@ def render_html(title: str, subtitle: str, sections: list[Section]) -> str:
             if table.note:
                 parts.append(f"<p class=\"note\">{e(table.note)}</p>\n")
         for group in _image_groups(section.images):
-            figures = "".join(_figure_html(image) for image in group)
+            figures = "".join(_figure_html(image, image_base) for image in group)
             parts.append(figures if len(group) == 1 else f"<div class=\"figures\">\n{figures}</div>\n")
         if section.provenance:
             parts.append("<h3>Provenance</h3>\n" + "".join(_details_html(a) for a in section.provenance))

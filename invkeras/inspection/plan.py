@@ -1,0 +1,364 @@
+"""What `inspect` trains, how long each model's step takes here, and how the budget is split.
+
+**Kinds.** `auto` picks by the images, as measured on CPU budgets of minutes:
+
+* `mse`, always: the cheap point-estimate baseline (seconds to train);
+* `pixelcnn` for greyscale images of at most 32x32 pixels, when the budget gives every
+  PixelCNN++ at least a quarter of the steps it needs (`NEEDED_STEPS`); it brings the pixel
+  likelihood the information estimates need, and then an unconditional PixelCNN++ of the
+  images is trained too, the reference H*(x) of the NCE;
+* `cinn` for colour images (conditional INN over an autoencoder latent), with one
+  autoencoder trained for all layers;
+* `gan` only when named.
+
+A list (`pixelcnn,cinn,mse,gan`) is taken as it stands.
+
+**Calibration.** Each kind's step time is measured on this machine by training its first
+model for a few steps (`CALIBRATION_STEPS`) in the shared loop and stopping it at a
+checkpoint. Those steps are not lost: the model's own training resumes from them. One
+model per kind is enough: a kind's step time barely depends on what it conditions on (a
+PixelCNN++ step on the procedural images took 150, 153 and 145 ms conditioned on conv1's
+feature map, on fc3's vector and on nothing), while every calibration costs a model's
+set-up and graph once more. The stopwatch gives four numbers (`Calibration`): setting up
+(loading pairs, building the network), the first step's extra time (building the graph), a
+step, and a checkpoint (validation on the held-out images and saving the state).
+
+**Allocation.** Of the time left, evaluation (sampling, comparisons) and the report are set
+aside first, then every model's fixed costs (setting up, the first step, the final
+evaluation). The rest is split in proportion to what each model needs: its `NEEDED_STEPS`
+(the unconditional model the most, since H*(x) is the reference every estimate uses) times
+its step time. Every model gets the same share of its need; with a large budget the share
+is above 1 and early stopping ends a model that has converged. Each model trains under a
+wall-clock cap (`max_time`), recomputed just before it starts from the time then left, so a
+model that stopped early or a slow evaluation moves time to or from those still to come.
+A budget that cannot give every model a tenth of its need is refused in one line naming
+the minimum.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+from invkeras.errors import InvkerasError
+from invkeras.inspection.config import format_duration
+from invkeras.training import TrainingHook
+
+UNCONDITIONAL = "none"
+AUTOENCODER = "autoencoder"
+# Steps each model needs for usable results at the tiny scales inspect trains (the demo's
+# measured choices: conv1 needed 1,000 PixelCNN++ steps for near copies, the unconditional
+# model 2,600 to come within a nat of the exact H(x); an MSE decoder converges in 800).
+NEEDED_STEPS = {"pixelcnn": 1000, "mse": 800, "cinn": 2000, "gan": 2000, AUTOENCODER: 2000}
+UNCONDITIONAL_STEPS = 2600
+STEPS_PER_CHECKPOINT = {"pixelcnn": 200, "mse": 100, "cinn": 250, "gan": 250, AUTOENCODER: 250}
+CALIBRATION_STEPS = 6
+MIN_SHARE = 0.1  # below this share of its need, a model is not worth training
+AUTO_PIXELCNN_SHARE = 0.25  # auto keeps pixelcnn only if every PixelCNN++ gets this share
+PIXELCNN_MAX_SIDE = 32
+SAMPLING_KINDS = ("pixelcnn", "cinn", "gan")  # kinds whose samples are drawn (mse repeats one image)
+REPORT_SECONDS = 10.0
+LOAD_SECONDS = 2.0  # loading a saved inverter
+
+
+def choose_kinds(requested: Sequence[str], image_shape: Sequence[int], *, auto: bool) -> tuple[list[str], list[str]]:
+    """(kinds, notes): the kinds to train and why auto picked them (see the module docstring).
+
+    With `auto`, pixelcnn is provisional: `make_plan(optional=...)` drops it when the budget
+    is too small for it."""
+    from invkeras.inverters import inverter_kinds
+
+    if not auto:
+        known = inverter_kinds()
+        unknown = [k for k in requested if k not in known]
+        if unknown:
+            raise InvkerasError(f"--kinds {','.join(requested)}: unknown kind {', '.join(unknown)}; choose from "
+                                f"{', '.join(sorted(known))} or auto")
+        return list(dict.fromkeys(requested)), []
+    height, width, channels = (int(d) for d in image_shape)
+    kinds, notes = ["mse"], ["mse: always, the cheap point-estimate baseline"]
+    if channels == 1 and max(height, width) <= PIXELCNN_MAX_SIDE:
+        kinds.insert(0, "pixelcnn")
+        notes.insert(0, f"pixelcnn: greyscale images of {height}x{width} (at most {PIXELCNN_MAX_SIDE}x"
+                        f"{PIXELCNN_MAX_SIDE}), if the budget allows")
+    elif channels == 1:
+        notes.append(f"pixelcnn: not for {height}x{width} images (larger than {PIXELCNN_MAX_SIDE}x{PIXELCNN_MAX_SIDE})")
+    if channels != 1:
+        kinds.insert(0, "cinn")
+        notes.insert(0, "cinn: colour images (one autoencoder for all layers)")
+    return kinds, notes
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model to train: an inverter of a layer (layer 'none': unconditional), or the autoencoder."""
+
+    kind: str
+    layer: str
+
+    @property
+    def key(self) -> str:
+        return AUTOENCODER if self.kind == AUTOENCODER else f"{self.kind}/{self.layer}"
+
+    @property
+    def calibration_key(self) -> str:
+        """Jobs that share a calibration: those of one kind."""
+        return self.kind
+
+    @property
+    def needed_steps(self) -> int:
+        if self.kind == "pixelcnn" and self.layer == UNCONDITIONAL:
+            return UNCONDITIONAL_STEPS
+        return NEEDED_STEPS.get(self.kind, 2000)
+
+    @property
+    def steps_per_checkpoint(self) -> int:
+        return STEPS_PER_CHECKPOINT.get(self.kind, 200)
+
+
+def jobs_for(layers: Sequence[str], kinds: Sequence[str]) -> list[Job]:
+    """The models to train for layers and kinds, in training order: the autoencoder first (cinn
+    needs it), then layer by layer, then the unconditional PixelCNN++ (with pixelcnn)."""
+    jobs = [Job(AUTOENCODER, "")] if "cinn" in kinds else []
+    for layer in layers:
+        jobs += [Job(kind, layer) for kind in kinds]
+    if "pixelcnn" in kinds:
+        jobs.append(Job("pixelcnn", UNCONDITIONAL))
+    return jobs
+
+
+# --- calibration --------------------------------------------------------------------
+
+
+@dataclass
+class Calibration:
+    """Seconds measured for one kind (see the module docstring)."""
+
+    step: float
+    setup: float
+    first_step: float  # the first step's time beyond a step: building the graph
+    checkpoint: float  # one validation and state save
+    steps: int
+
+    def fixed(self) -> float:
+        """Seconds of a model's run outside its steps: setting up, the first step's graph,
+        the final evaluation (two held-out splits) and saving."""
+        return self.setup + self.first_step + 2 * self.checkpoint
+
+    def per_step(self, steps_per_checkpoint: int) -> float:
+        """A step's seconds with its share of the validations."""
+        return self.step + self.checkpoint / steps_per_checkpoint
+
+
+class CalibrationDone(Exception):
+    """Ends a calibration run at its checkpoint, leaving the resume state for the real run."""
+
+
+class Stopwatch(TrainingHook):
+    """Times the loop's first steps and its first checkpoint, then ends the run there."""
+
+    def __init__(self, steps: int):
+        self.steps, self.ends, self.begin, self.checkpointed = steps, [], None, None
+
+    def on_train_begin(self, trainee, step):
+        super().on_train_begin(trainee, step)
+        self.begin = time.monotonic()
+
+    def on_step_end(self, step, logs):
+        self.ends.append(time.monotonic())
+
+    def on_checkpoint(self, step, logs):
+        self.checkpointed = time.monotonic()
+        raise CalibrationDone
+
+
+def calibrate(train: Callable[[list[TrainingHook]], object], steps: int = CALIBRATION_STEPS) -> Calibration:
+    """Run `train(hooks)` (a model's training, whose `max_steps` ends the first interval after
+    `steps` more steps) and time it; its resume state is left for the real run."""
+    started = time.monotonic()
+    watch = Stopwatch(steps)
+    try:
+        train([watch])
+    except CalibrationDone:
+        pass
+    if watch.begin is None or len(watch.ends) < 2 or watch.checkpointed is None:
+        raise InvkerasError("inspect: calibration ended before it could time a step (the model finished training "
+                            "on its own); delete the output directory's inverters to calibrate afresh")
+    durations = [b - a for a, b in zip([watch.begin, *watch.ends[:-1]], watch.ends)]
+    step = statistics.median(durations[1:])
+    return Calibration(step=step, setup=watch.begin - started, first_step=max(0.0, durations[0] - step),
+                       checkpoint=watch.checkpointed - watch.ends[-1], steps=len(durations))
+
+
+# --- allocation ---------------------------------------------------------------------
+
+
+@dataclass
+class PlannedJob:
+    """A job's share: the steps it is expected to reach and its wall-clock cap on the loop."""
+
+    job: Job
+    steps: int
+    loop_seconds: float  # the `max_time` of its training loop (this run's part)
+    seconds: float  # everything: setting up, loop, final evaluation
+    share: float  # of its needed steps
+
+    def row(self) -> dict:
+        return {"kind": self.job.kind, "layer": self.job.layer, "steps": self.steps,
+                "loop_seconds": self.loop_seconds, "seconds": self.seconds, "share": self.share}
+
+
+def allocate(jobs: Sequence[Job], calibrations: dict[str, Calibration], seconds: float) -> list[PlannedJob]:
+    """Split `seconds` over `jobs` in proportion to their needs (the module docstring's rule).
+
+    Returns each job's planned steps and caps; the share may be below MIN_SHARE (the caller
+    decides whether that is enough)."""
+    if not jobs:
+        return []
+    cal = [calibrations[job.calibration_key] for job in jobs]
+    fixed = sum(c.fixed() for c in cal)
+    needs = [job.needed_steps * c.per_step(job.steps_per_checkpoint) for job, c in zip(jobs, cal)]
+    share = max(0.0, (seconds - fixed) / sum(needs))
+    planned = []
+    for job, c, need in zip(jobs, cal, needs):
+        steps = max(1, int(job.needed_steps * share))
+        loop = c.first_step + steps * c.per_step(job.steps_per_checkpoint)
+        planned.append(PlannedJob(job, steps, loop, c.setup + loop + 2 * c.checkpoint, share))
+    return planned
+
+
+def minimum_seconds(jobs: Sequence[Job], calibrations: dict[str, Calibration], share: float = MIN_SHARE) -> float:
+    """The seconds `jobs` need for `share` of their steps."""
+    cal = [calibrations[job.calibration_key] for job in jobs]
+    return sum(c.fixed() + share * job.needed_steps * c.per_step(job.steps_per_checkpoint)
+               for job, c in zip(jobs, cal))
+
+
+# --- evaluation estimates -----------------------------------------------------------
+
+
+@dataclass
+class EvaluationSizes:
+    """How many images the evaluation of one layer samples and compares."""
+
+    image_pixels: int
+    grid_images: int  # grid rows x samples
+    compare_images: int
+    compare_samples: int
+    topk_images: int
+    train_examples: int
+    feature_dims: int
+
+
+def evaluation_seconds(kinds: Sequence[str], calibrations: dict[str, Calibration], sizes: EvaluationSizes) -> float:
+    """A first estimate of one layer's evaluation (sample grids, comparison); the run replaces it
+    by what the evaluation of the first layer measured.
+
+    Each sampling kind is loaded twice (grids, comparison) and builds its sampling function
+    each time, costed as loading a model and building its training graph; a PixelCNN++ draws one pixel at a time from
+    cached activations, measured at a training step per 40 pixels of a batch of 64 images. The
+    1NN search is costed at a billion absolute differences a second."""
+    total = 0.0
+    for kind in kinds:
+        c = calibrations.get(kind)
+        if c is None:
+            continue
+        if kind in SAMPLING_KINDS:
+            images = sizes.grid_images + sizes.compare_images * sizes.compare_samples + sizes.topk_images
+            per_image = c.step * sizes.image_pixels / (40 * 64) if kind == "pixelcnn" else c.step / 16
+            total += 2 * (LOAD_SECONDS + c.first_step) + images * per_image + 2 * c.checkpoint
+        else:
+            total += 2 * LOAD_SECONDS + c.checkpoint
+    total += sizes.compare_images * sizes.train_examples * sizes.feature_dims / 1e9
+    return total
+
+
+# --- the plan -----------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """The plan as printed before training and kept in plan.json."""
+
+    budget: float
+    spent: float  # before training: extraction and calibration (and earlier runs)
+    evaluation: float
+    report: float
+    rows: list[PlannedJob]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def training(self) -> float:
+        return sum(r.seconds for r in self.rows)
+
+    @property
+    def total(self) -> float:
+        return self.spent + self.training + self.evaluation + self.report
+
+    def to_json(self) -> dict:
+        return {"budget": self.budget, "spent": self.spent, "evaluation": self.evaluation, "report": self.report,
+                "training": self.training, "total": self.total, "rows": [r.row() for r in self.rows],
+                "notes": self.notes}
+
+
+def make_plan(jobs: Sequence[Job], calibrations: dict[str, Calibration], *, budget: float, spent: float,
+              evaluation_of: Callable[[Sequence[Job]], float], report: float = REPORT_SECONDS,
+              notes: Sequence[str] = (), optional: Sequence[str] = (), flag: str = "--budget") -> Plan:
+    """The plan for what is left of `budget` after `spent`; one line if it cannot train every job.
+
+    `evaluation_of(jobs)` estimates the evaluation of the jobs' layers. Kinds in `optional`
+    (auto's pixelcnn) are left out when they would get less than AUTO_PIXELCNN_SHARE of their need."""
+    notes = list(notes)
+    jobs = list(jobs)
+
+    def attempt(selected):
+        evaluation = evaluation_of(selected)
+        return evaluation, allocate(selected, calibrations, budget - spent - evaluation - report)
+
+    evaluation, rows = attempt(jobs)
+    dropped = [job for job in jobs if job.kind in optional]
+    if dropped and rows and rows[0].share < AUTO_PIXELCNN_SHARE and len(dropped) < len(jobs):
+        kinds = sorted({job.kind for job in dropped})
+        notes.append(f"{', '.join(kinds)} left out: the budget would give it {rows[0].share:.0%} of the steps it "
+                     f"needs, less than {AUTO_PIXELCNN_SHARE:.0%}; name it in --kinds to train it anyway")
+        jobs = [job for job in jobs if job.kind not in optional]
+        evaluation, rows = attempt(jobs)
+    if rows and rows[0].share < MIN_SHARE:
+        needed = spent + evaluation + report + minimum_seconds(jobs, calibrations)
+        raise InvkerasError(f"{flag} {format_duration(budget)}: too small to train anything here: "
+                            f"{len(jobs)} models on this machine need at least {format_duration(needed)} "
+                            f"({format_duration(spent)} of it spent on extraction and calibration); give "
+                            f"{flag} {format_duration(math.ceil(needed / 60) * 60)} or more, or fewer --layers "
+                            "or --kinds")
+    return Plan(budget, spent, evaluation, report, rows, notes)
+
+
+def plan_table(plan: Plan, calibrations: dict[str, Calibration]):
+    """The plan as a rich table: one row per model, then the fixed costs and the total."""
+    from rich.table import Table
+
+    table = Table(title=f"Plan for a budget of {format_duration(plan.budget)}", title_justify="left")
+    for column in ("layer", "kind", "steps", "share of need", "step", "expected"):
+        table.add_column(column, justify="right" if column not in ("layer", "kind") else "left")
+    for row in plan.rows:
+        c = calibrations[row.job.calibration_key]
+        layer = "(images only)" if row.job.layer == UNCONDITIONAL else (row.job.layer or "(images)")
+        table.add_row(layer, row.job.kind, f"{row.steps:,}", f"{row.share:.0%}", f"{1000 * c.step:.0f} ms",
+                      format_duration(row.seconds))
+    table.add_section()
+    table.add_row("extraction, calibration", "", "", "", "", format_duration(plan.spent))
+    table.add_row("samples, comparisons", "", "", "", "", format_duration(plan.evaluation))
+    table.add_row("information, report", "", "", "", "", format_duration(plan.report))
+    table.add_row("total", "", "", "", "", f"{format_duration(plan.total)} of {format_duration(plan.budget)}")
+    return table
+
+
+def calibration_json(calibrations: dict[str, Calibration]) -> dict:
+    return {key: asdict(c) for key, c in calibrations.items()}
+
+
+def calibrations_from_json(payload: dict) -> dict[str, Calibration]:
+    return {key: Calibration(**values) for key, values in (payload or {}).items()}

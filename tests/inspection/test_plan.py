@@ -1,0 +1,119 @@
+"""The plan: auto's choice of kinds, the calibration stopwatch, and the budget's split."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from invkeras.errors import InvkerasError
+from invkeras.inspection.plan import (AUTOENCODER, MIN_SHARE, Calibration, EvaluationSizes, Job, allocate, calibrate,
+                                      choose_kinds, jobs_for, make_plan, minimum_seconds, plan_table)
+from invkeras.training import BACKUP_DIR, CompiledModelTrainee, Schedule, train
+
+PIXELCNN = Calibration(step=0.15, setup=3.0, first_step=8.0, checkpoint=1.0, steps=6)
+MSE = Calibration(step=0.02, setup=1.0, first_step=0.5, checkpoint=0.1, steps=6)
+CALIBRATIONS = {"pixelcnn": PIXELCNN, "mse": MSE}
+
+
+def test_auto_picks_pixelcnn_for_small_grey_images_cinn_for_colour_and_mse_always():
+    assert choose_kinds(["auto"], (20, 20, 1), auto=True)[0] == ["pixelcnn", "mse"]
+    assert choose_kinds(["auto"], (32, 32, 3), auto=True)[0] == ["cinn", "mse"]
+    kinds, notes = choose_kinds(["auto"], (64, 64, 1), auto=True)
+    assert kinds == ["mse"] and any("larger than 32x32" in note for note in notes)
+    assert choose_kinds(["gan", "mse", "gan"], (20, 20, 1), auto=False)[0] == ["gan", "mse"]
+    with pytest.raises(InvkerasError, match="unknown kind flow"):
+        choose_kinds(["pixelcnn", "flow"], (20, 20, 1), auto=False)
+
+
+def test_jobs_go_layer_by_layer_with_the_autoencoder_first_and_the_unconditional_model_last():
+    keys = [job.key for job in jobs_for(["conv1", "fc3"], ["cinn", "pixelcnn", "mse"])]
+    assert keys == [AUTOENCODER, "cinn/conv1", "pixelcnn/conv1", "mse/conv1", "cinn/fc3", "pixelcnn/fc3", "mse/fc3",
+                    "pixelcnn/none"]
+    assert [job.key for job in jobs_for(["logits"], ["mse"])] == ["mse/logits"]
+
+
+def test_every_model_gets_the_same_share_of_its_need_and_the_whole_time():
+    jobs = jobs_for(["conv1", "fc3"], ["pixelcnn", "mse"])
+    rows = allocate(jobs, CALIBRATIONS, 600.0)
+    assert len({round(row.share, 9) for row in rows}) == 1
+    assert sum(row.seconds for row in rows) == pytest.approx(600.0, rel=0.01)
+    steps = {row.job.key: row.steps for row in rows}
+    assert steps["pixelcnn/none"] == pytest.approx(2.6 * steps["pixelcnn/conv1"], rel=0.01)  # H*(x) needs most
+    assert steps["mse/fc3"] == pytest.approx(0.8 * steps["pixelcnn/fc3"], rel=0.01)
+    more = allocate(jobs, CALIBRATIONS, 1200.0)
+    assert all(b.steps > a.steps for a, b in zip(rows, more))
+
+
+def _plan(budget, jobs=None, optional=()):
+    jobs = jobs or jobs_for(["conv1", "fc3"], ["pixelcnn", "mse"])
+    return make_plan(jobs, CALIBRATIONS, budget=budget, spent=20.0, evaluation_of=lambda selected: 30.0,
+                     optional=optional)
+
+
+def test_a_budget_too_small_to_train_anything_is_one_line_naming_the_minimum():
+    jobs = jobs_for(["conv1", "fc3"], ["pixelcnn", "mse"])
+    needed = 20.0 + 30.0 + 10.0 + minimum_seconds(jobs, CALIBRATIONS)
+    with pytest.raises(InvkerasError) as info:
+        _plan(needed - 5)
+    message = str(info.value)
+    assert "\n" not in message and "too small to train anything" in message and "need at least" in message
+    assert f"give --budget {int(-(-needed // 60))}m00s or more" in message
+    plan = _plan(needed + 5)
+    assert plan.rows[0].share >= MIN_SHARE and plan.total == pytest.approx(needed + 5, rel=0.01)
+
+
+def test_auto_leaves_pixelcnn_out_when_the_budget_gives_it_under_a_quarter_of_its_steps():
+    tight = _plan(250.0, optional=("pixelcnn",))
+    assert {row.job.kind for row in tight.rows} == {"mse"} and any("pixelcnn left out" in n for n in tight.notes)
+    roomy = _plan(1500.0, optional=("pixelcnn",))
+    assert {row.job.kind for row in roomy.rows} == {"pixelcnn", "mse"} and roomy.rows[0].share >= 0.25
+
+
+def test_the_plan_table_lists_each_model_with_its_steps_and_minutes():
+    from rich.console import Console
+
+    plan = _plan(1500.0)
+    console = Console(width=120, record=True)
+    console.print(plan_table(plan, CALIBRATIONS))
+    text = console.export_text()
+    assert "(images only)" in text and "pixelcnn" in text and f"{plan.rows[0].steps:,}" in text
+    assert "150 ms" in text and "of 25m00s" in text
+    assert json.loads(json.dumps(plan.to_json()))["rows"][0]["kind"] == "pixelcnn"
+
+
+def test_the_evaluation_estimate_grows_with_the_images_sampled():
+    from invkeras.inspection.plan import evaluation_seconds
+
+    small = EvaluationSizes(400, 64, 64, 4, 64, 20000, 256)
+    large = EvaluationSizes(400, 64, 256, 4, 64, 20000, 256)
+    assert 0 < evaluation_seconds(["mse"], CALIBRATIONS, small) < evaluation_seconds(["pixelcnn"], CALIBRATIONS, small)
+    assert evaluation_seconds(["pixelcnn"], CALIBRATIONS, large) > evaluation_seconds(["pixelcnn"], CALIBRATIONS, small)
+
+
+def _regression(tmp_path, max_steps):
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.normal(size=(64, 4)).astype("float32"), "y": rng.normal(size=(64, 1)).astype("float32")}
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    trainee = CompiledModelTrainee(model, inputs=lambda b: b["x"], targets=lambda b: b["y"],
+                                   validate=lambda: {"val_loss": 0.0})
+
+    def run(hooks):
+        return train(trainee, arrays, Schedule(max_steps, 50, 100, 8), out_dir=tmp_path, settings={}, what="t",
+                     hooks=hooks, progress=False)
+
+    return run
+
+
+def test_calibration_times_a_few_steps_and_leaves_them_for_the_real_run(tmp_path):
+    calibration = calibrate(_regression(tmp_path, 6))
+    assert calibration.steps == 6 and 0 < calibration.step < 1.0 and calibration.checkpoint >= 0
+    assert calibration.fixed() >= calibration.setup
+    progress = json.loads((tmp_path / BACKUP_DIR / "progress.json").read_text())
+    assert progress["step"] == 6
+    outcome = _regression(tmp_path, 20)([])
+    assert outcome.resumed_from_step == 6 and outcome.steps == 20
