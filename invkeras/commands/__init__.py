@@ -7,5 +7,4 @@ module is imported, and is then a CLI command and a recipe step like these.
 
 from invkeras.commands.base import (Command, StepAccess, command_class, recipe_commands,  # noqa: F401
                                     register_command, registered_commands)
-from invkeras.commands import (listing, classifier, extract, recipe, export, inverter, autoencoder,  # noqa: F401,E402
-                               samples, information, report, compare, edit, ground_truth, latent, factors)
+from invkeras.commands import listing, training, recipe, inverter, analyses, factors  # noqa: F401,E402

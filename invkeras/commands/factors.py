@@ -10,9 +10,10 @@ import typer
 from pydantic import Field, create_model, field_validator
 
 from invkeras import artifacts
-from invkeras.analyses.factors import EditFactorsConfig, ScoreFactorsConfig
+from invkeras.analyses.factors import (EDITS_DIR, EDITS_JSON, SCORES_JSON, EditFactorsConfig, ScoreFactorsConfig,
+                                      edit_factors, score_factors)
+from invkeras.commands.analyses import parse_floats
 from invkeras.commands.base import Command, OnePerLayer, config_of, fields_of, given, register_command
-from invkeras.commands.edit import parse_floats
 from invkeras.commands.tables import console, factor_score_tables, table
 from invkeras.commands.workspace import InvertersInWorkspace
 from invkeras.errors import InvkerasError
@@ -22,7 +23,6 @@ from invkeras.factors.config import FACTORS_DIR, FactorConfig, checked_factor_na
 class FactorModelsInWorkspace(InvertersInWorkspace):
     """Steps on the factor INNs of the layers' inverters (kind cinn by default), each in
     <inverter dir>/factor_inn/<pairs> (`<pairs>-shuffled` for the control)."""
-
     kind: str = Field("cinn", description="the kind of the inverters whose (h, v) the factor INNs work on")
     pairs: Literal["factors", "labels"] = Field("factors", description="factors (procedural) | labels")
     shuffled: bool = Field(False, description="the control: factor INNs trained on shuffled pair labels")
@@ -46,7 +46,6 @@ class TrainFactorsStep(create_model("_TrainFactorsFields", __base__=FactorModels
                                     **fields_of(FactorConfig, without=("inverter", "features", "out", "pairs",
                                                                         "shuffled")))):
     """One factor INN per layer's cinn inverter (Esser, Rombach & Ommer 2020), resumable."""
-
     command: Literal["train-factors"]
 
     @field_validator("factor")
@@ -89,7 +88,6 @@ def cli_train_factors(
     """Train a factor INN (Esser, Rombach & Ommer 2020) on a representation: z~ = T(r) split into one block
     per semantic factor plus a residual, learnt from pairs that share a factor. Resumable."""
     options = given(locals())
-    from invkeras.factors.config import FactorConfig
     from invkeras.factors.training import train_factors as train
 
     options.pop("shuffled")
@@ -145,12 +143,9 @@ class TrainFactors(OnePerLayer):
 class EditFactorsStep(create_model("_EditFactorsFields", __base__=FactorModelsInWorkspace,
                                    **fields_of(EditFactorsConfig, without=("factors", "out")))):
     """Swap and walk grids of each layer's factor INN, in <factor dir>/edits/."""
-
     command: Literal["edit-factors"]
 
     def out(self, layer: str) -> Path:
-        from invkeras.analyses.factors import EDITS_DIR
-
         return self.factor_dir(layer) / EDITS_DIR
 
 
@@ -165,14 +160,12 @@ def cli_edit_factors(
     """Swap one factor's block between two images and decode (A with B's block), and walk A's block towards
     B's: PNG grids, plus what every edited image reads back as (its exact factors on procedural data)."""
     options = given(locals())
-    from invkeras.analyses.factors import EditFactorsConfig
-    from invkeras.analyses.factors import edit_factors as run_edit
 
     if not factor:
         options.pop("factor")
     if walk is not None:
         options["walk"] = parse_floats(walk, "--walk")
-    result = run_edit(EditFactorsConfig(**options))
+    result = edit_factors(EditFactorsConfig(**options))
     rows = [[name, ", ".join(p.name for p in paths),
              *[f"{result.summary[name].get(k):.0%}" if result.summary[name].get(k) is not None else ""
                for k in ("share_edit_accuracy", "share_target", "share_others_kept")]]
@@ -195,14 +188,10 @@ class EditFactors(OnePerLayer):
 
     @staticmethod
     def layer_output(step, layer):
-        from invkeras.analyses.factors import EDITS_JSON
-
         return step.out(layer) / EDITS_JSON
 
     @staticmethod
     def run_layer(step, layer) -> str:
-        from invkeras.analyses.factors import edit_factors
-
         result = edit_factors(config_of(step, EditFactorsConfig, factors=str(step.factor_dir(layer)),
                                         out=str(step.out(layer))))
         accuracy = [f"{name} {s['share_edit_accuracy']:.0%}" for name, s in result.summary.items()
@@ -214,7 +203,6 @@ class ScoreFactorsStep(create_model("_ScoreFactorsFields", __base__=FactorModels
                                     **fields_of(ScoreFactorsConfig, without=("factors", "labels", "out")))):
     """Dimensions, disentanglement matrices, edit accuracy and label swaps of the layers' factor
     INNs, one table in runs/<dataset>/<arch>/factor_scores/<pairs>/."""
-
     command: Literal["score-factors"]
 
     def out(self) -> Path:
@@ -233,13 +221,11 @@ def cli_score_factors(
     mutual information of swapped blocks and exact factors) and edit accuracy; for label pairs, the share of
     class swaps that take the other image's label. Tables, scores.json/.csv and plots."""
     options = given(locals())
-    from invkeras.analyses.factors import ScoreFactorsConfig
-    from invkeras.analyses.factors import score_factors as run_score
 
     options.pop("label")
     if label:
         options["labels"] = label
-    result = run_score(ScoreFactorsConfig(**options))
+    result = score_factors(ScoreFactorsConfig(**options))
     for table in factor_score_tables(result.rows):
         console.print(table)
     console.print("written: " + ", ".join(str(p) for p in [result.json_path, result.csv_path, *result.plots]))
@@ -258,8 +244,6 @@ class ScoreFactors(Command):
 
     @staticmethod
     def run(step) -> str:
-        from invkeras.analyses.factors import score_factors
-
         result = score_factors(config_of(step, ScoreFactorsConfig, factors=[str(step.factor_dir(layer))
                                                                             for layer in step.layers],
                                          out=str(step.out())))
@@ -276,6 +260,4 @@ class ScoreFactors(Command):
 
     @staticmethod
     def outputs(step):
-        from invkeras.analyses.factors import SCORES_JSON
-
         return [step.out() / SCORES_JSON]
