@@ -8,7 +8,6 @@ a dataset and writes the counts as JSON (with metadata) into the workspace.
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Literal
 
@@ -87,23 +86,23 @@ def test_a_registered_command_refuses_a_bad_option_value_in_one_line(tmp_path):
     assert "split" in result.output and "Traceback" not in result.output
 
 
+COUNTS_RECIPE = """
+name: counts
+dataset: procedural
+workspace: {workspace}
+defaults:
+  class-counts: {{split: train}}
+steps:
+  train_counts: {{command: class-counts}}
+  test_counts: {{command: class-counts, split: test}}
+"""
+
+
 def test_a_registered_command_runs_as_a_recipe_step_and_is_skipped_when_done(tmp_path):
     from invkeras.recipes import load_recipe, run_recipe
 
     path = tmp_path / "counts.yaml"
-    path.write_text(textwrap.dedent(f"""
-        name: counts
-        dataset: procedural
-        workspace: {tmp_path / 'ws'}
-        defaults:
-          class-counts: {{split: train}}
-        steps:
-          train_counts:
-            command: class-counts
-          test_counts:
-            command: class-counts
-            split: test
-    """))
+    path.write_text(COUNTS_RECIPE.format(workspace=tmp_path / "ws"))
     recipe = load_recipe(path)
     results = run_recipe(recipe)
     assert [r.status for r in results] == ["ran", "ran"]
