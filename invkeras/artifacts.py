@@ -18,9 +18,10 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from invkeras.errors import InvkerasError
 
@@ -171,11 +172,92 @@ def write_metadata(
     return write_json_atomic(metadata_path(artifact), meta)
 
 
+class Metadata(BaseModel):
+    """What `write_metadata` writes, as `read_metadata` checks it: a JSON object whose shared
+    keys have the types written there (each kind adds keys of its own, kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    artifact: Optional[StrictStr] = None
+    kind: Optional[StrictStr] = None
+    command: Optional[StrictStr] = None
+    config: Optional[dict[str, Any]] = None
+    seed: Optional[StrictInt] = None
+    data: Any = None
+    results: Optional[dict[str, Any]] = None
+    versions: Optional[dict[str, Any]] = None
+    created: Optional[StrictStr] = None
+    # keys that inverters (and other models) add, read back when they are loaded
+    layer: Optional[StrictStr] = None
+    inverter_kind: Optional[StrictStr] = None
+    image_shape: Optional[list[StrictInt]] = None
+    h_shape: Optional[list[StrictInt]] = None
+
+
+def read_json_object(path: str | os.PathLike, model: type[BaseModel], what: str) -> dict[str, Any]:
+    """The JSON object in `path`, checked against `model`: one `InvkerasError` line naming the
+    file and what is wrong when it is unreadable, not JSON, not an object or not the model."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise InvkerasError(f"{what} {path}: not a JSON text file") from None
+    except json.JSONDecodeError as exc:
+        raise InvkerasError(f"{what} {path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except OSError as exc:
+        raise InvkerasError(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(value, dict):
+        raise InvkerasError(f"{what} {path}: expected a JSON object, got {json_type(value)}")
+    try:
+        model.model_validate(value)
+    except ValidationError as exc:
+        raise InvkerasError(f"{what} {path}: {describe_invalid(exc)}") from None
+    return value
+
+
+_EXPECTED = {"dict_type": "an object", "model_type": "an object", "model_attributes_type": "an object",
+             "list_type": "a list", "int_type": "an integer", "int_parsing": "an integer", "string_type": "a string",
+             "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+             "literal_error": None}
+
+
+def json_type(value: Any) -> str:
+    """How a message names a JSON value's type (with a short string shown as itself)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" if len(value) <= 40 else "a string"
+    if value is None:
+        return "null"
+    return f"the number {value}" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """The first problem of a pydantic ValidationError, as 'where: what' in the file's own
+    terms (shards[0].file: expected a string, got a list)."""
+    error = exc.errors()[0]
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+    kind = error["type"]
+    if kind == "missing":
+        return f"lacks '{where}'"
+    if kind in _EXPECTED and _EXPECTED[kind]:
+        return f"{where}: expected {_EXPECTED[kind]}, got {json_type(error.get('input'))}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
 def read_metadata(artifact: str | os.PathLike) -> dict[str, Any] | None:
+    """The metadata beside `artifact` (None when there is none), checked against `Metadata`:
+    a file that is not JSON, not an object, or with a shared key of the wrong type is one
+    `InvkerasError` line naming it."""
     path = metadata_path(artifact)
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    return read_json_object(path, Metadata, "metadata")
 
 
 def is_complete(artifact: str | os.PathLike) -> bool:

@@ -71,3 +71,38 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     plain.write_text("z")
     assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~_UMASK
     assert stat.S_IMODE((tmp_path / "exported").stat().st_mode) == 0o777 & ~_UMASK
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("{\"kind\": \"inverter\",", ["not valid JSON", "line 1"]),
+    ("", ["not valid JSON"]),
+    ("[{\"kind\": \"inverter\"}]", ["expected a JSON object, got a list"]),
+    ("\"inverter\"", ["expected a JSON object, got the string 'inverter'"]),
+    ("{\"kind\": \"inverter\", \"inverter_kind\": \"mse\", \"config\": [1, 2]}", ["config: expected an object, got a list"]),
+    ("{\"kind\": 7}", ["kind: expected a string, got the number 7"]),
+    ("{\"kind\": \"inverter\", \"inverter_kind\": \"mse\", \"image_shape\": \"28x28\"}",
+     ["image_shape: expected a list, got the string '28x28'"]),
+    (b"\xff\xfe\x00binary", ["not a JSON text file"]),
+])
+def test_inverter_metadata_that_is_not_a_json_object_of_metadata_is_one_line_naming_it(tmp_path, text, fragments):
+    from typer.testing import CliRunner
+
+    from cli_errors import assert_one_line_error  # tests/cli_errors.py
+    from invkeras.cli import app
+
+    inverter = tmp_path / "inverter"
+    inverter.mkdir()
+    (inverter / "inverter.keras").write_bytes(b"PK")
+    meta = artifacts.metadata_path(inverter / "inverter.keras")
+    meta.write_bytes(text if isinstance(text, bytes) else text.encode())
+    result = CliRunner().invoke(app, ["sample", "--inverter", str(inverter)])
+    assert_one_line_error(result, f"metadata {meta}:", *fragments)
+
+
+def test_metadata_keeps_every_key_it_was_written_with(tmp_path):
+    path = tmp_path / "model.keras"
+    artifacts.write_metadata(path, kind="inverter", config={"a": 1}, seed=3, layer="fc3", image_shape=[8, 8, 1],
+                             anything={"of": ["its", "own"]})
+    meta = artifacts.read_metadata(path)
+    assert meta["anything"] == {"of": ["its", "own"]} and meta["image_shape"] == [8, 8, 1] and meta["seed"] == 3
+    assert artifacts.read_metadata(tmp_path / "absent.keras") is None

@@ -12,24 +12,38 @@ On-disk format (documented in the README, readable without invkeras):
 Shards are written one at a time, so a split never sits in memory whole. A user's single
 `.npz` file holding `x` and `h` (and optionally `y`) is accepted wherever features are, so
 representations from any framework can be inverted.
+
+Feature directories may come from anywhere, so what is read is checked where it is read:
+the manifest against `Manifest` (shard files named inside its own folder, counts that add
+up), each shard against the manifest's shapes and counts, and the splits of one directory
+against each other (`open_split_sets`); anything off is one `InvkerasError` line naming the
+file. A split is written into a hidden temporary folder beside it and renamed into place
+when complete; one left behind by a killed run is removed by the next run writing that
+split (`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import shutil
+import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError
 
 FORMAT = "invkeras-features-v1"
 MANIFEST = "manifest.json"
+WRITER_MARK = ".writer.json"  # in a split's temporary folder while a live process writes it
 
 
 # --- locating and loading models ----------------------------------------------------
@@ -138,6 +152,9 @@ def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[st
         )
 
     results: dict[str, dict[str, Path]] = {layer: {} for layer in config.layers}
+    for layer in config.layers:
+        for split in config.splits:
+            remove_stale_temporaries(config.split_dir(layer, split))
     for split in config.splits:
         total = info.split_sizes[split] if config.limit is None else min(config.limit, info.split_sizes[split])
         todo = [
@@ -178,7 +195,10 @@ def _complete_for(manifest_path: Path, model_path: Path, num_examples: int) -> b
     exactly the examples asked for (a `--limit` run must not stand in for a whole split)."""
     if not artifacts.is_complete(manifest_path):
         return False
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = read_manifest(manifest_path)
+    except InvkerasError:  # a damaged cache is extracted again (and replaced)
+        return False
     recorded = manifest.get("model")
     same_model = recorded is not None and Path(recorded).resolve() == Path(model_path).resolve()
     return same_model and manifest.get("num_examples") == num_examples
@@ -191,7 +211,7 @@ def _write_split(batches, extractor, layers, out_dirs, *, shard_size, total, des
     from invkeras.progress import progress_bar
 
     with ExitStack() as stack:
-        tmp_dirs = {layer: stack.enter_context(artifacts.atomic_dir(out_dirs[layer])) for layer in layers}
+        tmp_dirs = {layer: stack.enter_context(_split_writer(out_dirs[layer])) for layer in layers}
         writers = {layer: _ShardWriter(tmp_dirs[layer], shard_size) for layer in layers}
         bar = stack.enter_context(progress_bar(disable=not progress))
         task = bar.add_task(description, total=total)
@@ -224,7 +244,8 @@ def write_features(directory: str | Path, *, layer: str, split: str, x: np.ndarr
     """Write in-memory (x, h, y) as one split in the extract format (atomically), for
     representations that come from somewhere other than a Keras layer. Returns the manifest."""
     started = time.time()
-    with artifacts.atomic_dir(directory) as tmp:
+    remove_stale_temporaries(Path(directory))
+    with _split_writer(Path(directory)) as tmp:
         writer = _ShardWriter(Path(tmp), shard_size)
         writer.add(np.asarray(x, np.uint8), np.asarray(h, np.float32), np.asarray(y, np.int64))
         writer.close()
@@ -235,6 +256,69 @@ def write_features(directory: str | Path, *, layer: str, split: str, x: np.ndarr
                                  results={"num_examples": manifest["num_examples"], "h_shape": manifest["h_shape"]},
                                  source=source, layer=layer, split=split)
     return Path(directory) / MANIFEST
+
+
+@contextlib.contextmanager
+def _split_writer(directory: Path) -> Iterator[Path]:
+    """`artifacts.atomic_dir` whose temporary folder says, while it is written, which process
+    writes it: a folder whose writer is gone was left by a kill (`remove_stale_temporaries`)."""
+    with artifacts.atomic_dir(directory) as tmp:
+        mark = Path(tmp) / WRITER_MARK
+        mark.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        yield Path(tmp)
+        mark.unlink()
+
+
+def _writer_alive(mark: Path) -> bool | None:
+    """Whether the process a temporary folder's mark names may still be writing it (a process
+    on another host counts as alive); None when the mark is missing or not (yet) readable."""
+    try:
+        writer = json.loads(mark.read_text())
+        pid, host = int(writer["pid"]), str(writer["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+_SPLIT_FILE = re.compile(r"(shard-\d+\.npz|manifest\.json(\.meta\.json)?|\.writer\.json|\.(shard-\d+|manifest)\..+)")
+
+
+def _holds_only_split_files(folder: Path) -> bool:
+    """Whether a folder holds nothing but what a split is made of (shards, manifest, their
+    temporaries), so that an unmarked one is known to be a split's and not someone's folder."""
+    return all(_SPLIT_FILE.fullmatch(entry.name) and entry.is_file() for entry in folder.iterdir())
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Remove the temporary folders of `directory` left by a killed run: `.NAME.XXXXXXXX`
+    beside it (as `artifacts.atomic_dir` names them) whose writer is gone, and unmarked ones
+    (a kill before the mark, or an older invkeras) that hold only split files and are more
+    than a minute old (a live writer marks its folder as soon as it has made it). Returns
+    what was removed."""
+    directory = Path(directory)
+    if not directory.parent.is_dir():
+        return []
+    temporary = re.compile(rf"\.{re.escape(directory.name)}\.[a-z0-9_]{{8}}")
+    removed = []
+    for candidate in sorted(directory.parent.iterdir()):
+        if not temporary.fullmatch(candidate.name) or not candidate.is_dir() or candidate.is_symlink():
+            continue
+        alive = _writer_alive(candidate / WRITER_MARK)
+        if alive is None:
+            alive = time.time() - candidate.stat().st_mtime < 60 or not _holds_only_split_files(candidate)
+        if alive:
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        removed.append(candidate)
+    return removed
 
 
 @dataclass
@@ -299,6 +383,74 @@ class _ShardWriter:
 # --- reading features ---------------------------------------------------------------
 
 
+class ShardEntry(BaseModel):
+    """One shard as a manifest lists it: a file of its own folder and its example count."""
+
+    model_config = ConfigDict(extra="allow")
+
+    file: StrictStr
+    num_examples: StrictInt = Field(ge=1)
+
+    @field_validator("file")
+    @classmethod
+    def _inside_its_folder(cls, file: str) -> str:
+        parts = PurePosixPath(file.replace("\\", "/")).parts
+        if (not parts or PurePosixPath(file).is_absolute() or PureWindowsPath(file).is_absolute()
+                or PureWindowsPath(file).drive or ".." in parts):
+            raise ValueError(f"shard {file!r} is not a file of the manifest's own folder")
+        return file
+
+
+class Manifest(BaseModel):
+    """`manifest.json` of one split, as `open_features` checks it before reading a shard."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: StrictStr
+    num_examples: StrictInt = Field(ge=0)
+    x_shape: list[StrictInt]
+    h_shape: list[StrictInt]
+    shards: list[ShardEntry]
+    layer: Optional[StrictStr] = None
+    split: Optional[StrictStr] = None
+    dataset: Optional[StrictStr] = None
+    model: Optional[StrictStr] = None
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value != FORMAT:
+            raise ValueError(f"unknown format {value!r} (expected {FORMAT!r})")
+        return value
+
+    @field_validator("x_shape", "h_shape")
+    @classmethod
+    def _positive(cls, shape: list[int]) -> list[int]:
+        if any(d < 1 for d in shape):
+            raise ValueError(f"dimensions must be >= 1, got {shape}")
+        return shape
+
+    @model_validator(mode="after")
+    def _counts_add_up(self):
+        if self.num_examples and len(self.x_shape) not in (2, 3):
+            raise ValueError(f"x_shape must be [height, width, channels], got {self.x_shape}")
+        total = sum(shard.num_examples for shard in self.shards)
+        if total != self.num_examples:
+            raise ValueError(f"the shards hold {total} examples in all, but num_examples is {self.num_examples}")
+        files = [shard.file for shard in self.shards]
+        if len(set(files)) != len(files):
+            raise ValueError("a shard file is listed twice")
+        return self
+
+
+def read_manifest(path: Path) -> dict:
+    """A split's manifest, checked against `Manifest`; one line naming it when anything is off."""
+    manifest = artifacts.read_json_object(path, Manifest, "features")
+    if len(manifest["x_shape"]) == 2:  # NHW images are stored with C=1
+        manifest["x_shape"] = [*manifest["x_shape"], 1]
+    return manifest
+
+
 @dataclass(frozen=True)
 class FeatureSet:
     """A readable set of (x, h[, y]) examples: an extract directory or a single user `.npz`."""
@@ -312,11 +464,27 @@ class FeatureSet:
     dataset: str | None = None
     model: str | None = None
 
+    shard_sizes: tuple[int, ...] | None = None  # per shard, as the manifest lists them
+
+    def read_shard(self, index: int) -> dict[str, np.ndarray]:
+        """Shard `index`, checked against what the manifest says of it: one line when it differs."""
+        path = self.shard_files[index]
+        arrays = _read_arrays(path)
+        for key, expected in (("x", self.x_shape), ("h", self.h_shape)):
+            found = tuple(arrays[key].shape[1:])
+            if found != tuple(expected):
+                raise InvkerasError(f"features {path}: {key} has shape {found} per example, but "
+                                    f"{self.path / MANIFEST if self.path.is_dir() else self.path} says {tuple(expected)}")
+        if self.shard_sizes is not None and len(arrays["x"]) != self.shard_sizes[index]:
+            raise InvkerasError(f"features {path}: holds {len(arrays['x'])} examples, but {self.path / MANIFEST} "
+                                f"says {self.shard_sizes[index]}")
+        return arrays
+
     def iter_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Yield dicts of NumPy batches (x uint8, h float32, y if present), one shard in memory at a time."""
         carry: dict[str, np.ndarray] | None = None
-        for shard in self.shard_files:
-            arrays = _read_arrays(shard)
+        for index in range(len(self.shard_files)):
+            arrays = self.read_shard(index)
             if carry is not None:
                 arrays = {k: np.concatenate([carry[k], arrays[k]]) for k in arrays if k in carry}
             n = len(arrays["x"])
@@ -337,11 +505,9 @@ class FeatureSet:
             raise InvkerasError(f"features {self.path}: as_dataset needs TensorFlow, which is not installed; "
                                 "iter_batches gives the same examples as NumPy batches") from None
 
-        shards = [str(p) for p in self.shard_files]
-
         def generate():
-            for shard in shards:
-                arrays = _read_arrays(Path(shard))
+            for index in range(len(self.shard_files)):
+                arrays = self.read_shard(index)
                 for x, h in zip(arrays["x"], arrays["h"]):
                     yield {"x": x, "h": h}
 
@@ -376,22 +542,25 @@ def open_features(path: str | Path) -> FeatureSet:
         manifest_path = path / MANIFEST
         if not manifest_path.exists():
             raise InvkerasError(f"features {path}: no {MANIFEST} (is this an `invkeras extract` output directory?)")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != FORMAT:
-            raise InvkerasError(f"features {manifest_path}: unknown format {manifest.get('format')!r}")
+        manifest = read_manifest(manifest_path)
         shard_files = tuple(path / s["file"] for s in manifest["shards"])
-        missing = [p.name for p in shard_files if not p.exists()]
+        folder = path.resolve()
+        for shard in shard_files:  # a link may still lead elsewhere
+            if folder not in shard.resolve().parents:
+                raise InvkerasError(f"features {manifest_path}: shard {shard.relative_to(path)} leads outside {path}")
+        missing = [str(p.relative_to(path)) for p in shard_files if not p.is_file()]
         if missing:
             raise InvkerasError(f"features {path}: missing shard files {', '.join(missing)}")
         return FeatureSet(
             path=path,
             shard_files=shard_files,
-            num_examples=int(manifest["num_examples"]),
+            num_examples=manifest["num_examples"],
             x_shape=tuple(manifest["x_shape"]),
             h_shape=tuple(manifest["h_shape"]),
             layer=manifest.get("layer"),
             dataset=manifest.get("dataset"),
             model=manifest.get("model"),
+            shard_sizes=tuple(s["num_examples"] for s in manifest["shards"]),
         )
     if path.suffix == ".npz":
         if not path.exists():
@@ -405,6 +574,25 @@ def open_features(path: str | Path) -> FeatureSet:
             h_shape=tuple(arrays["h"].shape[1:]),
         )
     raise InvkerasError(f"features {path}: expected an extract directory or a .npz file with arrays x and h")
+
+
+def open_split_sets(path: str | Path) -> dict[str, FeatureSet]:
+    """The splits of an extract directory (`path/<split>/manifest.json`; train is required),
+    checked to agree: every split's images and features have the training split's shapes."""
+    from invkeras.data import SPLITS
+
+    path = Path(path)
+    sets = {split: open_features(path / split) for split in SPLITS if (path / split / MANIFEST).exists()}
+    if "train" not in sets:
+        raise InvkerasError(f"features {path}: no train/{MANIFEST}")
+    train = sets["train"]
+    for split, feature_set in sets.items():
+        for what, found, expected in (("images", feature_set.x_shape, train.x_shape),
+                                      ("features h", feature_set.h_shape, train.h_shape)):
+            if tuple(found) != tuple(expected):
+                raise InvkerasError(f"features {feature_set.path / MANIFEST}: {split} {what} have shape "
+                                    f"{tuple(found)}, but the training {what} ({train.path}) have {tuple(expected)}")
+    return sets
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -61,19 +61,22 @@ class PairedDataConfig(BaseModel):
         """With --features and no --layer, the layer is the one the features' manifest records
         (a user's .npz records none: then 'features'), never the default 'fc3'."""
         if self.features and "layer" not in self.model_fields_set:
-            manifest = Path(self.features) / "train" / "manifest.json"
-            layer = None
-            if manifest.is_file():
-                try:
-                    layer = json.loads(manifest.read_text()).get("layer")
-                except (OSError, ValueError):
-                    layer = None
-            self.layer = str(layer or "features")
+            self.layer = _manifest_layer(Path(self.features) / "train" / "manifest.json") or "features"
         return self
 
     @property
     def conditional(self) -> bool:
         return self.layer != UNCONDITIONAL
+
+
+def _manifest_layer(manifest: Path) -> str | None:
+    """The layer a features manifest names, if it can be read and names one: only a default
+    for the config; the manifest itself is checked where the features are read."""
+    try:
+        layer = json.loads(manifest.read_text()).get("layer")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return layer if isinstance(layer, str) and layer.strip() else None
 
 
 def fingerprint(x: np.ndarray) -> str:
@@ -94,19 +97,19 @@ def _carve(arrays: dict, fraction: float, seed: int) -> tuple[dict, dict]:
 
 
 def _feature_arrays(config: PairedDataConfig) -> tuple[dict, dict, dict | None, dict]:
-    from invkeras.data.features import MANIFEST, extract_features, open_features
+    from invkeras.data.features import MANIFEST, extract_features, open_features, open_split_sets
 
     if config.features:
         path = Path(config.features)
-        if path.is_dir() and (path / "train" / "manifest.json").exists():
-            train = open_features(path / "train").load_all(config.train_examples)
-            if (path / "validation" / "manifest.json").exists():
-                val = open_features(path / "validation").load_all(config.eval_examples)
+        if path.is_dir() and (path / "train" / MANIFEST).exists():
+            sets = open_split_sets(path)
+            train = sets["train"].load_all(config.train_examples)
+            if "validation" in sets:
+                val = sets["validation"].load_all(config.eval_examples)
             else:
                 train, val = _carve(train, 0.1, config.seed)
-            test = (open_features(path / "test").load_all(config.eval_examples)
-                    if (path / "test" / MANIFEST).exists() else None)
-            layer = open_features(path / "train").layer
+            test = sets["test"].load_all(config.eval_examples) if "test" in sets else None
+            layer = sets["train"].layer
         else:
             everything = open_features(path).load_all()
             train, val = _carve(everything, 0.1, config.seed)
@@ -171,7 +174,7 @@ def _held_out_split(config: PairedDataConfig, split: str) -> dict | None:
     training split wherever the held-out split exists on its own: the train features of a
     conv layer of the full MNIST are over a gigabyte, for 8 or 500 held-out pairs. Only a
     validation split carved out of the user's own training features needs them."""
-    from invkeras.data.features import MANIFEST, extract_features, open_features
+    from invkeras.data.features import MANIFEST, extract_features, open_features, open_split_sets
 
     if not (config.conditional or config.features):
         return _image_split(config, split, config.eval_examples)
@@ -181,7 +184,7 @@ def _held_out_split(config: PairedDataConfig, split: str) -> dict | None:
         if not (path.is_dir() and (path / "train" / MANIFEST).exists() and own.exists()):
             _, val, test, _ = paired_arrays(config)
             return {"validation": val, "test": test}[split]
-        arrays = open_features(own.parent).load_all(config.eval_examples)
+        arrays = open_split_sets(path)[split].load_all(config.eval_examples)
     else:
         manifest = extract_features(_extract_config(config, [split]))[config.layer][split]
         arrays = open_features(manifest.parent).load_all(config.eval_examples)
@@ -205,13 +208,13 @@ def training_pairs(config: PairedDataConfig):
     an extract directory's train split, streamed shard by shard, when its validation split
     stands on its own; else the pairs `paired_arrays` trains on once validation is carved out
     (so no carved held-out pair is among them)."""
-    from invkeras.data.features import MANIFEST, open_features
+    from invkeras.data.features import MANIFEST, open_split_sets
 
     if not config.features:
         raise ValueError("training_pairs reads given features; a classifier run's come from extract_features")
     path = Path(config.features)
     if path.is_dir() and all((path / split / MANIFEST).exists() for split in ("train", "validation")):
-        return open_features(path / "train")
+        return open_split_sets(path)["train"]
     train, _, _, _ = paired_arrays(config)
     return InMemoryPairs(train)
 
@@ -272,4 +275,7 @@ def held_out_inputs(config: PairedDataConfig, split: str, num_inputs: int) -> di
         raise _missing_split(split, "this inverter's data", available)
     limited = config.model_copy(update={"eval_examples": num_inputs})
     arrays = _held_out_split(limited, split)
+    found = len(arrays["x"])
+    if found < num_inputs:  # fewer exist than were asked for: the results say how many were used
+        notice(f"{found:,} held-out {split} images exist (asked for {num_inputs:,}); using all of them")
     return {k: v[:num_inputs] for k, v in arrays.items()}
