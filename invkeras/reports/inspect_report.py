@@ -242,6 +242,8 @@ def _information_section(facts: InspectFacts, out_stem: Path) -> Section | None:
     artifact = _artifact(facts.information, facts.out_dir)
     if artifact is not None:
         section.provenance.append(artifact)
+    section.links = _existing([("information table (JSON)", Path(facts.information)),
+                               ("CSV", Path(facts.information).with_suffix(".csv"))])
     reference = facts.layers[0].name
     plotted = [{**r, "reference": reference} for r in information.get("rows") or [] if r.get("layer") != "none"]
     if plotted:
@@ -292,9 +294,22 @@ def _comparison_table(layer: LayerFacts, comparison: dict) -> Table:
     return Table(f"Layer {layer.name}: the kinds compared in its space", columns, rows, note=note)
 
 
+def _existing(links: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    return [(label, path) for label, path in links if path is not None and Path(path).is_file()]
+
+
+def _shown_grids(grids: list[Path]) -> list[Path]:
+    """A kind's samples beside the MSE reconstruction stand for its plain sample grid (same samples)."""
+    beside = {grid.parent for grid in grids if grid.name == "samples_reconstruction.png"}
+    return [grid for grid in grids if grid.name != "samples.png" or grid.parent not in beside]
+
+
 def _layer_section(layer: LayerFacts, facts: InspectFacts) -> Section:
     section = Section(f"Layer {layer.name} ({layer.role}, {_shape_text(layer.shape)})")
-    for grid in layer.grids:
+    if layer.comparison is not None:
+        section.links = _existing([("comparison (JSON)", layer.comparison),
+                                   ("CSV", layer.comparison.with_suffix(".csv"))])
+    for grid in _shown_grids(layer.grids):
         artifact = _artifact(grid, facts.out_dir)
         meta = artifact.meta if artifact else {}
         section.images.append(Image(f"{layer.name}: {grid.name}", grid, _grid_caption(grid, meta, facts.seed),
@@ -329,7 +344,8 @@ def _classifier_section(facts: InspectFacts) -> Section:
             ["test accuracy", "" if facts.accuracy is None else f"{facts.accuracy:.4f}"],
             ["layers inverted", ", ".join(layer.name for layer in facts.layers)],
             ["kinds", ", ".join(facts.kinds)]]
-    return Section("Classifier", tables=[Table("Classifier", ["", "value"], rows)])
+    return Section("Classifier", tables=[Table("Classifier", ["", "value"], rows)],
+                   links=_existing([("the model as inspected", Path(facts.out_dir) / "classifier.keras")]))
 
 
 def _plan_section(facts: InspectFacts) -> Section:
@@ -350,7 +366,8 @@ def _plan_section(facts: InspectFacts) -> Section:
     intro = (f"{format_duration(facts.spent)} of a {format_duration(facts.budget)} budget. Each model trained under "
              "a wall-clock cap set from its calibrated step time; 'stopped by' says what ended it. "
              + (f"Step times measured here: {calibration}. " if calibration else "") + " ".join(facts.notes))
-    return Section("Plan and time", intro=intro.strip(), tables=[Table("Models", columns, rows)])
+    return Section("Plan and time", intro=intro.strip(), tables=[Table("Models", columns, rows)],
+                   links=_existing([("plan, calibration and times (JSON)", Path(facts.out_dir) / "inspect.json")]))
 
 
 def build_inspect_sections(facts: InspectFacts, out_stem: Path) -> tuple[list[Section], str]:

@@ -78,11 +78,18 @@ def _details_html(artifact: Artifact) -> str:
             f"<p><b>config</b></p><pre>{e(config)}</pre></details>\n")
 
 
+def _relative(path: Path, base: Path | None) -> str:
+    """`path` relative to `base` (the page's directory), as a URL path; absolute without a base."""
+    if base is None:
+        return Path(path).resolve().as_uri()
+    return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
+
+
 def image_source(path: Path, image_base: Path | None = None) -> str:
     """The img src of a PNG: a data URI, or its path relative to `image_base` (the page's directory)."""
     if image_base is None:
         return data_uri(path)
-    return Path(os.path.relpath(Path(path).resolve(), Path(image_base).resolve())).as_posix()
+    return _relative(path, image_base)
 
 
 def _figure_html(image: Image, image_base: Path | None = None) -> str:
@@ -106,6 +113,10 @@ def render_html(title: str, subtitle: str, sections: list[Section], image_base: 
         parts.append(f"<h2 id=\"s{i}\">{e(section.title)}</h2>\n")
         if section.intro:
             parts.append(f"<p>{e(section.intro)}</p>\n")
+        if section.links:
+            parts.append("<p class=\"note\">files: " + ", ".join(
+                f"<a href=\"{e(_relative(path, image_base))}\">{e(label)}</a>" for label, path in section.links)
+                + "</p>\n")
         for table in section.tables:
             if len(section.tables) > 1 or table.title != section.title:
                 parts.append(f"<h3>{e(table.title)}</h3>\n")
@@ -148,6 +159,9 @@ def render_markdown(title: str, subtitle: str, sections: list[Section], md_dir: 
         lines += [f"## {section.title}", ""]
         if section.intro:
             lines += [section.intro, ""]
+        if section.links:
+            lines += ["files: " + ", ".join(f"[{label}]({_relative(path, md_dir)})" for label, path in section.links),
+                      ""]
         for table in section.tables:
             if len(section.tables) > 1 or table.title != section.title:
                 lines += [f"### {table.title}", ""]

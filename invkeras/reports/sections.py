@@ -61,13 +61,15 @@ class Image:
 
 @dataclass
 class Section:
-    """One heading of the report: an intro paragraph, tables, images, then provenance blocks."""
+    """One heading of the report: an intro paragraph, links to its files, tables, images, then
+    provenance blocks. `links` are (label, path) pairs, linked relative to the page."""
 
     title: str
     intro: str = ""
     tables: list[Table] = field(default_factory=list)
     images: list[Image] = field(default_factory=list)
     provenance: list[Artifact] = field(default_factory=list)
+    links: list[tuple[str, Path]] = field(default_factory=list)
 
 
 SectionBuilder = Callable[[RunContents, Path], "Section | list[Section] | None"]
