@@ -66,6 +66,8 @@ def cli_sample(
     result = draw_inversions(SampleConfig(**options))
     rows = [["grid", result.grid_path], ["arrays", result.arrays_path],
             ["samples", "x".join(map(str, result.samples.shape[:2]))], ["wall time", f"{result.seconds:.1f} s"]]
+    if getattr(result, "split", None) is not None:
+        rows.insert(0, ["split", result.split])
     if result.mean_l1_to_original is not None:
         rows.append(["mean L1 |h(sample) - h(x)|", f"{result.mean_l1_to_original:.4f}"])
     chosen = result.selection
@@ -212,7 +214,8 @@ class Compare(OnePerLayer, InverterAnalysis):
     def run_layer(step, layer) -> str:
         inverters = [str(step.inverter(layer, kind)) for kind in step.compared_kinds()]
         result = compare_inverters(config_of(step, CompareConfig, inverters=inverters, out=str(step.out(layer))))
-        return layer + " " + ", ".join(f"{r['label']} IM-NN {r['IM-NN']['mean_l1']:.2f}" for r in result.rows)
+        return layer + " " + ", ".join(f"{r['label']} IM-NN {r['IM-NN']['mean_l1']:.2f}" if r.get("IM-NN")
+                                       else f"{r['label']} (no classifier: no IM-NN)" for r in result.rows)
 
     @classmethod
     def inverters_read(cls, step):

@@ -197,6 +197,10 @@ def command_class(name: str) -> type[Command]:
 # --- shared helpers for commands ---------------------------------------------------------
 
 
+DATA_DIR_HELP = ("Data directory: local copies DIR/NAME/ or DIR/NAME-*/ (IDX or .npz) of catalogue datasets, "
+                 "else TFDS's prepared datasets [default: $INVKERAS_DATA_DIR].")
+
+
 def with_command(config: type[BaseModel], name: str, title: str | None = None, **fields: Any) -> type[BaseModel]:
     """A recipe step's schema: a library config plus the `command` key (and `fields`)."""
     title = title or "".join(part.capitalize() for part in name.split("-")) + "Step"

@@ -15,8 +15,8 @@ from typing import Optional
 
 import typer
 
-from invkeras.commands.base import (Command, StepAccess, _plain_type, classifier_files, config_of, model_files,
-                                    register_command, with_command)
+from invkeras.commands.base import (DATA_DIR_HELP, Command, StepAccess, _plain_type, classifier_files, config_of,
+                                    model_files, register_command, with_command)
 from invkeras.commands.tables import console, headline_text, held_out_rows, table
 from invkeras.commands.workspace import DEFAULT_KIND
 from invkeras.errors import InvkerasError
@@ -48,7 +48,7 @@ def cli_train_inverter(
     train_examples: Optional[int] = typer.Option(None),
     eval_examples: Optional[int] = typer.Option(None, help="Cap on validation/test images evaluated."),
     seed: int = typer.Option(0),
-    data_dir: Optional[str] = typer.Option(None),
+    data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
     workspace: str = typer.Option("runs"),
     out: Optional[str] = typer.Option(None, help="Output directory (default runs/<dataset>/<arch>/inverters/<kind>/<layer>)."),
 ) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from invkeras.commands.base import Command, register_command
+from typing import Optional
+
+import typer
+
+from invkeras.commands.base import DATA_DIR_HELP, Command, register_command
 from invkeras.commands.tables import console, table
 
 
-def cli_datasets() -> None:
+def cli_datasets(data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP)) -> None:
     """List the dataset sources invkeras can load, and where each loads from."""
     from invkeras.data import list_sources
 
-    rows = list_sources()
+    rows = list_sources(data_dir)
     columns = list(rows[0].keys()) if rows else []
     console.print(table("Dataset sources", columns, [[row.get(c, "") for c in columns] for row in rows]))
 
@@ -18,7 +22,7 @@ def cli_datasets() -> None:
 @register_command
 class Datasets(Command):
     name = "datasets"
-    examples = ("invkeras datasets",)
+    examples = ("invkeras datasets", "invkeras datasets --data-dir ~/data   # where mnist, cifar10, ... resolve")
     cli = staticmethod(cli_datasets)
 
 

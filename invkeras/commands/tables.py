@@ -69,8 +69,11 @@ def comparison_table(payload: dict) -> Table:
                      entry_pm(r["diversity_h_l1"]), entry_pm(r["nll_nats"])])
     title = (f"{payload['layer']}: {payload['n_images']} {payload['split']} images x {payload['samples_per_image']} "
              f"samples; L1 in the layer's space (sum over {payload['feature_dims']} dims), ± s.e.")
-    return table(title, ["x'", "kind", "IM-S", "IM-NN", "label agree %", "px L1 to x", "diversity px", "diversity h",
-                         "NLL nats"], rows)
+    result = table(title, ["x'", "kind", "IM-S", "IM-NN", "label agree %", "px L1 to x", "diversity px",
+                           "diversity h", "NLL nats"], rows)
+    if payload.get("note"):
+        result.caption, result.caption_justify = payload["note"], "left"
+    return result
 
 
 def mi_report_table(path: Path) -> Table:

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict
 from invkeras import artifacts
 from invkeras.analyses.ground_truth import GroundTruthConfig, RESULT_FILE, ground_truth
 from invkeras.autoencoders.training import AutoencoderConfig, train_autoencoder
-from invkeras.commands.base import (Command, StepAccess, classifier_files, config_of, given, model_files,
-                                    register_command, with_command)
+from invkeras.commands.base import (DATA_DIR_HELP, Command, StepAccess, classifier_files, config_of, given,
+                                    model_files, register_command, with_command)
 from invkeras.commands.tables import console, headline_text, robust_rows, table
 from invkeras.data.features import ExtractConfig, MANIFEST, extract_features, resolve_model_path
 from invkeras.errors import InvkerasError
@@ -45,7 +45,7 @@ def cli_train_classifier(
     dropout: bool = typer.Option(True, "--dropout/--no-dropout", help="Dropout at every layer."),
     seed: int = typer.Option(0),
     strategy: str = typer.Option("auto", help="auto | mirrored (TensorFlow) | data-parallel (JAX) | default."),
-    data_dir: Optional[str] = typer.Option(None, help="TFDS data directory holding prepared datasets."),
+    data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
     workspace: str = typer.Option("runs", help="Root of runs/<dataset>/<arch>/..."),
     run: Optional[str] = typer.Option(None, help="Run folder runs/<dataset>/<run>/ [default: the arch]; "
                                                  "a second classifier of one arch (a robust one) needs its own."),
@@ -158,7 +158,7 @@ def cli_extract(
     shard_size: int = typer.Option(4096, help="Examples per .npz shard."),
     limit: Optional[int] = typer.Option(None, help="At most N examples per split."),
     seed: int = typer.Option(0, help="Seed for carving splits the source lacks."),
-    data_dir: Optional[str] = typer.Option(None),
+    data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
     workspace: str = typer.Option("runs"),
 ) -> None:
     """Stream (image, representation) pairs from named layers into .npz shards plus a manifest."""
@@ -292,7 +292,7 @@ def cli_train_autoencoder(
     eval_examples: Optional[int] = typer.Option(None, help="Cap on validation/test images evaluated."),
     classifier: Optional[str] = typer.Option(None, help="Classifier .keras or run dir: its accuracy on reconstructions."),
     seed: Optional[int] = typer.Option(None),
-    data_dir: Optional[str] = typer.Option(None),
+    data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
     workspace: Optional[str] = typer.Option(None, help="Root of runs/<dataset>/autoencoders/<name> [default: runs]."),
     name: Optional[str] = typer.Option(None, help="Folder name under runs/<dataset>/autoencoders/ [default: latent<d>]."),
     out: Optional[str] = typer.Option(None, help="Output directory (overrides --workspace and --name)."),
