@@ -62,7 +62,8 @@ class InspectConfig(BaseModel):
     kinds: list[str] = Field(default_factory=lambda: [AUTO], description="inverter kinds, or auto")
     budget: float = Field(default_factory=lambda: parse_duration(DEFAULT_BUDGET),
                           description="the whole run's wall-clock budget in seconds (the CLI takes 30m, 90s, 1h)")
-    out: Optional[str] = Field(None, description="output directory; default runs/<dataset>/inspect")
+    out: Optional[str] = Field(None, description="output directory; default <workspace>/<dataset>/inspect")
+    workspace: str = Field(str(artifacts.DEFAULT_WORKSPACE), description="root of the default output directory")
     seed: int = 0
     data_dir: Optional[str] = Field(None, description="TFDS data directory holding prepared datasets")
     features: Optional[str] = Field(None, description="a directory with one extract directory or .npz of x and h "
@@ -116,4 +117,4 @@ class InspectConfig(BaseModel):
         return f"features-{Path(str(self.features)).name}"
 
     def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path(artifacts.DEFAULT_WORKSPACE) / self.dataset_label / "inspect"
+        return Path(self.out) if self.out else Path(self.workspace) / self.dataset_label / "inspect"
