@@ -41,7 +41,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix if suffix is not None else "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    with _naming(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -49,10 +50,23 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         if tmp_path.is_file():
             # mkstemp makes the file private (0600); give it the permissions a plain write would.
             os.chmod(tmp_path, 0o666 & ~_UMASK)
-        os.replace(tmp_path, path)
+        with _naming(path):
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError of the temporary file names `path` instead: the user asked for `path` (a folder
+    where the file should go, a read-only directory) and has never heard of the other."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
 
 
 def _read_umask() -> int:
@@ -80,6 +94,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_not_folder(value: str | os.PathLike | None) -> str | os.PathLike | None:
+    """For a config's output-file setting: an existing folder there is refused when the config
+    is made, before any work, naming it (a file cannot be written over a folder)."""
+    if value is not None and Path(value).is_dir():
+        raise ValueError(f"{value} is a folder; give the path of the file to write")
+    return value
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -8,6 +8,7 @@ and exit code 2, with no traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -38,6 +39,40 @@ class _InvkerasTyper(typer.Typer):
             return register(user_errors(function))
 
         return decorate
+
+
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """A usage error (an unknown option or command, an extra argument, a value of the wrong
+    type) is one line, `error: ...`, and exit code 2, like every other bad input, rather than
+    a boxed usage block. Errors are caught where parsing happens (making the context, and
+    resolving and parsing the command), so this holds for `main()` and for `app` run any
+    other way (typer's CliRunner). `--help`, `--version` and bare `invkeras` are unchanged."""
+
+    def make_context(self, *args, **kwargs):
+        with _usage_errors_as_one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_errors_as_one_line():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _usage_errors_as_one_line():
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    try:
+        yield
+    except NoArgsIsHelpError:
+        raise  # bare `invkeras`: the help, as before
+    except ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        err_console.print(f"[bold red]error:[/bold red] {escape(where + message + hint)}", highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(code=2) from None
 
 
 def _escape_option_help(function: Callable) -> None:
@@ -148,6 +183,7 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
 
     application = _InvkerasTyper(
         name="invkeras",
+        cls=_OneLineUsageErrors,
         help="Inversion models for Keras classifiers: what does a layer keep, and what does it throw away?",
         rich_markup_mode="rich",
         no_args_is_help=True,

@@ -428,3 +428,120 @@ def test_a_resumed_run_whose_input_changed_at_the_same_path_is_refused(tmp_path,
 
     assert_one_line_error(result, "unfinished run on other data", CHANGED_INPUTS[case], str(out / "backup"))
     assert files_under(tmp_path) == before  # the backup kept, the new data untouched
+
+
+# --- 4. messages that name what the user gave ------------------------------------------------
+
+# (a) A usage error is one line too, not a boxed usage block.
+USAGE_ERRORS = {
+    "an extra argument": (["kinds", "extra-arg"], "extra-arg"),
+    "an option the command lacks": (["datasets", "--no-such-option", "x"], "--no-such-option"),
+    "an unknown command": (["nosuch"], "nosuch"),
+    "an unknown option of the program": (["--nosuch"], "--nosuch"),
+    "a value of the wrong type": (["train-classifier", "--epochs", "x"], "--epochs"),
+    "a required option left out": (["sample"], "--inverter"),
+    "a required argument left out": (["run"], "recipe"),
+    "a flag given a value": (["sample", "--inverter", "x", "--misclassified=yes"], "--misclassified"),
+}
+
+
+# Every case through CliRunner; two through the installed command too (each run starts TensorFlow).
+USAGE_CASES = [(case, "CliRunner") for case in USAGE_ERRORS] + \
+    [(case, "the installed command") for case in ("an extra argument", "an option the command lacks")]
+
+
+@pytest.mark.parametrize("case, through", USAGE_CASES)
+def test_a_usage_error_is_one_line(tmp_path, case, through):
+    import subprocess
+    import sys
+
+    argv, fragment = USAGE_ERRORS[case]
+    if through == "CliRunner":
+        assert_one_line_error(invoke(*argv), fragment)
+        return
+    command = Path(sys.executable).parent / "invkeras"
+    done = subprocess.run([str(command), *argv], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+    assert fragment in lines[0] and "Traceback" not in done.stderr and not done.stdout.strip()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_and_version_still_work():
+    assert invoke("--version").exit_code == 0
+    for argv in (["--help"], ["kinds", "--help"], ["train-inverter", "--kind", "gan", "--help"]):
+        result = invoke(*argv)
+        assert result.exit_code == 0 and "Usage" in result.output, result.output
+
+
+# (b) A file output where a folder stands: the message names the user's path, not a temporary file,
+# and the commands refuse it before they start work.
+FOLDER_OUTPUTS = ["estimate-mi --out", "train-classifier --out", "an artefact written over a folder"]
+
+
+@pytest.mark.parametrize("case", FOLDER_OUTPUTS)
+def test_an_output_path_that_is_a_folder_is_named_as_given(tmp_path, case):
+    from invkeras import artifacts
+
+    folder = tmp_path / ("model.keras" if case == "train-classifier --out" else "mi.json")
+    folder.mkdir()
+    (folder / "keep.txt").write_text("kept")
+    inverter = tmp_path / "inverter"
+    inverter.mkdir()
+    if case == "an artefact written over a folder":  # any writer: where a race beats the early check
+        with pytest.raises(IsADirectoryError) as raised:
+            artifacts.write_json_atomic(folder, {"a": 1})
+        line = f"cannot use {raised.value.filename}: {raised.value.strerror}"  # as the CLI words an OSError
+        assert raised.value.filename == str(folder), line
+    else:
+        argv = (["estimate-mi", "--inverter", inverter, "--out", folder] if case == "estimate-mi --out" else
+                ["train-classifier", "--epochs", 1, "--out", folder, "--workspace", tmp_path / "ws"])
+        result = invoke(*argv)
+        assert_one_line_error(result, str(folder), "is a folder")  # before any training or evaluation
+        line = result.output
+    assert ".tmp" not in line and f"{folder.parent}/." not in line
+    assert (folder / "keep.txt").read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inverter", folder.name]  # no temporary file left
+
+
+# (c) An inverter whose metadata names a kind that is not installed: the file is named, not --kind.
+@pytest.mark.parametrize("kind", ["evil", "pixelcnn2", "../mse"])
+@pytest.mark.parametrize("command", ["sample", "estimate-mi", "compare", "edit"])
+def test_an_unknown_kind_in_an_inverters_metadata_names_the_file(tmp_path, command, kind):
+    from invkeras import artifacts
+
+    source = _mse(tmp_path / "inverter", features=str(_features_npz(tmp_path / "f.npz", 1)))
+    meta_path = artifacts.metadata_path(source / "inverter.keras")
+    meta = json.loads(meta_path.read_text())
+    meta["inverter_kind"] = kind
+    meta_path.write_text(json.dumps(meta))
+    argv = {"sample": ["sample", "--inverter", source], "estimate-mi": ["estimate-mi", "--inverter", source],
+            "compare": ["compare", "--inverter", source, "--inverter", source],
+            "edit": ["edit", "--inverter", source, "--scale", 2]}[command]
+    before = files_under(tmp_path)
+
+    result = invoke(*argv)
+
+    assert_one_line_error(result, str(meta_path), repr(kind), "not installed")
+    assert "--kind" not in result.output
+    assert files_under(tmp_path) == before
+
+
+# (d) More held-out images asked for than exist: the output says how many were used.
+@pytest.mark.parametrize("command", ["sample", "sample-grid", "compare"])
+def test_asking_for_more_held_out_images_than_exist_says_so(tmp_path, command):
+    features = str(_features_npz(tmp_path / "f.npz", 1))
+    first, second = _mse(tmp_path / "a", features=features), _mse(tmp_path / "b", features=features, learning_rate=0.01)
+    many = ["--split", "validation"]
+    argv = {"sample": ["sample", "--inverter", first, "--num-inputs", 10**6, "--num-samples", 1, *many],
+            "sample-grid": ["sample-grid", "--inverter", first, "--reconstructor", second, "--num-inputs", 10**6,
+                            "--num-samples", 1, *many],
+            "compare": ["compare", "--inverter", first, "--inverter", second, "--num-images", 10**6,
+                        "--num-samples", 2, "--grid-inputs", 0, *many]}[command]
+
+    result = invoke(*argv)
+
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note:")]
+    assert notes == ["note: 6 held-out validation images exist (asked for 1,000,000); using all of them"], \
+        result.output

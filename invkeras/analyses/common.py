@@ -76,7 +76,7 @@ def check_same_data(inverters: list, *, command: str, split: str, count: int) ->
 
             raise InvkerasError(f"{command}: inverters of different classifiers: {inverter_label(first)} "
                                 f"{inverts(a)}, {inverter_label(other)} {inverts(b)}")
-        if images_of(first) != images_of(other):
+        if data_settings(first.config) != data_settings(other.config) and images_of(first) != images_of(other):
             raise InvkerasError(f"{command}: inverters {inverter_label(first)} and {inverter_label(other)} have "
                                 f"different held-out {split} images (fingerprints {images_of(first)} and "
                                 f"{images_of(other)}); use inverters trained on the same data")

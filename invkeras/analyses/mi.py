@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError
@@ -61,6 +61,11 @@ class EstimateMIConfig(BaseModel):
     eval_examples: Optional[int] = Field(None, gt=0, description="evaluate on the first N held-out images")
     out: Optional[str] = Field(None, description="JSON path (a CSV twin beside it); default runs/<dataset>/<arch>/mi/<split>.json")
     labels: Optional[list[str]] = Field(None, description="row names instead of the layers, one per inverter")
+
+    @field_validator("out")
+    @classmethod
+    def _out_is_a_file(cls, value: Optional[str]) -> Optional[str]:
+        return artifacts.file_not_folder(value)
 
 
 def rows_csv(rows: list[dict]) -> str:

@@ -136,7 +136,7 @@ class ClassifierConfig(BaseModel):
     def _keras_suffix(cls, value: Optional[str]) -> Optional[str]:
         if value is not None and not str(value).endswith(".keras"):
             raise ValueError(f"'{value}' must end in .keras")
-        return value
+        return artifacts.file_not_folder(value)
 
     def model_path(self) -> Path:
         if self.out:

@@ -374,6 +374,10 @@ def load_inverter(path: str | Path, *, flag: str = "--inverter") -> Inverter:
     kind = inverter_kind_of(meta or {})
     if meta is None or kind is None:
         raise InvkerasError(f"{flag} {file}: no inverter metadata beside it ({artifacts.metadata_path(file).name})")
+    if not isinstance(kind, str) or kind not in inverter_kinds():
+        # The file names the kind, not the user: a kind of a plugin not installed here, or a damaged file.
+        raise InvkerasError(f"{flag} {file}: its metadata ({artifacts.metadata_path(file)}) names an inverter kind "
+                            f"{kind!r} that is not installed; known kinds: {', '.join(sorted(inverter_kinds()))}")
     cls = inverter_class(kind)
     meta = {**meta, "inverter_kind": kind}
     cls.register_layers()
