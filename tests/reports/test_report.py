@@ -448,7 +448,7 @@ def test_report_of_a_real_tiny_run(tiny_inverters, tiny_classifier, tmp_path):
 
 
 EXPECTED_RECIPES = ["architectures_affnist", "layers_cifar10", "layers_mnist", "layers_svhn", "training_dynamics_mnist"]
-OFFLINE_SMALL = {"architectures_affnist", "layers_mnist", "training_dynamics_mnist"}  # run on ../shared MNIST
+OFFLINE_SMALL = {"architectures_affnist", "layers_mnist", "training_dynamics_mnist"}  # small variants run on MNIST
 
 
 def _check_inputs_are_trained_first(recipe, label):
@@ -495,8 +495,9 @@ def test_paper_recipes_validate():
                 assert (step.scale, step.learning_rate, step.lr_decay) == ("paper", 1e-3, 0.9999), name
                 if name in small.steps:
                     assert small.steps[name].scale in ("small", "tiny") and small.steps[name].max_steps <= 1500, name  # < 1 h per inverter on 2 cores
-        if path.stem in OFFLINE_SMALL:
-            assert all("../shared/data/mnist" in s.dataset for s in small.steps.values() if hasattr(s, "dataset"))
+        if path.stem in OFFLINE_SMALL:  # datasets named as users name them: the small variant keeps the paper's
+            assert all(s.dataset == paper.dataset or s.dataset.endswith(":mnist")
+                       for s in small.steps.values() if hasattr(s, "dataset"))
         _check_inputs_are_trained_first(paper, path.name)
         _check_inputs_are_trained_first(small, path.name + " (small)")
         assert json.loads(paper.model_dump_json())["name"].startswith("nash2019-")
@@ -540,7 +541,7 @@ def test_paper_recipes_match_the_paper():
                 model = str(classifier_step.model_path().parent / "checkpoints" / f"step-{step:06d}.keras")
                 assert (model, layer) in checkpoints
     assert len({s.out_dir() for s in inverters}) == len(inverters) == 20
-    assert len({s.workspace for s in inverters}) == 10  # features of different checkpoints never collide
+    assert len({s.arch for s in inverters}) == 10  # each checkpoint's run: features of two never collide
     # Enough steps for the last checkpoint in both regimes: epochs x steps_per_epoch, paper and small.
     small = load_recipe(PAPER_RECIPES / "training_dynamics_mnist.yaml", ["scale=small"])
     for recipe in (dynamics, small):
@@ -548,4 +549,4 @@ def test_paper_recipes_match_the_paper():
         for name in ("classifier_normal", "classifier_overfitted"):
             step = recipe.steps[name]
             assert step.epochs * step.steps_per_epoch >= last and step.patience >= step.epochs, name
-    assert max(small.steps["classifier_normal"].save_at) == 10000 and small.dataset.startswith("idx:")
+    assert max(small.steps["classifier_normal"].save_at) == 10000 and small.dataset == "mnist"
