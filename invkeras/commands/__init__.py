@@ -7,4 +7,5 @@ module is imported, and is then a CLI command and a recipe step like these.
 
 from invkeras.commands.base import (Command, StepAccess, command_class, recipe_commands,  # noqa: F401
                                     register_command, registered_commands)
-from invkeras.commands import listing, training, recipe, inverter, analyses, factors  # noqa: F401,E402
+from invkeras.commands import (listing, inspection, training, recipe, inverter, analyses,  # noqa: F401,E402
+                               factors)

@@ -38,6 +38,7 @@ is a barrier: ordered after every earlier step and before every later one.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from types import UnionType
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ class Command:
 
     name: ClassVar[str] = ""
     step_schema: ClassVar[Optional[type[BaseModel]]] = None
+    # Or the library config the step's keys are (plus `command`): a class, or "module:Class" for
+    # a config whose module is slow to import (it starts Keras), imported on first use.
+    config: ClassVar[Union[type[BaseModel], str, None]] = None
     examples: ClassVar[tuple[str, ...]] = ()
     cli: ClassVar[Optional[Callable[..., None]]] = None
     # Typer settings of the command (e.g. extra arguments for a kind's own options).
@@ -78,8 +82,14 @@ class Command:
 
     @classmethod
     def schema(cls) -> Optional[type[BaseModel]]:
-        """The recipe step's schema (None: not a recipe step). A command whose config module is
-        slow to import (it starts Keras) builds it here, on first use, rather than at import."""
+        """The recipe step's schema (None: not a recipe step): `step_schema`, or one built from
+        `config` on first use."""
+        if cls.step_schema is None and cls.config is not None:
+            config = cls.config
+            if isinstance(config, str):
+                module, _, name = config.partition(":")
+                config = getattr(importlib.import_module(module), name)
+            cls.step_schema = with_command(config, cls.name)
         return cls.step_schema
 
     @classmethod

@@ -6,7 +6,6 @@ this module is the command: its options, its recipe step and what the step write
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Optional
 
@@ -51,15 +50,8 @@ class Inspect(Command):
         "invkeras inspect --model my_classifier.keras --dataset npz:my_images.npz --kinds pixelcnn,mse --out inspect",
         "invkeras inspect --features my_features/ --budget 20m   # one <layer>.npz of x and h per layer",
     )
+    config = "invkeras.inspection.config:InspectConfig"
     cli = staticmethod(cli_inspect)
-
-    @classmethod
-    @functools.lru_cache(maxsize=None)
-    def schema(cls):
-        from invkeras.commands.base import with_command
-        from invkeras.inspection.config import InspectConfig
-
-        return with_command(InspectConfig, "inspect")
 
     @staticmethod
     def run(step) -> str:

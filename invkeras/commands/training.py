@@ -4,7 +4,6 @@ module, for the options of each kind)."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import List, Literal, Optional
 
@@ -15,7 +14,7 @@ from invkeras import artifacts
 from invkeras.analyses.ground_truth import GroundTruthConfig, RESULT_FILE, ground_truth
 from invkeras.autoencoders.training import AutoencoderConfig, train_autoencoder
 from invkeras.commands.base import (DATA_DIR_HELP, Command, StepAccess, classifier_files, config_of, given,
-                                    model_files, register_command, with_command)
+                                    model_files, register_command)
 from invkeras.commands.tables import console, headline_text, robust_rows, table
 from invkeras.data.features import ExtractConfig, MANIFEST, extract_features, resolve_model_path
 from invkeras.errors import InvkerasError
@@ -106,14 +105,8 @@ class TrainClassifier(Command):
         "invkeras train-classifier --dataset mnist --adversarial pgd --epsilon 0.3 --pgd-steps 10 --out runs/mnist/conv-robust/classifier/model.keras   # robust (Madry et al. 2018)",
         "invkeras train-classifier --dataset mnist --epsilon 0.3   # standard training, robust accuracy reported",
     )
+    config = "invkeras.classifiers.training:ClassifierConfig"
     cli = staticmethod(cli_train_classifier)
-
-    @classmethod
-    @functools.lru_cache(maxsize=None)
-    def schema(cls):
-        from invkeras.classifiers.training import ClassifierConfig
-
-        return with_command(ClassifierConfig, "train-classifier")
 
     @staticmethod
     def run(step) -> str:
@@ -191,7 +184,7 @@ def cli_extract(
 @register_command
 class Extract(Command):
     name = "extract"
-    step_schema = with_command(ExtractConfig, "extract")
+    config = ExtractConfig
     examples = (
         "invkeras extract --dataset procedural --layer conv1 --layer fc3",
         "invkeras extract --model my_model.keras --layer dense_1 --dataset mnist --split test --out feats/",
@@ -320,7 +313,7 @@ def cli_train_autoencoder(
 class TrainAutoencoder(Command):
     """An autoencoder whose latent `train-inverter` steps of kind cinn model (their `autoencoder` key)."""
     name = "train-autoencoder"
-    step_schema = with_command(AutoencoderConfig, "train-autoencoder")
+    config = AutoencoderConfig
     examples = (
         "invkeras train-autoencoder --dataset mnist --latent-dim 64",
         "invkeras train-autoencoder --dataset procedural --latent-dim 16 --max-steps 1000 --classifier runs/procedural/conv",
@@ -382,7 +375,7 @@ def cli_ground_truth(
 class GroundTruth(Command):
     """One PixelCNN++ per subset of the procedural factors, its test NLL beside the exact H(x|h)."""
     name = "ground-truth"
-    step_schema = with_command(GroundTruthConfig, "ground-truth")
+    config = GroundTruthConfig
     examples = (
         "invkeras ground-truth                       # 6 subsets, from all factors to none",
         "invkeras ground-truth --subset all --subset shape+size --subset none --max-steps 3000",
