@@ -165,7 +165,7 @@ def layer_output_model(model: keras.Model, layer_names: Sequence[str]) -> keras.
             f"model '{model.name}' has no layer named {', '.join(repr(n) for n in unknown)}; "
             f"its layers are: {', '.join(available)}"
         )
-    inputs = _symbolic_inputs(model)
+    inputs = symbolic_inputs(model)
     try:
         outputs = {name: model.get_layer(name).output for name in layer_names}
     except (AttributeError, ValueError) as exc:
@@ -175,15 +175,15 @@ def layer_output_model(model: keras.Model, layer_names: Sequence[str]) -> keras.
     return keras.Model(inputs, outputs, name=f"{model.name}_layers")
 
 
-def _symbolic_inputs(model: keras.Model):
-    """The model's symbolic input(s); Sequential models without an `Input` get built first."""
+def symbolic_inputs(model: keras.Model, *, unavailable: str | None = None):
+    """The model's symbolic input(s), through which Keras reads its layers' outputs; one line,
+    `unavailable` or a default, when it has none (a subclassed model, an unbuilt Sequential)."""
     try:
         inputs = model.inputs
     except (AttributeError, ValueError):
         inputs = None
     if not inputs:
-        raise InvkerasError(
+        raise InvkerasError(unavailable or (
             f"model '{model.name}' has no symbolic inputs: build it (e.g. start a Sequential model "
-            "with keras.Input(shape)) or save it after calling it on data"
-        )
+            "with keras.Input(shape)) or save it after calling it on data"))
     return inputs[0] if len(inputs) == 1 else inputs

@@ -64,16 +64,13 @@ def _layer_types():
 
 def symbolic_model(model, *, where: str):
     """`model` itself if Keras can read its layers' outputs; one line otherwise."""
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        inputs = None
-    if not inputs:
-        raise InvkerasError(
-            f"{where}: model '{model.name}' is subclassed (its call() is Python code), so Keras cannot read the "
-            "outputs of its layers; build it functionally (keras.Model(inputs, outputs)) or as a keras.Sequential "
-            "that starts with keras.Input, or extract the representations yourself and pass --features DIR (one "
-            "directory or .npz of x and h per layer)")
+    from invkeras.classifiers.architectures import symbolic_inputs
+
+    symbolic_inputs(model, unavailable=(
+        f"{where}: model '{model.name}' is subclassed (its call() is Python code), so Keras cannot read the "
+        "outputs of its layers; build it functionally (keras.Model(inputs, outputs)) or as a keras.Sequential "
+        "that starts with keras.Input, or extract the representations yourself and pass --features DIR (one "
+        "directory or .npz of x and h per layer)"))
     return model
 
 
