@@ -20,6 +20,17 @@ from invkeras.errors import InvkerasError
 _MAX_REASON = 160  # characters of a Keras message kept in the one-line error
 
 
+def model_file(path: str | Path, name: str, *, flag: str, missing: str) -> Path:
+    """The model file a user gave as the file itself or as its directory (holding `name`);
+    one line, `missing` saying how to make one, when there is none."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / name
+    if not file.is_file():
+        raise InvkerasError(f"{flag} {path}: {missing}")
+    return file
+
+
 def load_keras_model(path: str | Path, *, what: str, flag: str | None = None,
                      custom_objects: dict[str, Any] | None = None, compile: bool = False):
     """Load the model saved in the `.keras` file at `path`, in Keras' safe mode (no Python

@@ -219,12 +219,9 @@ def train_autoencoder(config: AutoencoderConfig, *, hooks=(), progress: bool = T
 
 
 def autoencoder_file(path: str | Path, flag: str = "--autoencoder") -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise InvkerasError(f"{flag} {path}: file not found (train one with `invkeras train-autoencoder`)")
-    return path
+    from invkeras.models import model_file
+
+    return model_file(path, MODEL_FILE, flag=flag, missing="file not found (train one with `invkeras train-autoencoder`)")
 
 
 def load_autoencoder(path: str | Path, flag: str = "--autoencoder"):

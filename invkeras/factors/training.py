@@ -250,13 +250,9 @@ def load_factor_model(path: str | Path, flag: str = "--factors") -> FactorModel:
     """A factor model from its directory or `factor_inn.keras`; one line when it is not one."""
     import invkeras.factors.network  # noqa: F401  (registers FactorINN, FactorPairModel)
     import invkeras.inverters.cinn.network  # noqa: F401  (ConditionalINN and its pieces)
-    from invkeras.models import load_keras_model
+    from invkeras.models import load_keras_model, model_file
 
-    file = Path(path)
-    if file.is_dir():
-        file = file / MODEL_FILE
-    if not file.is_file():
-        raise InvkerasError(f"{flag} {path}: no {MODEL_FILE} (train one with `invkeras train-factors`)")
+    file = model_file(path, MODEL_FILE, flag=flag, missing=f"no {MODEL_FILE} (train one with `invkeras train-factors`)")
     meta = artifacts.read_metadata(file)
     if not meta or meta.get("kind") != ARTIFACT_KIND:
         raise InvkerasError(f"{flag} {file}: no factor INN metadata beside it ({artifacts.metadata_path(file).name})")
