@@ -69,7 +69,9 @@ class Trainee(Protocol):
 
 
 class TrainingHook:
-    """Observes the loop (checkpoints at chosen steps; tests simulate kills with it)."""
+    """Observes the loop (checkpoints at chosen steps; tests simulate kills with it). A hook may
+    also end training: once `should_stop` says so after a step, the loop validates and
+    checkpoints at that step and stops, as at its time cap (a deadline shared by several runs)."""
 
     trainee: Trainee | None = None
 
@@ -81,6 +83,9 @@ class TrainingHook:
 
     def on_checkpoint(self, step: int, logs: Mapping[str, float]) -> None:
         pass
+
+    def should_stop(self, step: int) -> bool:
+        return False
 
 
 @dataclass
@@ -111,7 +116,7 @@ class TrainingOutcome:
     best_value: float | None
     history: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
-    stopped_by_time: bool = False  # the wall-clock cap ended it (now or in an earlier run)
+    stopped_by_time: bool = False  # the clock ended it: its cap (now or in an earlier run), or a hook's deadline
     training_seconds: float = 0.0  # time in the loop over all runs, as counted against the cap
 
 
@@ -349,6 +354,7 @@ def train(
     if out_of_time and restored is not None and progress:
         console.print(f"{what}: its {schedule.max_time:g} s are used up (step {step}); not training further",
                       highlight=False)
+    capped = out_of_time
     for hook in hooks:
         hook.on_train_begin(trainee, step)
     with progress_bar(console, disable=not progress) as bar:
@@ -377,7 +383,8 @@ def train(
                 count += 1
                 for hook in hooks:
                     hook.on_step_end(step, logs)
-                out_of_time = schedule.max_time is not None and time_up()
+                capped = schedule.max_time is not None and time_up()
+                out_of_time = capped or any(getattr(hook, "should_stop", lambda _: False)(step) for hook in hooks)
                 info = f"loss {loss:.4g}" if loss is not None else ""
                 if schedule.max_time is not None:
                     info += f"  {max(0.0, schedule.time_left(used())):.0f} s of the cap left"
@@ -400,14 +407,15 @@ def train(
                     state["stopped"] = True
             state["step"] = step
             state["seconds"] = used()
-            if out_of_time:
+            if out_of_time and capped:
                 state["time_cap_reached"] = schedule.max_time
             backup.save(trainee, dict(state), best_weights, changed)
             closing_seconds = time.monotonic() - closing_started
             if progress:  # a permanent record per checkpoint, above the live bar or alone in a log
-                capped = f"; time cap of {schedule.max_time:g} s reached" if out_of_time else ""
+                why = ("" if not out_of_time else f"; time cap of {schedule.max_time:g} s reached" if capped
+                       else "; stopped by its deadline")
                 bar.console.print(f"{what}: step {step}/{schedule.max_steps}  {format_logs(interval_logs)}  "
-                                  f"({time.monotonic() - interval_started:.1f}s{capped})", soft_wrap=True,
+                                  f"({time.monotonic() - interval_started:.1f}s{why})", soft_wrap=True,
                                   highlight=False)
             for hook in hooks:
                 hook.on_checkpoint(step, interval_logs)

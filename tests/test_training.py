@@ -242,3 +242,16 @@ def test_inverter_and_classifier_configs_take_the_cap_into_the_loop(tmp_path, ti
     trained = inverter_class("mse").train(config, progress=False)
     assert 1 <= trained.steps < 10**6  # the first step, which builds the graph, may take most of 1.5 s
     assert "max_time" not in config.trajectory()  # raising the cap resumes a run
+
+
+def test_a_hook_can_end_training_at_a_step_with_a_checkpoint_as_the_cap_does(tmp_path):
+    class StopAt(TrainingHook):
+        def should_stop(self, step):
+            return step >= 17
+
+    _, outcome = _run(tmp_path, "stopped", hooks=[StopAt()])
+    progress = json.loads((tmp_path / "stopped/backup/progress.json").read_text())
+    assert outcome.steps == 17 and outcome.stopped_by_time and progress["step"] == 17
+    assert "time_cap_reached" not in progress  # a deadline of this run only: a rerun may train on
+    _, rerun = _run(tmp_path, "stopped")
+    assert rerun.resumed_from_step == 17 and rerun.steps == 60

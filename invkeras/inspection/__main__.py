@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     from invkeras.cli import build_app
 
     args = ["inspect", *(sys.argv[1:] if argv is None else argv)]
+    sys.argv = ["invkeras", *args]  # what every artefact's metadata records as its command
     build_app(args)(args=args, prog_name="invkeras")
 
 

@@ -116,5 +116,17 @@ class InspectConfig(BaseModel):
             return artifacts.dataset_slug(self.dataset)
         return f"features-{Path(str(self.features)).name}"
 
+    def command_line(self) -> str:
+        """The `invkeras inspect` command line that asks for this config (options at their default left out)."""
+        parts = ["invkeras inspect"]
+        for name in ("model", "dataset", "features", "data_dir", "out"):
+            if getattr(self, name) is not None:
+                parts.append(f"--{name.replace('_', '-')} {getattr(self, name)}")
+        if self.layers:
+            parts.append(f"--layers {','.join(self.layers)}")
+        parts.append(f"--kinds {','.join(self.kinds)}")
+        parts.append(f"--budget {format_duration(self.budget)} --seed {self.seed}")
+        return " ".join(parts)
+
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path(self.workspace) / self.dataset_label / "inspect"

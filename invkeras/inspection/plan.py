@@ -5,13 +5,15 @@
 * `mse`, always: the cheap point-estimate baseline (seconds to train);
 * `pixelcnn` for greyscale images of at most 32x32 pixels, when the budget gives every
   PixelCNN++ at least a quarter of the steps it needs (`NEEDED_STEPS`); it brings the pixel
-  likelihood the information estimates need, and then an unconditional PixelCNN++ of the
-  images is trained too, the reference H*(x) of the NCE;
+  likelihood the information estimates need;
 * `cinn` for colour images (conditional INN over an autoencoder latent), with one
   autoencoder trained for all layers;
 * `gan` only when named.
 
-A list (`pixelcnn,cinn,mse,gan`) is taken as it stands.
+A list (`pixelcnn,cinn,mse,gan`) is taken as it stands. With pixelcnn, an unconditional
+PixelCNN++ of the images is trained too, whose H*(x) is the reference of the estimates
+H*(x) - H*(x|h), unless the images' entropy H(x) is known exactly (the procedural dataset):
+the exact value is the better reference, and the time goes to the layers' models.
 
 **Calibration.** Each kind's step time is measured on this machine by training its first
 model for a few steps (`CALIBRATION_STEPS`) in the shared loop and stopping it at a
@@ -27,8 +29,9 @@ step, and a checkpoint (validation on the held-out images and saving the state).
 aside first, then every model's fixed costs (setting up, the first step, the final
 evaluation). The rest is split in proportion to what each model needs: its `NEEDED_STEPS`
 (the unconditional model the most, since H*(x) is the reference every estimate uses) times
-its step time. Every model gets the same share of its need; with a large budget the share
-is above 1 and early stopping ends a model that has converged. Each model trains under a
+its step time. Every model gets the same share of its need, except that a model whose whole
+need costs under `CHEAP_FRACTION` of the time (an MSE decoder: seconds) gets all of it; with
+a large budget the share is above 1 and early stopping ends a model that has converged. Each model trains under a
 wall-clock cap (`max_time`), recomputed just before it starts from the time then left, so a
 model that stopped early or a slow evaluation moves time to or from those still to come.
 A budget that cannot give every model a tenth of its need is refused in one line naming
@@ -57,6 +60,7 @@ UNCONDITIONAL_STEPS = 2600
 STEPS_PER_CHECKPOINT = {"pixelcnn": 200, "mse": 100, "cinn": 250, "gan": 250, AUTOENCODER: 250}
 CALIBRATION_STEPS = 6
 MIN_SHARE = 0.1  # below this share of its need, a model is not worth training
+CHEAP_FRACTION = 0.05  # a model whose whole need costs less than this of the time gets all of it
 AUTO_PIXELCNN_SHARE = 0.25  # auto keeps pixelcnn only if every PixelCNN++ gets this share
 PIXELCNN_MAX_SIDE = 32
 SAMPLING_KINDS = ("pixelcnn", "cinn", "gan")  # kinds whose samples are drawn (mse repeats one image)
@@ -119,13 +123,14 @@ class Job:
         return STEPS_PER_CHECKPOINT.get(self.kind, 200)
 
 
-def jobs_for(layers: Sequence[str], kinds: Sequence[str]) -> list[Job]:
+def jobs_for(layers: Sequence[str], kinds: Sequence[str], *, exact_entropy: bool = False) -> list[Job]:
     """The models to train for layers and kinds, in training order: the autoencoder first (cinn
-    needs it), then layer by layer, then the unconditional PixelCNN++ (with pixelcnn)."""
+    needs it), then layer by layer, then the unconditional PixelCNN++ (with pixelcnn, unless
+    the images' entropy is known exactly)."""
     jobs = [Job(AUTOENCODER, "")] if "cinn" in kinds else []
     for layer in layers:
         jobs += [Job(kind, layer) for kind in kinds]
-    if "pixelcnn" in kinds:
+    if "pixelcnn" in kinds and not exact_entropy:
         jobs.append(Job("pixelcnn", UNCONDITIONAL))
     return jobs
 
@@ -151,6 +156,11 @@ class Calibration:
     def per_step(self, steps_per_checkpoint: int) -> float:
         """A step's seconds with its share of the validations."""
         return self.step + self.checkpoint / steps_per_checkpoint
+
+    def scaled(self, factor: float) -> "Calibration":
+        """These times on a machine `factor` times as slow (a lane with fewer threads, a busy machine)."""
+        return Calibration(self.step * factor, self.setup * factor, self.first_step * factor,
+                           self.checkpoint * factor, self.steps)
 
 
 class CalibrationDone(Exception):
@@ -219,11 +229,17 @@ def allocate(jobs: Sequence[Job], calibrations: dict[str, Calibration], seconds:
     if not jobs:
         return []
     cal = [calibrations[job.calibration_key] for job in jobs]
-    fixed = sum(c.fixed() for c in cal)
+    pool = seconds - sum(c.fixed() for c in cal)
     needs = [job.needed_steps * c.per_step(job.steps_per_checkpoint) for job, c in zip(jobs, cal)]
-    share = max(0.0, (seconds - fixed) / sum(needs))
+    share = max(0.0, pool / sum(needs))
+    shares = [share] * len(jobs)
+    cheap = [need <= CHEAP_FRACTION * pool for need in needs]
+    if share < 1 and any(cheap) and not all(cheap):
+        rest = max(0.0, (pool - sum(n for n, c in zip(needs, cheap) if c))
+                   / sum(n for n, c in zip(needs, cheap) if not c))
+        shares = [1.0 if c else rest for c in cheap]
     planned = []
-    for job, c, need in zip(jobs, cal, needs):
+    for job, c, share in zip(jobs, cal, shares):
         steps = max(1, int(job.needed_steps * share))
         loop = c.first_step + steps * c.per_step(job.steps_per_checkpoint)
         planned.append(PlannedJob(job, steps, loop, c.setup + loop + 2 * c.checkpoint, share))
@@ -276,83 +292,134 @@ def evaluation_seconds(kinds: Sequence[str], calibrations: dict[str, Calibration
     return total
 
 
-# --- the plan -----------------------------------------------------------------------
+# --- lanes and the plan ---------------------------------------------------------------
+
+
+def assign_lanes(weights: dict[str, float], lanes: int) -> list[list[str]]:
+    """Groups (a layer's models, or the unconditional model) onto `lanes` lanes that run side by
+    side: the heaviest first, each onto the lane with least work so far; a lane keeps its groups
+    in the order they were given (layer order)."""
+    order = list(weights)
+    loads, members = [0.0] * max(1, lanes), [[] for _ in range(max(1, lanes))]
+    for name in sorted(order, key=lambda n: -weights[n]):
+        lane = loads.index(min(loads))
+        loads[lane] += weights[name]
+        members[lane].append(name)
+    return [sorted(group, key=order.index) for group in members if group]
 
 
 @dataclass
 class Plan:
-    """The plan as printed before training and kept in plan.json."""
+    """The plan as printed before training and kept in inspect.json: each lane's models and
+    evaluation, run side by side after `spent`, then the report."""
 
     budget: float
     spent: float  # before training: extraction and calibration (and earlier runs)
-    evaluation: float
+    lanes: list[list[str]]  # the groups of each lane
+    evaluations: list[float]  # each lane's evaluation estimate
     report: float
     rows: list[PlannedJob]
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def training(self) -> float:
-        return sum(r.seconds for r in self.rows)
+    def lane_seconds(self, lane: int) -> float:
+        groups = set(self.lanes[lane])
+        return sum(r.seconds for r in self.rows if _group(r.job) in groups) + self.evaluations[lane]
 
     @property
     def total(self) -> float:
-        return self.spent + self.training + self.evaluation + self.report
+        longest = max((self.lane_seconds(i) for i in range(len(self.lanes))), default=0.0)
+        return self.spent + longest + self.report
+
+    def lane_of(self, job: Job) -> int:
+        return next(i for i, groups in enumerate(self.lanes) if _group(job) in groups)
 
     def to_json(self) -> dict:
-        return {"budget": self.budget, "spent": self.spent, "evaluation": self.evaluation, "report": self.report,
-                "training": self.training, "total": self.total, "rows": [r.row() for r in self.rows],
+        return {"budget": self.budget, "spent": self.spent, "lanes": self.lanes, "evaluations": self.evaluations,
+                "report": self.report, "total": self.total, "rows": [r.row() for r in self.rows],
                 "notes": self.notes}
 
 
-def make_plan(jobs: Sequence[Job], calibrations: dict[str, Calibration], *, budget: float, spent: float,
-              evaluation_of: Callable[[Sequence[Job]], float], report: float = REPORT_SECONDS,
-              notes: Sequence[str] = (), optional: Sequence[str] = (), flag: str = "--budget") -> Plan:
-    """The plan for what is left of `budget` after `spent`; one line if it cannot train every job.
+def _group(job: Job) -> str:
+    return job.layer
 
-    `evaluation_of(jobs)` estimates the evaluation of the jobs' layers. Kinds in `optional`
-    (auto's pixelcnn) are left out when they would get less than AUTO_PIXELCNN_SHARE of their need."""
+
+def make_plan(jobs: Sequence[Job], calibrations: dict[str, Calibration], *, budget: float, spent: float,
+              lanes: int = 1, evaluation_of: Callable[[Sequence[Job]], float], report: float = REPORT_SECONDS,
+              notes: Sequence[str] = (), optional: Sequence[str] = (), flag: str = "--budget") -> Plan:
+    """The plan for what is left of `budget` after `spent`, with the jobs' groups (by layer) on
+    `lanes` lanes side by side; one line if it cannot train every job.
+
+    `evaluation_of(jobs)` estimates the evaluation of the jobs' layers. Each lane's models share
+    the time its evaluation leaves (`allocate`). Kinds in `optional` (auto's pixelcnn) are left
+    out when they would get less than AUTO_PIXELCNN_SHARE of their need."""
     notes = list(notes)
-    jobs = list(jobs)
+    jobs = [job for job in jobs if job.kind != AUTOENCODER]  # trained before the plan (see run)
+    left = budget - spent - report
 
     def attempt(selected):
-        evaluation = evaluation_of(selected)
-        return evaluation, allocate(selected, calibrations, budget - spent - evaluation - report)
+        groups: dict[str, list[Job]] = {}
+        for job in selected:
+            groups.setdefault(_group(job), []).append(job)
+        weights = {name: sum(calibrations[j.calibration_key].fixed() + j.needed_steps *
+                             calibrations[j.calibration_key].per_step(j.steps_per_checkpoint) for j in members)
+                   + evaluation_of(members) for name, members in groups.items()}
+        assigned = assign_lanes(weights, lanes)
+        rows, evaluations = [], []
+        for lane in assigned:
+            members = [job for name in lane for job in groups[name]]
+            evaluations.append(evaluation_of(members))
+            rows += allocate(members, calibrations, left - evaluations[-1])
+        return Plan(budget, spent, assigned, evaluations, report, rows, notes)
 
-    evaluation, rows = attempt(jobs)
+    plan = attempt(jobs)
     dropped = [job for job in jobs if job.kind in optional]
-    if dropped and rows and rows[0].share < AUTO_PIXELCNN_SHARE and len(dropped) < len(jobs):
+    if dropped and plan.rows and _least_share(plan.rows) < AUTO_PIXELCNN_SHARE and len(dropped) < len(jobs):
         kinds = sorted({job.kind for job in dropped})
-        notes.append(f"{', '.join(kinds)} left out: the budget would give it {rows[0].share:.0%} of the steps it "
-                     f"needs, less than {AUTO_PIXELCNN_SHARE:.0%}; name it in --kinds to train it anyway")
+        notes.append(f"{', '.join(kinds)} left out: the budget would give it {_least_share(plan.rows):.0%} of the "
+                     f"steps it needs, less than {AUTO_PIXELCNN_SHARE:.0%}; name it in --kinds to train it anyway")
         jobs = [job for job in jobs if job.kind not in optional]
-        evaluation, rows = attempt(jobs)
-    if rows and rows[0].share < MIN_SHARE:
-        needed = spent + evaluation + report + minimum_seconds(jobs, calibrations)
+        plan = attempt(jobs)
+    if plan.rows and _least_share(plan.rows) < MIN_SHARE:
+        longest = max(plan.evaluations[i] + minimum_seconds([r.job for r in plan.rows if _group(r.job) in lane],
+                                                            calibrations)
+                      for i, lane in enumerate(map(set, plan.lanes)))
+        needed = spent + report + longest
         raise InvkerasError(f"{flag} {format_duration(budget)}: too small to train anything here: "
                             f"{len(jobs)} models on this machine need at least {format_duration(needed)} "
                             f"({format_duration(spent)} of it spent on extraction and calibration); give "
                             f"{flag} {format_duration(math.ceil(needed / 60) * 60)} or more, or fewer --layers "
                             "or --kinds")
-    return Plan(budget, spent, evaluation, report, rows, notes)
+    return plan
+
+
+def _least_share(rows: Sequence[PlannedJob]) -> float:
+    return min(row.share for row in rows)
 
 
 def plan_table(plan: Plan, calibrations: dict[str, Calibration]):
-    """The plan as a rich table: one row per model, then the fixed costs and the total."""
+    """The plan as a rich table: one row per model (with its lane when there are several), then
+    the fixed costs and the total."""
     from rich.table import Table
 
-    table = Table(title=f"Plan for a budget of {format_duration(plan.budget)}", title_justify="left")
-    for column in ("layer", "kind", "steps", "share of need", "step", "expected"):
-        table.add_column(column, justify="right" if column not in ("layer", "kind") else "left")
-    for row in plan.rows:
+    several = len(plan.lanes) > 1
+    table = Table(title=f"Plan for a budget of {format_duration(plan.budget)}"
+                        + (f", {len(plan.lanes)} lanes side by side" if several else ""), title_justify="left")
+    columns = (["lane"] if several else []) + ["layer", "kind", "steps", "share of need", "step", "expected"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("lane", "layer", "kind") else "right")
+    for row in sorted(plan.rows, key=lambda r: plan.lane_of(r.job)):
         c = calibrations[row.job.calibration_key]
-        layer = "(images only)" if row.job.layer == UNCONDITIONAL else (row.job.layer or "(images)")
-        table.add_row(layer, row.job.kind, f"{row.steps:,}", f"{row.share:.0%}", f"{1000 * c.step:.0f} ms",
-                      format_duration(row.seconds))
+        layer = "(images only)" if row.job.layer == UNCONDITIONAL else row.job.layer
+        cells = [layer, row.job.kind, f"{row.steps:,}", f"{row.share:.0%}", f"{1000 * c.step:.0f} ms",
+                 format_duration(row.seconds)]
+        table.add_row(*([str(plan.lane_of(row.job) + 1)] if several else []), *cells)
     table.add_section()
-    table.add_row("extraction, calibration", "", "", "", "", format_duration(plan.spent))
-    table.add_row("samples, comparisons", "", "", "", "", format_duration(plan.evaluation))
-    table.add_row("information, report", "", "", "", "", format_duration(plan.report))
-    table.add_row("total", "", "", "", "", f"{format_duration(plan.total)} of {format_duration(plan.budget)}")
+    pad = [""] * (len(columns) - 2)
+    evaluation = " + ".join(format_duration(e) for e in plan.evaluations) or "0s"
+    table.add_row("extraction, calibration", *pad, format_duration(plan.spent))
+    table.add_row("samples, comparisons" + (" (per lane)" if several else ""), *pad, evaluation)
+    table.add_row("information, report", *pad, format_duration(plan.report))
+    table.add_row("total", *pad, f"{format_duration(plan.total)} of {format_duration(plan.budget)}")
     return table
 
 

@@ -3,9 +3,10 @@
     1. check the model (a classifier of these images), choose its layers (`layers`), copy it
        to `<out>/classifier.keras` and extract the layers' features once
     2. calibrate each kind's step time and plan the budget (`plan`), printed as a table
-    3. layer by layer: train each kind's inverter under its wall-clock cap, then draw its
-       sample grids and compare the kinds in the layer's space; last, the unconditional
-       PixelCNN++ (with pixelcnn), the reference of the information estimates
+    3. layer by layer, in lanes side by side as the machine's cores allow (`lanes`): train
+       each kind's inverter under its wall-clock cap, then draw its sample grids and compare
+       the kinds in the layer's space; and the unconditional PixelCNN++ (with pixelcnn, unless
+       the images' entropy is known exactly), the reference of the information estimates
     4. the information table (NCE per layer, with intervals), the classifier's test accuracy,
        and the report: `<out>/report.html` with its Markdown twin
 
@@ -15,6 +16,7 @@ Everything is written under `<out>` (default runs/<dataset>/inspect):
     inspect.json                            the plan, the calibration, what ran and how long
     classifier.keras (+ .meta.json)         the inspected model, as it was, with its test accuracy
     classifier-features/<layer>/<split>/    the extracted (x, h) pairs
+    logs/lane-<n>.log                       what each lane printed, when there are several
     autoencoder/                            the autoencoder of kind cinn
     inverters/<kind>/<layer>/               each inverter, its sample grids
     comparisons/<layer>/                    the kinds compared in the layer's space
@@ -29,12 +31,11 @@ from __future__ import annotations
 
 import filecmp
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -43,23 +44,11 @@ from invkeras.errors import InvkerasError
 from invkeras.inspection import plan as planning
 from invkeras.inspection.config import InspectConfig, format_duration
 from invkeras.inspection.layers import LayerChoice
+from invkeras.inspection.workspace import ARCH, COMPARISON, Subject, Workspace, evaluation_sizes, grids_of, made_with
 
 STATE_FILE = "inspect.json"
 CLASSIFIER_FILE = "classifier.keras"
 CLASSIFIER_KIND = "inspected-classifier"
-ARCH = "inspect"  # the configs' arch: a name only, since every path is given
-SAMPLE_GRID = "samples.png"
-RECONSTRUCTION_GRID = "samples_reconstruction.png"
-COMPARISON = "compare.json"
-GRID_BATCH = 64  # every sampling call draws a multiple of this, so each model builds one sampler
-# The compare top-k grids: TOPK_INPUTS inputs x TOPK_SAMPLES samples (one sampling batch), best TOP_K shown.
-TOPK_INPUTS, TOPK_SAMPLES, TOP_K = 4, 16, 4
-MAX_NEIGHBOUR_SEARCH = 20_000  # training images the 1NN search reads at most
-# Settings of each kind for budgets of minutes on a CPU (the demo's measured choices for pixelcnn).
-KIND_SETTINGS: dict[str, dict[str, Any]] = {
-    "pixelcnn": {"scale": "tiny", "filters": 16, "learning_rate": 0.003},
-    "gan": {"scale": "tiny"},
-}
 
 
 @dataclass
@@ -107,21 +96,6 @@ class Stages:
 
 
 # --- the model and its layers ---------------------------------------------------------------
-
-
-@dataclass
-class Subject:
-    """What is inspected: the layers, where each layer's pairs come from, and the images' facts."""
-
-    layers: list[LayerChoice]
-    image_shape: tuple[int, int, int]
-    classifier: Path | None  # the copy under <out>, None with user features
-    features: dict[str, Path]  # layer -> user features (with --features)
-    model_name: str
-    dataset: str
-    train_examples: int
-    entropy_nats: float | None
-    num_classes: int | None
 
 
 def snapshot_classifier(model_path: Path, out: Path) -> Path:
@@ -194,77 +168,6 @@ def _feature_subject(config: InspectConfig) -> Subject:
                    config.dataset or f"features:{root}", train_examples, None, None)
 
 
-# --- the configs of what is trained ---------------------------------------------------------
-
-
-class Workspace:
-    """Where each model of an inspection lives, and the config that trains it."""
-
-    def __init__(self, config: InspectConfig, subject: Subject, out: Path):
-        self.config, self.subject, self.out = config, subject, out
-
-    def inverter_dir(self, kind: str, layer: str) -> Path:
-        return self.out / "inverters" / kind / layer
-
-    def autoencoder_dir(self) -> Path:
-        return self.out / "autoencoder"
-
-    def job_dir(self, job: planning.Job) -> Path:
-        return self.autoencoder_dir() if job.kind == planning.AUTOENCODER else self.inverter_dir(job.kind, job.layer)
-
-    def model_file(self, job: planning.Job) -> Path:
-        from invkeras.autoencoders.training import MODEL_FILE as AUTOENCODER_FILE
-        from invkeras.inverters import MODEL_FILE
-
-        return self.job_dir(job) / (AUTOENCODER_FILE if job.kind == planning.AUTOENCODER else MODEL_FILE)
-
-    def finished(self, job: planning.Job) -> bool:
-        return artifacts.is_complete(self.model_file(job))
-
-    def progress(self, job: planning.Job) -> dict:
-        """The resume state of an unfinished job: its step and the seconds its loop used."""
-        from invkeras.training import BACKUP_DIR, Backup
-
-        return Backup(self.job_dir(job) / BACKUP_DIR).progress() or {"step": 0, "seconds": 0.0}
-
-    def data_options(self, layer: str) -> dict:
-        config, subject = self.config, self.subject
-        options = dict(seed=config.seed, workspace=str(self.out), arch=ARCH, eval_examples=config.eval_examples,
-                       layer=layer)
-        if subject.features:
-            source = subject.features.get(layer) or next(iter(subject.features.values()))
-            options.update(features=str(source), dataset=config.dataset or "procedural")
-        else:
-            options.update(dataset=config.dataset, data_dir=config.data_dir, model=str(subject.classifier))
-        return options
-
-    def job_config(self, job: planning.Job, **schedule):
-        """The config that trains `job`, with `schedule` (max_steps, max_time) on top."""
-        if job.kind == planning.AUTOENCODER:
-            from invkeras.autoencoders.training import AutoencoderConfig
-
-            source = self.data_options("none")
-            return AutoencoderConfig(dataset=source["dataset"], data_dir=source.get("data_dir"), seed=self.config.seed,
-                                     out=str(self.autoencoder_dir()), eval_examples=self.config.eval_examples,
-                                     steps_per_checkpoint=job.steps_per_checkpoint, **schedule)
-        from invkeras.inverters import config_for
-
-        options = {**self.data_options(job.layer), **KIND_SETTINGS.get(job.kind, {}),
-                   "out": str(self.job_dir(job)), "steps_per_checkpoint": job.steps_per_checkpoint, **schedule}
-        if job.kind == "cinn":
-            options["autoencoder"] = str(self.autoencoder_dir())
-        return config_for(job.kind, options)
-
-    def train(self, job: planning.Job, config, *, hooks=(), progress: bool = True):
-        if job.kind == planning.AUTOENCODER:
-            from invkeras.autoencoders.training import train_autoencoder
-
-            return train_autoencoder(config, hooks=hooks, progress=progress)
-        from invkeras.inverters import train_inverter
-
-        return train_inverter(config, hooks=hooks, progress=progress)
-
-
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -283,6 +186,8 @@ def inspect_classifier(config: InspectConfig, console=None) -> InspectResult:
     """Inspect every chosen layer of a classifier within `config.budget` (the module docstring
     says what, where and in which order); rerunning continues an interrupted run."""
     from rich.console import Console
+
+    from invkeras.inspection.lanes import available_cores, run_lanes
 
     console = console or Console(stderr=True)
     call_started = time.monotonic()
@@ -305,8 +210,9 @@ def inspect_classifier(config: InspectConfig, console=None) -> InspectResult:
     if subject.features and "cinn" in kinds and not config.dataset:
         raise InvkerasError("--kinds cinn with --features needs --dataset too: its autoencoder trains on the images")
     workspace = Workspace(config, subject, out)
-    jobs = planning.jobs_for([layer.name for layer in subject.layers], kinds)
-    stages = Stages(console, clock, total=(subject.classifier is not None) + 1 + len(jobs) + len(subject.layers) + 1)
+    jobs = planning.jobs_for([layer.name for layer in subject.layers], kinds,
+                             exact_entropy=subject.entropy_nats is not None)
+    stages = Stages(console, clock, total=(subject.classifier is not None) + 4)
     console.print(f"inspect: {subject.model_name} on {subject.dataset}: layers "
                   + ", ".join(f"{layer.name} ({layer.role})" for layer in subject.layers)
                   + f"; kinds {', '.join(kinds)}" + (" (auto)" if config.auto_kinds else ""), highlight=False)
@@ -318,57 +224,51 @@ def inspect_classifier(config: InspectConfig, console=None) -> InspectResult:
 
     stages.start("calibrate each kind's step time")
     calibrations = planning.calibrations_from_json(state.get("calibration") or {})
-    todo = [job for job in jobs if not workspace.finished(job)]
     trained: dict[str, dict] = dict(state.get("trained") or {})
-    _calibrate(workspace, todo, calibrations, trained, console, clock, save_state)
+    _calibrate(workspace, [job for job in jobs if not workspace.finished(job)], calibrations, trained, console,
+               clock, save_state)
     save_state(calibration=planning.calibration_json(calibrations), trained=trained)
 
-    sizes = _evaluation_sizes(config, subject)
-    evaluated = {layer.name for layer in subject.layers if _layer_evaluated(workspace, layer.name, kinds)}
+    sizes = evaluation_sizes(config, subject)
+    evaluated = {layer.name for layer in subject.layers if _layer_done(workspace, layer.name, kinds)}
 
     def evaluation_of(selected: Sequence[planning.Job]) -> float:
-        """The estimated evaluation of the layers not evaluated yet, for the kinds of `selected`."""
-        chosen = sorted({job.kind for job in selected if job.kind != planning.AUTOENCODER})
-        left = sum(layer.name not in evaluated for layer in subject.layers)
-        return left * planning.evaluation_seconds(chosen, calibrations, sizes)
+        """The estimated evaluation of the selected jobs' layers not evaluated yet, for all their kinds."""
+        layers = {job.layer for job in selected} - evaluated - {planning.UNCONDITIONAL}
+        chosen = sorted({job.kind for job in jobs if job.layer in layers})
+        return len(layers) * planning.evaluation_seconds(chosen, calibrations, sizes)
 
     todo = [job for job in jobs if not workspace.finished(job)]
-    plan = planning.make_plan(todo, calibrations, budget=config.budget, spent=clock.spent(),
+    groups = [layer.name for layer in subject.layers] + [planning.UNCONDITIONAL]
+    lanes = max(1, min(available_cores(), len({job.layer for job in todo}) or 1))
+    plan = planning.make_plan(todo, calibrations, budget=config.budget, spent=clock.spent(), lanes=lanes,
                               evaluation_of=evaluation_of, notes=kind_notes,
                               optional=("pixelcnn",) if config.auto_kinds else ())
     kept = {row.job.key for row in plan.rows}
-    if len(kept) < len(todo):  # auto left pixelcnn out
-        kinds = [kind for kind in kinds if any(job.kind == kind and job.key in kept for job in todo)
-                 or any(job.kind == kind and workspace.finished(job) for job in jobs)]
+    if any(job.key not in kept for job in todo if job.kind != planning.AUTOENCODER):  # auto left pixelcnn out
         jobs = [job for job in jobs if job.key in kept or workspace.finished(job)]
+        kinds = [kind for kind in kinds if any(job.kind == kind for job in jobs)]
     console.print(planning.plan_table(plan, calibrations))
     for note in plan.notes:
         console.print(f"  {note}", highlight=False)
     save_state(plan=plan.to_json(), kinds=kinds)
 
-    # Layer by layer: train, then evaluate, so a slow evaluation shortens what follows it.
-    estimate_factor = 1.0
-    for layer in subject.layers:
-        for job in [job for job in jobs if job.layer == layer.name]:
-            trained[job.key] = _train_job(workspace, job, jobs, calibrations, clock, stages, evaluation_of,
-                                          estimate_factor, trained.get(job.key))
-            save_state(trained=trained)
-        if layer.name not in evaluated:
-            stages.start(f"samples and comparison of layer {layer.name}")
-            estimated = planning.evaluation_seconds(kinds, calibrations, sizes)
-            started = time.monotonic()
-            _evaluate_layer(workspace, layer.name, kinds, config)
-            evaluated.add(layer.name)
-            seconds = time.monotonic() - started
-            if estimated > 0:
-                estimate_factor = max(0.5, seconds / estimated)
-            evaluations = state.setdefault("evaluations", {})
-            evaluations[layer.name] = {"seconds": seconds, "estimated": estimated}
-            save_state()
-    for job in [job for job in jobs if job.layer == planning.UNCONDITIONAL]:
-        trained[job.key] = _train_job(workspace, job, jobs, calibrations, clock, stages, evaluation_of,
-                                      estimate_factor, trained.get(job.key))
+    # Every group (a layer's models, the unconditional model) that is not done, on the plan's
+    # lanes; a done group goes to the first lane, which only notes it.
+    lane_groups = [list(lane) for lane in plan.lanes] or [[]]
+    for group in groups:
+        if any(job.layer == group for job in jobs) and not any(group in lane for lane in lane_groups):
+            lane_groups[0].append(group)
+    lane_groups = [sorted(lane, key=groups.index) for lane in lane_groups]
+    stages.start("train and evaluate, " + (f"{len(lane_groups)} lanes side by side" if len(lane_groups) > 1
+                                           else "layer by layer"))
+    deadline = time.time() + clock.left() - plan.report
+    def record(results: dict) -> None:
+        trained.update(results["trained"])
+        state.setdefault("evaluations", {}).update(results["evaluations"])
         save_state(trained=trained)
+
+    record(run_lanes(workspace, lane_groups, jobs, kinds, calibrations, deadline, console, record=record))
 
     stages.start("information estimates, test accuracy and the report")
     information = _information(workspace, subject, kinds)
@@ -385,6 +285,12 @@ def inspect_classifier(config: InspectConfig, console=None) -> InspectResult:
                          {key: int(value.get("steps", 0)) for key, value in trained.items()})
 
 
+def _layer_done(workspace: Workspace, layer: str, kinds: Sequence[str]) -> bool:
+    from invkeras.inspection.workspace import layer_evaluated
+
+    return layer_evaluated(workspace, layer, kinds)
+
+
 def _extract(workspace: Workspace) -> None:
     from invkeras.data.features import ExtractConfig, extract_features
 
@@ -396,8 +302,10 @@ def _extract(workspace: Workspace) -> None:
 
 def _calibrate(workspace: Workspace, jobs: Sequence[planning.Job], calibrations: dict, trained: dict, console,
                clock: Clock, save_state: Callable) -> None:
-    """Time the first unfinished job of each kind, unless measured before; with cinn,
-    train the autoencoder first (cinn's steps need it), under its share of the plan."""
+    """Time the first unfinished job of each kind, unless measured before; with cinn, train the
+    autoencoder first (cinn's steps need it), under its share of the plan."""
+    from invkeras.inspection.lanes import train_for
+
     def measure(job: planning.Job) -> None:
         done = int(workspace.progress(job).get("step", 0))
         config = workspace.job_config(job, max_steps=done + planning.CALIBRATION_STEPS)
@@ -416,168 +324,32 @@ def _calibrate(workspace: Workspace, jobs: Sequence[planning.Job], calibrations:
         # Its share, with cinn's step time taken as the autoencoder's until cinn can be measured.
         assumed = {**{key: calibrations[planning.AUTOENCODER] for key in first}, **calibrations}
         share = planning.allocate(jobs, assumed, clock.left() * 0.8)[0]
-        trained[autoencoder.key] = {**_train(workspace, autoencoder, share.steps, share.loop_seconds, console),
+        console.print(f"  training the autoencoder cinn needs: about {share.steps:,} steps in "
+                      f"{format_duration(share.loop_seconds)}", highlight=False)
+        trained[autoencoder.key] = {**train_for(workspace, autoencoder, share.steps, share.loop_seconds),
                                     "share": share.share}
     for key, job in first.items():
         if key not in calibrations:
             measure(job)
 
 
-def _train(workspace: Workspace, job: planning.Job, steps: int, loop_seconds: float, console) -> dict:
-    """Train `job` for about `steps` more steps under a cap of `loop_seconds` more seconds."""
-    progress = workspace.progress(job)
-    done, used = int(progress.get("step", 0)), float(progress.get("seconds", 0.0))
-    config = workspace.job_config(job, max_steps=done + max(1, math.ceil(1.5 * steps)),
-                                  max_time=max(1.0, used + loop_seconds))
-    started = time.monotonic()
-    result = workspace.train(job, config)
-    return {"steps": int(result.steps), "seconds": time.monotonic() - started, "planned_steps": done + steps,
-            "planned_seconds": loop_seconds, "stopped_early": bool(getattr(result, "stopped_early", False)),
-            "max_time": config.max_time, "max_steps": config.max_steps}
-
-
-def _train_job(workspace: Workspace, job: planning.Job, jobs: Sequence[planning.Job], calibrations: dict,
-               clock: Clock, stages: Stages, evaluation_of: Callable, estimate_factor: float,
-               before: dict | None) -> dict:
-    """Train one job under the share of the time left that the plan's rule gives it now."""
-    if workspace.finished(job):
-        stages.start(f"{job.kind} {job.layer}: trained already")
-        return before or _finished_facts(workspace, job)
-    remaining = [j for j in jobs if not workspace.finished(j)]
-    evaluation = evaluation_of(jobs) * estimate_factor  # every kind of the layers still to evaluate
-    share = planning.allocate(remaining, calibrations, clock.left() - evaluation - planning.REPORT_SECONDS)
-    mine = next(row for row in share if row.job.key == job.key)
-    minimum = planning.MIN_SHARE * job.needed_steps
-    steps = max(mine.steps, int(minimum))
-    cal = calibrations[job.calibration_key]
-    loop = max(mine.loop_seconds, cal.first_step + steps * cal.per_step(job.steps_per_checkpoint))
-    stages.start(f"train {job.kind} {'(images only)' if job.layer == planning.UNCONDITIONAL else job.layer}: "
-                 f"about {steps:,} steps in {format_duration(loop)}")
-    facts = _train(workspace, job, steps, loop, stages.console)
-    return {**facts, "share": mine.share}
-
-
-def _finished_facts(workspace: Workspace, job: planning.Job) -> dict:
-    meta = artifacts.read_metadata(workspace.model_file(job)) or {}
-    results = meta.get("results") or {}
-    return {"steps": int(results.get("steps") or 0), "seconds": float(results.get("seconds") or 0.0)}
-
-
-# --- evaluation ----------------------------------------------------------------------------
-
-
-def _evaluation_sizes(config: InspectConfig, subject: Subject) -> planning.EvaluationSizes:
-    height, width, _ = subject.image_shape
-    dims = max((int(np.prod([d or 1 for d in layer.shape])) for layer in subject.layers), default=1)
-    return planning.EvaluationSizes(
-        image_pixels=height * width, grid_images=_grid_total(config),
-        compare_images=_compare_images(config), compare_samples=config.compare_samples,
-        topk_images=TOPK_INPUTS * TOPK_SAMPLES, train_examples=min(subject.train_examples, MAX_NEIGHBOUR_SEARCH),
-        feature_dims=dims)
-
-
-def _grid_total(config: InspectConfig) -> int:
-    return config.grid_inputs * config.grid_samples
-
-
-def _compare_images(config: InspectConfig) -> int:
-    """The comparison's images, rounded so that its samples fill whole sampling batches."""
-    per_batch = GRID_BATCH // math.gcd(GRID_BATCH, config.compare_samples)
-    return max(per_batch, config.compare_images // per_batch * per_batch)
-
-
-def sample_config(workspace: Workspace, kind: str, layer: str):
-    from invkeras.analyses.samples import SampleConfig
-
-    config = workspace.config
-    return SampleConfig(inverter=str(workspace.inverter_dir(kind, layer)), num_inputs=config.grid_inputs,
-                        num_samples=config.grid_samples, seed=config.seed, batch_size=GRID_BATCH)
-
-
-def compare_config(workspace: Workspace, kinds: Sequence[str], layer: str):
-    from invkeras.analyses.compare import CompareConfig
-
-    config = workspace.config
-    return CompareConfig(inverters=[str(workspace.inverter_dir(kind, layer)) for kind in kinds],
-                         num_images=_compare_images(config), num_samples=config.compare_samples, seed=config.seed,
-                         top_k=TOP_K, grid_samples=TOPK_SAMPLES, grid_inputs=TOPK_INPUTS, batch_size=GRID_BATCH,
-                         max_train_examples=MAX_NEIGHBOUR_SEARCH, out=str(workspace.out / "comparisons" / layer))
-
-
-def _made_with(path: Path, config) -> bool:
-    """An artefact is done when it is complete and was made with these very settings."""
-    if not artifacts.is_complete(path):
-        return False
-    recorded = (artifacts.read_metadata(path) or {}).get("config") or {}
-    wanted = config.model_dump(mode="json")
-    return all(recorded.get(k) == v for k, v in wanted.items() if k not in ("inverter", "inverters", "out"))
-
-
-def _layer_evaluated(workspace: Workspace, layer: str, kinds: Sequence[str]) -> bool:
-    grids = _grids_of(workspace, layer, kinds)
-    comparison = workspace.out / "comparisons" / layer / COMPARISON
-    needs_comparison = workspace.subject.classifier is not None
-    return all(artifacts.is_complete(path) for path in grids) and (not needs_comparison or
-                                                                   artifacts.is_complete(comparison))
-
-
-def _sampling_kinds(kinds: Sequence[str]) -> list[str]:
-    return [kind for kind in kinds if kind in planning.SAMPLING_KINDS]
-
-
-def _grids_of(workspace: Workspace, layer: str, kinds: Sequence[str]) -> list[Path]:
-    """The grids a layer's evaluation writes: samples of each sampling kind (mse's only when it
-    is alone), and the first sampling kind's samples beside the mse reconstruction."""
-    sampling = _sampling_kinds(kinds) or [kind for kind in kinds if kind == "mse"]
-    grids = [workspace.inverter_dir(kind, layer) / SAMPLE_GRID for kind in sampling]
-    if "mse" in kinds and _sampling_kinds(kinds):
-        grids.append(workspace.inverter_dir(_sampling_kinds(kinds)[0], layer) / RECONSTRUCTION_GRID)
-    return grids
-
-
-def _evaluate_layer(workspace: Workspace, layer: str, kinds: Sequence[str], config: InspectConfig) -> None:
-    """Sample grids of each kind, the samples beside the MSE reconstruction, and the comparison."""
-    from invkeras.analyses.compare import compare_inverters
-    from invkeras.analyses.samples import draw_inversions, save_samples_with_reconstruction
-    from invkeras.inverters import load_inverter
-
-    sampling = _sampling_kinds(kinds) or [kind for kind in kinds if kind == "mse"]
-    beside_mse = _sampling_kinds(kinds)[0] if "mse" in kinds and _sampling_kinds(kinds) else None
-    for kind in sampling:
-        settings = sample_config(workspace, kind, layer)
-        grid = workspace.inverter_dir(kind, layer) / SAMPLE_GRID
-        reconstruction = workspace.inverter_dir(kind, layer) / RECONSTRUCTION_GRID
-        with_mse = kind == beside_mse
-        if _made_with(grid, settings) and (not with_mse or _made_with(reconstruction, settings)):
-            continue
-        inverter = load_inverter(settings.inverter)
-        if not _made_with(grid, settings):
-            draw_inversions(settings, inverter=inverter)
-        if with_mse:
-            save_samples_with_reconstruction(settings, str(workspace.inverter_dir("mse", layer)), inverter=inverter)
-    if workspace.subject.classifier is None:
-        return  # user features: no classifier to read the samples' features with
-    settings = compare_config(workspace, kinds, layer)
-    if not _made_with(Path(settings.out) / COMPARISON, settings):
-        compare_inverters(settings)
-
-
 # --- information, accuracy ------------------------------------------------------------------
 
 
 def _information(workspace: Workspace, subject: Subject, kinds: Sequence[str]) -> Path | None:
-    """NCE per layer against the unconditional model (pixelcnn only): mi/test.json."""
+    """NCE per layer (pixelcnn only), against the unconditional model where there is one: mi/test.json."""
     if "pixelcnn" not in kinds:
         return None
     from invkeras.analyses.mi import EstimateMIConfig, estimate_mi
 
+    unconditional = planning.Job("pixelcnn", planning.UNCONDITIONAL)
     settings = EstimateMIConfig(
         inverters=[str(workspace.inverter_dir("pixelcnn", layer.name)) for layer in subject.layers],
-        unconditional=str(workspace.inverter_dir("pixelcnn", planning.UNCONDITIONAL)),
+        unconditional=str(workspace.job_dir(unconditional)) if workspace.finished(unconditional) else None,
         reference=subject.layers[0].name, split="test", eval_examples=workspace.config.eval_examples,
         out=str(workspace.out / "mi" / "test.json"))
     path = Path(str(settings.out))
-    if not _made_with(path, settings):
+    if not made_with(path, settings):
         estimate_mi(settings)
     return path
 
@@ -619,7 +391,7 @@ def _report_facts(workspace: Workspace, subject: Subject, kinds: Sequence[str], 
     config, out = workspace.config, workspace.out
     layers = []
     for layer in subject.layers:
-        grids = [path for path in _grids_of(workspace, layer.name, kinds) if path.is_file()]
+        grids = [path for path in grids_of(workspace, layer.name, kinds) if path.is_file()]
         comparison = out / "comparisons" / layer.name / COMPARISON
         topk = sorted((out / "comparisons" / layer.name).glob("compare_topk_*.png"))
         layers.append(LayerFacts(name=layer.name, role=layer.role, shape=layer.shape, grids=grids,
@@ -640,7 +412,7 @@ def _report_facts(workspace: Workspace, subject: Subject, kinds: Sequence[str], 
                              planned_seconds=row.seconds if row else None,
                              seconds=facts.get("seconds"), stopped_by=stopped,
                              headline=(results.get("test") or results.get("validation") or {}).get("headline")))
-    command = artifacts.current_command()
+    command = config.command_line()
     return InspectFacts(
         out_dir=out, model=subject.model_name, model_path=str(config.model or config.features),
         dataset=subject.dataset, budget=config.budget, spent=clock.spent(), seed=config.seed, command=command,

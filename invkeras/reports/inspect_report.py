@@ -231,7 +231,8 @@ def _information_section(facts: InspectFacts, out_stem: Path) -> Section | None:
                                                                           r.get("se (paired)")),
                      fmt(r.get("H*(x) - H*(x|h) [estimate]")), fmt(r.get("H(x) - H*(x|h) [lower bound on I]"))])
     entropy = information.get("entropy_nats")
-    note = ("layer 'none' is the unconditional model, whose NLL estimates H(x); "
+    unconditional = any(r.get("layer") == "none" for r in information.get("rows") or [])
+    note = (("layer 'none' is the unconditional model, whose NLL estimates H(x); " if unconditional else "")
             + (f"H(x) = {entropy:.3f} nats exactly (the dataset's images are drawn from a known distribution), "
                "so H(x) - H*(x|h) is a true lower bound on I(x;h)" if entropy is not None
                else "H(x) is not known for these images, so only the estimate H*(x) - H*(x|h) is given"))

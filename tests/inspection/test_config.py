@@ -42,3 +42,10 @@ def test_a_model_without_images_or_auto_among_named_kinds_is_refused():
     with pytest.raises(InvkerasError, match="'auto' stands alone"):
         InspectConfig(model="m.keras", dataset="procedural", kinds="auto,mse")
     assert InspectConfig(features="feats").dataset_label == "features-feats"
+
+
+def test_a_config_writes_back_the_command_line_that_asks_for_it():
+    config = InspectConfig(model="m.keras", dataset="npz:d.npz", layers="conv1,fc3", kinds="pixelcnn,mse",
+                           budget="5m30s")
+    assert config.command_line() == ("invkeras inspect --model m.keras --dataset npz:d.npz --layers conv1,fc3 "
+                                "--kinds pixelcnn,mse --budget 5m30s --seed 0")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from invkeras.errors import InvkerasError
-from invkeras.inspection.plan import (AUTOENCODER, MIN_SHARE, Calibration, EvaluationSizes, Job, allocate, calibrate,
-                                      choose_kinds, jobs_for, make_plan, minimum_seconds, plan_table)
+from invkeras.inspection.plan import (AUTOENCODER, MIN_SHARE, Calibration, EvaluationSizes, allocate, assign_lanes,
+                                      calibrate, choose_kinds, jobs_for, make_plan, minimum_seconds, plan_table)
 from invkeras.training import BACKUP_DIR, CompiledModelTrainee, Schedule, train
 
 PIXELCNN = Calibration(step=0.15, setup=3.0, first_step=8.0, checkpoint=1.0, steps=6)
@@ -35,16 +35,25 @@ def test_jobs_go_layer_by_layer_with_the_autoencoder_first_and_the_unconditional
     assert [job.key for job in jobs_for(["logits"], ["mse"])] == ["mse/logits"]
 
 
-def test_every_model_gets_the_same_share_of_its_need_and_the_whole_time():
+def test_images_of_exactly_known_entropy_need_no_unconditional_model():
+    keys = [job.key for job in jobs_for(["conv1"], ["pixelcnn", "mse"], exact_entropy=True)]
+    assert keys == ["pixelcnn/conv1", "mse/conv1"]
+
+
+def test_the_layers_models_share_the_time_in_proportion_to_their_needs_and_use_all_of_it():
     jobs = jobs_for(["conv1", "fc3"], ["pixelcnn", "mse"])
     rows = allocate(jobs, CALIBRATIONS, 600.0)
-    assert len({round(row.share, 9) for row in rows}) == 1
+    pixelcnn = [row for row in rows if row.job.kind == "pixelcnn"]
+    assert len({round(row.share, 9) for row in pixelcnn}) == 1 and pixelcnn[0].share < 1
     assert sum(row.seconds for row in rows) == pytest.approx(600.0, rel=0.01)
     steps = {row.job.key: row.steps for row in rows}
     assert steps["pixelcnn/none"] == pytest.approx(2.6 * steps["pixelcnn/conv1"], rel=0.01)  # H*(x) needs most
-    assert steps["mse/fc3"] == pytest.approx(0.8 * steps["pixelcnn/fc3"], rel=0.01)
+    # an MSE decoder's whole need is seconds: it gets all of it
+    assert steps["mse/fc3"] == steps["mse/conv1"] == 800
     more = allocate(jobs, CALIBRATIONS, 1200.0)
-    assert all(b.steps > a.steps for a, b in zip(rows, more))
+    assert all(b.steps >= a.steps for a, b in zip(rows, more)) and more[0].steps > rows[0].steps
+    roomy = allocate(jobs, CALIBRATIONS, 3000.0)
+    assert len({round(row.share, 9) for row in roomy}) == 1 and roomy[0].share > 1
 
 
 def _plan(budget, jobs=None, optional=()):
@@ -70,6 +79,23 @@ def test_auto_leaves_pixelcnn_out_when_the_budget_gives_it_under_a_quarter_of_it
     assert {row.job.kind for row in tight.rows} == {"mse"} and any("pixelcnn left out" in n for n in tight.notes)
     roomy = _plan(1500.0, optional=("pixelcnn",))
     assert {row.job.kind for row in roomy.rows} == {"pixelcnn", "mse"} and roomy.rows[0].share >= 0.25
+
+
+def test_groups_go_heaviest_first_onto_the_least_loaded_lane_and_keep_their_order():
+    lanes = assign_lanes({"conv1": 5.0, "conv2": 4.0, "fc3": 3.0, "logits": 2.0, "none": 9.0}, 2)
+    assert lanes == [["fc3", "none"], ["conv1", "conv2", "logits"]]  # loads 12 and 11
+    assert assign_lanes({"conv1": 5.0, "fc3": 3.0}, 1) == [["conv1", "fc3"]]
+    assert assign_lanes({"conv1": 5.0}, 4) == [["conv1"]]
+
+
+def test_two_lanes_train_side_by_side_each_within_the_time_left():
+    jobs = jobs_for(["conv1", "fc3"], ["pixelcnn", "mse"])
+    one = make_plan(jobs, CALIBRATIONS, budget=1500.0, spent=20.0, evaluation_of=lambda selected: 30.0)
+    two = make_plan(jobs, CALIBRATIONS, budget=1500.0, spent=20.0, lanes=2, evaluation_of=lambda selected: 30.0)
+    assert len(two.lanes) == 2 and sorted(sum(two.lanes, [])) == ["conv1", "fc3", "none"]
+    assert two.total <= 1500.0 * 1.01 and one.total <= 1500.0 * 1.01
+    steps = lambda plan, key: next(r.steps for r in plan.rows if r.job.key == key)  # noqa: E731
+    assert steps(two, "pixelcnn/conv1") > 1.5 * steps(one, "pixelcnn/conv1")  # about twice the steps
 
 
 def test_the_plan_table_lists_each_model_with_its_steps_and_minutes():

@@ -52,7 +52,9 @@ def test_inspect_writes_a_report_on_every_layer_within_its_budget(tiny_classifie
     assert [layer.name for layer in result.layers] == ["conv1", "logits"] and result.kinds == ["mse"]
     assert result.spent <= 40 * 1.1 and result.steps["mse/conv1"] > 6 and result.steps["mse/logits"] > 6
     text = console.export_text()
-    assert "Plan for a budget of 40s" in text and "calibrating mse" in text and "report:" in text
+    assert "Plan for a budget of 40s, 2 lanes side by side" in text and "calibrating mse" in text
+    assert "lane 1: conv1" in text and "lane 2: logits" in text and "report:" in text
+    assert "train mse conv1" in (result.out_dir / "logs" / "lane-1.log").read_text()
     html = result.report_html.read_text()
     assert "The deepest layer inverted, logits" in html and "Layer conv1" in html and "Layer logits" in html
     sources = re.findall(r'<img src="([^"]+)"', html)
@@ -68,19 +70,20 @@ def test_inspect_writes_a_report_on_every_layer_within_its_budget(tiny_classifie
 
 def test_an_interrupted_run_continues_and_a_finished_one_is_not_redone(tiny_classifier, small_images, tmp_path,
                                                                        monkeypatch):
-    from invkeras.inspection import run
+    from invkeras.inspection import lanes
 
     config = _config(tiny_classifier, small_images, tmp_path / "inspect", layers="fc3,logits", budget="35s")
-    evaluate = run._evaluate_layer
+    evaluate = lanes.evaluate_layer
 
-    def interrupted_after_the_first_layer(workspace, layer, kinds, settings):
-        evaluate(workspace, layer, kinds, settings)
+    def interrupted_after_the_first_layer(workspace, layer, kinds):
+        evaluate(workspace, layer, kinds)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run, "_evaluate_layer", interrupted_after_the_first_layer)
+    monkeypatch.setattr(lanes, "available_cores", lambda: 1)  # one lane, in this process
+    monkeypatch.setattr(lanes, "evaluate_layer", interrupted_after_the_first_layer)
     with pytest.raises(KeyboardInterrupt):
         inspect_classifier(config, console=_console())
-    monkeypatch.setattr(run, "_evaluate_layer", evaluate)
+    monkeypatch.setattr(lanes, "evaluate_layer", evaluate)
     state = json.loads((tmp_path / "inspect" / "inspect.json").read_text())
     first_fc3 = state["trained"]["mse/fc3"]["steps"]
     assert not state["complete"] and state["spent"] > 0 and "mse/logits" not in state["trained"]
