@@ -175,12 +175,12 @@ def test_a_killed_run_resumes_to_the_weights_of_the_uninterrupted_one(trained, t
 def test_the_rombach2020_recipe_validates_at_both_scales():
     from invkeras.recipes import load_recipe
 
-    for overrides, dataset in (([], "mnist"), (["scale=small"], "idx-mnist-full")):
+    for overrides, dataset in (([], "mnist"), (["scale=small", "dataset=npz:my_digits.npz"], "npz-my_digits")):
         steps = load_recipe("recipes/rombach2020/layers_mnist.yaml", overrides).steps
         cinn = [s for s in steps.values() if getattr(s, "kind", None) == "cinn" and s.command == "train-inverter"]
         assert sorted(s.layer for s in cinn) == ["conv1", "fc3", "logits", "none"]
-        assert all(s.autoencoder == f"runs/{dataset}/autoencoders/latent64" for s in cinn)
-        assert steps["autoencoder"].classifier == f"runs/{dataset}/conv"
+        assert all(s.autoencoder == f"runs/{dataset}/autoencoders/latent64/autoencoder.keras" for s in cinn)
+        assert steps["autoencoder"].classifier == f"runs/{dataset}/conv/classifier/model.keras"
         assert steps["side_by_side"].kinds == ["cinn", "pixelcnn", "mse"]
 
 
