@@ -11,7 +11,7 @@ STAMP_JAX := $(VENV_JAX)/.installed-stamp
 JAX_CACHE := $(CURDIR)/.jax-cache
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install install-jax demo test bench gpu-check clean
+.PHONY: install install-jax browser demo test bench gpu-check clean
 
 install: $(STAMP)
 
@@ -42,9 +42,16 @@ demo: install
 # .venv-jax), then the JAX subset in .venv-jax. Catalogue names (mnist, cifar10) read the offline
 # copies in ../shared/data when the checkout has them beside it (empty, i.e. unset, otherwise).
 test: export INVKERAS_DATA_DIR ?= $(wildcard $(CURDIR)/../shared/data)
-test: install install-jax
+test: install install-jax browser
 	INVKERAS_JAX_CACHE=$(JAX_CACHE) $(PY) -m pytest -q tests
 	INVKERAS_JAX_CACHE=$(JAX_CACHE) KERAS_BACKEND=jax $(PY_JAX) -m pytest -q tests/jax_subset
+
+# Headless Chromium checks the HTML report as a browser shows it (Debian's package, as root);
+# where it cannot be installed, that test says so and skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+		echo "note: chromium not installed; the browser test of the report will skip"
 
 bench: install install-jax
 	$(PY) benchmarks/bench.py --jax-python $(PY_JAX)
