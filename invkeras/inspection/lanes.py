@@ -86,18 +86,32 @@ class LaneDeadline(TrainingHook):
         return slowdown is not None and time.time() + self.after(slowdown) >= self.deadline
 
 
+class Deadline(TrainingHook):
+    """Ends training at a wall-clock time (epoch seconds): the cap of a config that has none."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def should_stop(self, step: int) -> bool:
+        return time.time() >= self.deadline
+
+
 def train_for(workspace: Workspace, job: planning.Job, steps: int, loop_seconds: float, hooks=()) -> dict:
     """Train `job` for about `steps` more steps under a cap of `loop_seconds` more seconds."""
     progress = workspace.progress(job)
     done, used = int(progress.get("step", 0)), float(progress.get("seconds", 0.0))
     # The cap ends it; the step limit is far enough not to, should the machine run faster than measured.
-    config = workspace.job_config(job, max_steps=done + 3 * max(1, steps) + 100,
-                                  max_time=max(1.0, used + loop_seconds))
+    schedule = {"max_steps": done + 3 * max(1, steps) + 100}
+    if job.kind == planning.AUTOENCODER:  # its config has no time cap: a hook ends it as one would
+        hooks = [*hooks, Deadline(time.time() + loop_seconds)]
+    else:
+        schedule["max_time"] = max(1.0, used + loop_seconds)
+    config = workspace.job_config(job, **schedule)
     started = time.monotonic()
     result = workspace.train(job, config, hooks=hooks)
     return {"steps": int(result.steps), "seconds": time.monotonic() - started, "planned_steps": done + steps,
             "planned_seconds": loop_seconds, "stopped_early": bool(getattr(result, "stopped_early", False)),
-            "max_time": config.max_time, "max_steps": config.max_steps}
+            "max_time": schedule.get("max_time", loop_seconds), "max_steps": config.max_steps}
 
 
 def evaluate_layer(workspace: Workspace, layer: str, kinds: Sequence[str]) -> None:

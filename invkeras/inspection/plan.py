@@ -25,13 +25,16 @@ set-up and graph once more. The stopwatch gives four numbers (`Calibration`): se
 (loading pairs, building the network), the first step's extra time (building the graph), a
 step, and a checkpoint (validation on the held-out images and saving the state).
 
-**Allocation.** Of the time left, evaluation (sampling, comparisons) and the report are set
-aside first, then every model's fixed costs (setting up, the first step, the final
-evaluation). The rest is split in proportion to what each model needs: its `NEEDED_STEPS`
-(the unconditional model the most, since H*(x) is the reference every estimate uses) times
-its step time. Every model gets the same share of its need, except that a model whose whole
-need costs under `CHEAP_FRACTION` of the time (an MSE decoder: seconds) gets all of it; with
-a large budget the share is above 1 and early stopping ends a model that has converged. Each model trains under a
+**Allocation.** The models of one layer form a group (the unconditional model one of its
+own); groups go onto *lanes* that run side by side, one per core where there are enough
+(`assign_lanes`, `invkeras.inspection.lanes`). Of the time left, the report is set aside
+first; in each lane, its evaluation (sampling, comparisons) and every model's fixed costs
+(setting up, the first step, the final evaluation). The rest of the lane's time is split in
+proportion to what each of its models needs: its `NEEDED_STEPS` (the unconditional model the
+most, since H*(x) is the reference every estimate uses) times its step time. The models of a
+lane get the same share of their need, except that one whose whole need costs under
+`CHEAP_FRACTION` of the time (an MSE decoder: seconds) gets all of it; with a large budget
+the share is above 1 and early stopping ends a model that has converged. Each model trains under a
 wall-clock cap (`max_time`), recomputed just before it starts from the time then left, so a
 model that stopped early or a slow evaluation moves time to or from those still to come.
 A budget that cannot give every model a tenth of its need is refused in one line naming

@@ -153,7 +153,7 @@ def reading(facts: InspectFacts) -> str:
         sentences.append(f"{opening}, {verdict}: the classifier gives {agreement:.0%} of the images sampled from it "
                          f"({row.get('kind')}) the label of the input they were drawn for.")
     else:
-        sentences.append(f"{opening} has no label agreement to report (it needs the classifier to label the samples "
+        sentences.append(f"{opening}, has no label agreement to report (it needs the classifier to label the samples "
                          "and a kind that samples).")
     information = _json(facts.information)
     mi = _mi_rows(information).get(deepest.name)
@@ -174,10 +174,10 @@ def reading(facts: InspectFacts) -> str:
                          "discards cannot be seen in its samples.")
     elif deep_diversity is not None and first_diversity and deepest.name != first.name:
         ratio = deep_diversity / first_diversity
+        meaning = ": what varies between them is what the layer has let go" if ratio > 1 else ""
         sentences.append(f"Its samples differ from one another {ratio:.1f} times as much as {first.name}'s (mean "
                          f"pixel L1 between two samples of one input: {deep_diversity:,.0f} against "
-                         f"{first_diversity:,.0f}, on a 0-255 scale): what varies between them is what the layer "
-                         "has let go.")
+                         f"{first_diversity:,.0f}, on a 0-255 scale){meaning}.")
     elif deep_diversity is not None:
         sentences.append(f"Two of its samples of one input differ by {deep_diversity:,.0f} in pixel L1 (0-255 scale).")
     if facts.accuracy is not None:
