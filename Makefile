@@ -35,7 +35,7 @@ $(STAMP_JAX): requirements-jax.txt pyproject.toml
 DEMO_BUDGET ?= 5m30s
 demo: install
 	$(VENV)/bin/invkeras run recipes/quickstart.yaml
-	$(PY) -m invkeras.inspection --model runs/procedural/conv --dataset procedural --layers conv1,fc3 \
+	$(VENV)/bin/invkeras inspect --model runs/procedural/conv --dataset procedural --layers conv1,fc3 \
 		--kinds pixelcnn,mse --budget $(DEMO_BUDGET) --out runs/procedural/inspect
 
 # The main suite (TensorFlow; tests/jax_subset skips there, tests/test_cross_backend.py calls into

@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 
-from invkeras.commands.base import Command, StepAccess, classifier_files, config_of, given, register_command
+from invkeras.commands.base import (DATA_DIR_HELP, Command, StepAccess, classifier_files, config_of, given,
+                                    register_command)
 
 
 def cli_inspect(
@@ -26,7 +27,7 @@ def cli_inspect(
                                                     "[default: 30m]."),
     out: Optional[str] = typer.Option(None, help="Output directory [default: runs/<dataset>/inspect]."),
     seed: Optional[int] = typer.Option(None, help="Same seed, same models and samples [default: 0]."),
-    data_dir: Optional[str] = typer.Option(None, help="TFDS data directory holding prepared datasets."),
+    data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
     features: Optional[str] = typer.Option(None, help="A directory with one extract directory or <layer>.npz of x "
                                                       "and h per layer: representations from any framework."),
 ) -> None:
