@@ -36,8 +36,27 @@ def write(path: Path, text: str) -> Path:
 # --- the graph (no step runs) ---------------------------------------------------------------
 
 
-def test_the_quickstart_graph_waits_only_for_what_each_step_reads(tmp_path):
-    recipe = load_recipe(REPO / "recipes/quickstart.yaml", [f"workspace={tmp_path}"])
+PIPELINE = """
+name: pipeline
+dataset: procedural
+workspace: {workspace}
+scale: tiny
+steps:
+  classifier: {{command: train-classifier, epochs: 3}}
+  features: {{command: extract, layers: [conv1, fc3]}}
+  inverter_conv1: {{command: train-inverter, layer: conv1}}
+  inverter_fc3: {{command: train-inverter, layer: fc3}}
+  inverter_unconditional: {{command: train-inverter, layer: none}}
+  decoder_fc3: {{command: train-inverter, kind: mse, layer: fc3}}
+  samples: {{command: sample, layers: [conv1]}}
+  samples_fc3_beside_mse: {{command: sample, layers: [fc3], reconstruction: mse}}
+  samples_unconditional: {{command: sample, layers: [none]}}
+  information: {{command: estimate-mi, layers: [conv1, fc3]}}
+"""
+
+
+def test_a_pipelines_graph_waits_only_for_what_each_step_reads(tmp_path):
+    recipe = load_recipe(write(tmp_path / "pipeline.yaml", PIPELINE.format(workspace=tmp_path / "ws")))
     assert step_dependencies(recipe) == {
         "classifier": [],
         "features": ["classifier"],
