@@ -19,10 +19,12 @@ def write(tmp_path, text, name="r.yaml"):
 
 def test_quickstart_recipe_is_valid():
     recipe = load_recipe(Path(__file__).resolve().parents[1] / QUICKSTART)
-    # The demo's classifier: `make demo` then runs `invkeras inspect` on it.
-    assert [step.command for step in recipe.steps.values()] == ["train-classifier"]
+    assert [step.command for step in recipe.steps.values()] == [
+        "train-classifier", "extract", "train-inverter", "train-inverter", "train-inverter", "train-inverter", "sample",
+        "sample", "sample", "estimate-mi"]
     assert recipe.steps["classifier"].dataset == "procedural"  # inherited from the top level
-    assert recipe.steps["classifier"].model_path() == Path("runs/procedural/conv/classifier/model.keras")
+    assert recipe.steps["inverter_fc3"].scale == "tiny" and recipe.steps["inverter_fc3"].arch == "conv"
+    assert recipe.steps["inverter_fc3"].filters == 16 and recipe.steps["decoder_fc3"].kind == "mse"
 
 
 def test_ground_truth_recipe_runs_from_all_factors_to_none():
