@@ -2,6 +2,7 @@
 rendered on demand, edits decoded through the cinn and read back exactly; label pairs; bad input as one
 line and exit code 2; the recipes validate at both scales."""
 
+from pathlib import Path
 import json
 
 import numpy as np
@@ -12,6 +13,8 @@ from invkeras import artifacts
 from invkeras.cli import app
 from invkeras.factors.training import load_factor_model
 from cli_errors import assert_one_line_error  # tests/cli_errors.py
+
+REPO = Path(__file__).resolve().parents[2]  # recipes are found whatever the working directory
 
 TINY = ["--num-blocks", "2", "--hidden", "16", "--max-steps", "40", "--steps-per-checkpoint", "20",
         "--num-pairs", "2000", "--eval-pairs", "200", "--dim-pairs", "1000", "--batch-size", "64"]
@@ -131,7 +134,7 @@ def test_the_factor_recipes_validate_at_both_scales(recipe):
     from invkeras.recipes import load_recipe, step_outputs
 
     for overrides in ([], ["scale=small"]):
-        recipe_ = load_recipe(f"recipes/rombach2020/{recipe}.yaml", overrides)
+        recipe_ = load_recipe(REPO / f"recipes/rombach2020/{recipe}.yaml", overrides)
         steps = recipe_.steps
         train = [s for s in steps.values() if s.command == "train-factors"]
         assert train and {s.command for s in steps.values()} >= {"train-factors", "edit-factors", "score-factors"}
@@ -143,7 +146,7 @@ def test_the_factor_recipes_validate_at_both_scales(recipe):
                                                       ("-shuffled" if config.shuffled else ""))
         for step in steps.values():
             assert step_outputs(step)  # every step says when it is done
-    assert {s.pairs for s in load_recipe(f"recipes/rombach2020/{recipe}.yaml").steps.values()
+    assert {s.pairs for s in load_recipe(REPO / f"recipes/rombach2020/{recipe}.yaml").steps.values()
             if s.command == "train-factors"} == ({"factors"} if recipe == "factors_procedural" else {"labels"})
 
 

@@ -4,6 +4,7 @@ the latent-space information table of `estimate-mi`, and the AE reconstruction c
 One tiny cinn of fc3 and one unconditional flow, over the shared tiny autoencoder and the
 session's tiny classifier, serve every test here."""
 
+from pathlib import Path
 import json
 
 import numpy as np
@@ -16,6 +17,8 @@ from invkeras.cli import app
 from invkeras.errors import InvkerasError
 from invkeras.inverters import load_inverter
 from cli_errors import assert_one_line_error  # tests/cli_errors.py
+
+REPO = Path(__file__).resolve().parents[3]  # recipes are found whatever the working directory
 
 EVAL = 48
 
@@ -177,7 +180,7 @@ def test_the_default_latent_table_does_not_overwrite_the_pixel_one(cinn):
     from invkeras.recipes import load_recipe
 
     assert default_out(load_inverter(cinn["fc3"]), "test").name == "latent_test.json"
-    steps = load_recipe("recipes/rombach2020/layers_mnist.yaml", ["scale=small"]).steps
+    steps = load_recipe(REPO / "recipes/rombach2020/layers_mnist.yaml", ["scale=small"]).steps
     assert steps["latent_information"].out().name == "latent_test.json"
     assert steps["information"].out().name == "test.json"
     assert steps["attacks"].out("fc3").parts[-2:] == ("attacks", "pgd_eps0.3")

@@ -2,6 +2,7 @@
 CLI, saves a latent-space NLL (never a pixel one), loads back (also in a fresh process),
 samples, reconstructs, mixes; bad inputs are one line and exit code 2."""
 
+from pathlib import Path
 import subprocess
 import sys
 
@@ -15,6 +16,8 @@ from invkeras.errors import InvkerasError
 from invkeras.inverters import load_inverter
 from invkeras.inverters.cinn.kind import HEADLINE, CINNInverter
 from cli_errors import assert_one_line_error  # tests/cli_errors.py
+
+REPO = Path(__file__).resolve().parents[3]  # recipes are found whatever the working directory
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +179,7 @@ def test_the_rombach2020_recipe_validates_at_both_scales():
     from invkeras.recipes import load_recipe
 
     for overrides, dataset in (([], "mnist"), (["scale=small", "dataset=npz:my_digits.npz"], "npz-my_digits")):
-        steps = load_recipe("recipes/rombach2020/layers_mnist.yaml", overrides).steps
+        steps = load_recipe(REPO / "recipes/rombach2020/layers_mnist.yaml", overrides).steps
         cinn = [s for s in steps.values() if getattr(s, "kind", None) == "cinn" and s.command == "train-inverter"]
         assert sorted(s.layer for s in cinn) == ["conv1", "fc3", "logits", "none"]
         assert all(s.autoencoder == f"runs/{dataset}/autoencoders/latent64/autoencoder.keras" for s in cinn)
