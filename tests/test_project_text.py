@@ -20,8 +20,8 @@ THIS_FILE = Path(__file__).resolve().relative_to(REPO_ROOT).as_posix()
 # case-insensitive; "helper" is caught only where it names a person, so helper functions pass.
 DEVELOPMENT_TALK = [
     r"\bsessions? [0-9]",
-    r"\bthis session\b",
-    r"\bthe helper\b|\bhelpers'",
+    r"\bthis " r"session\b",  # split, so this file does not match its own patterns
+    r"\bthe " r"helper\b|\bhelpers" r"'",
     r"\bissues? [0-9]+",
     r"\bwork-items?\b",
     r"\bmeasured on the way\b",
@@ -65,17 +65,17 @@ def read_text(path: str) -> str | None:
 
 
 def test_the_scan_finds_development_talk_in_a_sentence_that_has_it():
-    text = "Accuracy is 0.98.\nThis figure was measured in session 7 on the shared machine.\n"
-    assert development_talk(text) == [(2, "session 7")]
+    text = "Accuracy is 0.98.\nThis figure was measured in ses" "sion 7 on the shared machine.\n"
+    assert development_talk(text) == [(2, "ses" "sion 7")]
 
 
 @pytest.mark.parametrize("sentence", [
-    "Measured by the helper that built it.",
+    "Measured by the hel" "per that built it.",
     "Fixed in Issue 12.",
     "see work-item 3",
     "Measured on the way: 600 steps.",
-    "as this session showed",
-    "the helpers' test runs",
+    "as this ses" "sion showed",
+    "the hel" "pers' test runs",
 ])
 def test_the_scan_finds_each_kind_of_development_talk(sentence):
     assert development_talk(sentence), sentence

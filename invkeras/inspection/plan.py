@@ -117,7 +117,7 @@ class Job:
 
     @property
     def needed_steps(self) -> int:
-        if self.kind == "pixelcnn" and self.layer == UNCONDITIONAL:
+        if self.layer == UNCONDITIONAL and _pixel_likelihood(self.kind):
             return UNCONDITIONAL_STEPS
         return NEEDED_STEPS.get(self.kind, 2000)
 
@@ -287,7 +287,7 @@ def evaluation_seconds(kinds: Sequence[str], calibrations: dict[str, Calibration
             continue
         if kind in SAMPLING_KINDS:
             images = sizes.grid_images + sizes.compare_images * sizes.compare_samples + sizes.topk_images
-            per_image = c.step * sizes.image_pixels / (40 * 64) if kind == "pixelcnn" else c.step / 16
+            per_image = c.step * sizes.image_pixels / (40 * 64) if _pixel_likelihood(kind) else c.step / 16
             total += 2 * (LOAD_SECONDS + c.first_step) + images * per_image + 2 * c.checkpoint
         else:
             total += 2 * LOAD_SECONDS + c.checkpoint
@@ -432,3 +432,11 @@ def calibration_json(calibrations: dict[str, Calibration]) -> dict:
 
 def calibrations_from_json(payload: dict) -> dict[str, Calibration]:
     return {key: Calibration(**values) for key, values in (payload or {}).items()}
+
+
+def _pixel_likelihood(kind: str) -> bool:
+    """A kind with a pixel likelihood samples pixel by pixel, and its unconditional model is the
+    reference of the information estimates."""
+    from invkeras.inverters import inverter_class
+
+    return "pixel_log_prob" in inverter_class(kind).capabilities

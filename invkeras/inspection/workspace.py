@@ -122,7 +122,9 @@ class Workspace:
 
         options = {**self.data_options(job.layer), **KIND_SETTINGS.get(job.kind, {}),
                    "out": str(self.job_dir(job)), "steps_per_checkpoint": job.steps_per_checkpoint, **schedule}
-        if job.kind == "cinn":
+        from invkeras.inverters import inverter_class
+
+        if "autoencoder" in inverter_class(job.kind).config_class.model_fields:  # a kind over a latent
             options["autoencoder"] = str(self.autoencoder_dir())
         return config_for(job.kind, options)
 

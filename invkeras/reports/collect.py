@@ -7,7 +7,7 @@ display path). Nothing here knows how a kind is shown: that is the sections' job
 
 Inverters are the one kind whose metadata is normalised on the way in
 (`inverter_metadata`), so the report reads a single contract whatever the inverter's kind
-and however old the workspace. The helpers below it link an inverter to the classifier
+and however old the workspace. The functions below it link an inverter to the classifier
 (or classifier checkpoint) it inverts.
 """
 
