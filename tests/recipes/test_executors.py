@@ -296,27 +296,86 @@ def test_independent_steps_ran_at_once_each_with_its_own_log(killed_then_resumed
     assert feats.count("=== ") == (2 if results["feats"].status == "ran" else 1)
 
 
+def _die_once_after_the_first_checkpoint_of_fc3():
+    """A Ray worker's setup hook (run as each worker process starts): the first worker to save
+    a checkpoint of the fc3 decoder SIGKILLs itself right after it, as a node's OOM killer or
+    a lost machine would, and leaves a marker so that the retried task runs to its end."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from invkeras import training
+
+    marker = Path(os.environ["INVKERAS_TEST_KILL_MARKER"])
+    save = training.Backup.save
+
+    def save_then_die(self, trainee, progress, *args, **kwargs):
+        save(self, trainee, progress, *args, **kwargs)
+        if self.directory.parent.name == "fc3" and not marker.exists():
+            marker.write_text(f"{os.getpid()} {progress['step']}")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    training.Backup.save = save_then_die
+
+
+def _inverter_weights(ws: Path, layer: str) -> list:
+    import keras
+
+    model = keras.saving.load_model(ws / f"procedural/conv/inverters/mse/{layer}/inverter.keras", compile=False)
+    return model.get_weights()
+
+
 @pytest.mark.slow
-def test_the_ray_executor_runs_steps_as_tasks_on_a_local_instance(killed_then_resumed, tmp_path):
-    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[cluster]'")
+def test_a_ray_task_whose_worker_is_killed_is_retried_and_ends_as_a_serial_run_does(killed_then_resumed, tmp_path):
+    """A local Ray instance (2 CPUs) runs the two decoder steps as tasks; the fc3 decoder's
+    worker process is SIGKILLed after its first checkpoint. Ray retries the task in a fresh
+    worker, which resumes from that checkpoint, and both decoders end with the weights the
+    same steps get run one after the other in this process."""
+    import numpy as np
+    import ray
+    from ray import cloudpickle
+
     from invkeras.recipes.executors import RayExecutor
 
-    ws = tmp_path / "ws"
-    shutil.copytree(killed_then_resumed["ws"], ws)
-    shutil.rmtree(ws / "procedural/conv/inverters")
-    path = write(tmp_path / "tiny.yaml", RECIPE.format(ws=ws, features=ws / "procedural/conv/features"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    def workspace(name: str) -> Path:
+        ws = tmp_path / name
+        shutil.copytree(killed_then_resumed["ws"], ws)
+        shutil.rmtree(ws / "procedural/conv/inverters")
+        return write(tmp_path / f"{name}.yaml", RECIPE.format(ws=ws, features=ws / "procedural/conv/features"))
+
+    serial_path, ray_path = workspace("serial"), workspace("ray")
+    serial = {r.name: r for r in run_recipe(load_recipe(serial_path), source=serial_path)}
+    assert [serial[n].status for n in ("clf", "feats", "dec_fc3", "dec_logits")] == ["skipped", "skipped",
+                                                                                   "ran", "ran"]
+
+    marker = tmp_path / "killed"
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)  # the hook travels as code: workers cannot import this file
     try:
-        results = {r.name: r for r in run_recipe(load_recipe(path), source=path, executor=RayExecutor())}
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"worker_process_setup_hook": _die_once_after_the_first_checkpoint_of_fc3,
+                              "env_vars": {"INVKERAS_TEST_KILL_MARKER": str(marker)}})
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    try:
+        results = {r.name: r for r in run_recipe(load_recipe(ray_path), source=ray_path, executor=RayExecutor())}
         assert ray.is_initialized()  # the test's instance: the executor leaves it running
     finally:
         ray.shutdown()
     assert [results[n].status for n in ("clf", "feats", "dec_fc3", "dec_logits")] == ["skipped", "skipped",
                                                                                     "ran", "ran"]
-    for name in ("dec_fc3", "dec_logits"):
-        assert artifacts.is_complete(ws / f"procedural/conv/inverters/mse/{name[4:]}/inverter.keras")
-        log = Path(results[name].log).read_text()
-        assert f"step {name}: Ray task on" in log and f"invkeras: step {name} done in" in log
+    killed_pid, killed_at = map(int, marker.read_text().split())
+    assert killed_at == 2 and not _alive(killed_pid)
+    log = Path(results["dec_fc3"].log).read_text()
+    assert log.count("step dec_fc3: Ray task on") == 2  # the killed attempt and the retry, in one log
+    assert f"invkeras: step dec_fc3 (train-inverter) in process {killed_pid}" in log
+    assert "resuming from step 2" in log and "invkeras: step dec_fc3 done in" in log
+    assert Path(results["dec_logits"].log).read_text().count("Ray task on") == 1
+    ray_ws, serial_ws = ray_path.parent / "ray", serial_path.parent / "serial"
+    for layer in ("fc3", "logits"):
+        assert artifacts.is_complete(ray_ws / f"procedural/conv/inverters/mse/{layer}/inverter.keras")
+        for a, b in zip(_inverter_weights(ray_ws, layer), _inverter_weights(serial_ws, layer), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=layer)
 
 
 @pytest.mark.slow
