@@ -21,6 +21,15 @@ The split is the one asked for; when that is only the default (test) and the inv
 data have no test split (a user's features .npz), the held-out split they all have, with a
 note saying so (`invkeras.inverters.data.choose_held_out_split`).
 
+Several inverters of one layer that differ only in their seed are one row: H*(x|h) is their
+mean, and beside the test-image interval the row has one that adds the spread between the
+training runs (`invkeras.analyses.seeds`; columns "n_seeds", "se seeds+images nats" and
+"ci95 low/high (seeds)", present only when some layer has several seeds). Rows of layers of
+one feed-forward chain are checked against the data-processing inequality
+(`invkeras.analyses.data_processing`): a deeper layer whose estimate exceeds a shallower one's
+beyond the difference's interval is flagged under its row. The chain is the classifier's
+graph order, or the `order` given.
+
 Only kinds with a pixel likelihood (`pixel_log_prob`) give such bounds; any other kind is
 refused in one line. Kinds with a latent likelihood (`latent_likelihood`, e.g. cinn) get a
 separate latent-space table instead (`invkeras.analyses.latent_mi`, written to
@@ -33,12 +42,13 @@ import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from invkeras import artifacts
+from invkeras.analyses import data_processing, seeds
 from invkeras.errors import InvkerasError
 from invkeras.stats import standard_error
 
@@ -55,12 +65,15 @@ class EstimateMIConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inverters: list[str] = Field(min_length=1, description="inverter directories or model files (pixel likelihoods)")
-    unconditional: Optional[str] = Field(None, description="an unconditional inverter (layer 'none'), for H*(x) - H*(x|h)")
+    unconditional: Optional[Union[str, list[str]]] = Field(
+        None, description="an unconditional inverter (layer 'none'), for H*(x) - H*(x|h); several: its seeds")
     reference: Optional[str] = Field(None, description="layer (or label) whose NCE the others are compared with")
     split: str = Field("test", description="validation | test")
     eval_examples: Optional[int] = Field(None, gt=0, description="evaluate on the first N held-out images")
     out: Optional[str] = Field(None, description="JSON path (a CSV twin beside it); default runs/<dataset>/<arch>/mi/<split>.json")
     labels: Optional[list[str]] = Field(None, description="row names instead of the layers, one per inverter")
+    order: Optional[list[str]] = Field(None, description="rows (layers or labels) of one feed-forward chain, shallow to "
+                                       "deep, for the data-processing check; default the classifier's graph order")
 
     @field_validator("out")
     @classmethod
@@ -105,6 +118,30 @@ class LayerEstimate(PerImageNLL):
     bits_per_dim_factor: float
     fingerprint: str | None = None  # of the held-out images (None: unknown, e.g. hand-made)
     kind: str | None = None
+    # With several seeds: each seed's per-image NLLs [seeds, images] (nll_nats is their mean) and the seeds.
+    per_seed: np.ndarray | None = None
+    seeds: list[int] | None = None
+
+    @property
+    def n_seeds(self) -> int:
+        return 1 if self.per_seed is None else len(self.per_seed)
+
+    @property
+    def seed_values(self) -> np.ndarray:
+        """Per-image NLLs as [seeds, images] (one row for one seed)."""
+        return self.nll_nats[None] if self.per_seed is None else self.per_seed
+
+
+def combine_seeds(estimates: list[LayerEstimate], seeds: list[int]) -> LayerEstimate:
+    """One estimate of a layer from its inverters of several seeds, all evaluated on the same
+    images: per image, the mean NLL over the seeds; each seed's kept for the interval."""
+    if len(estimates) == 1:
+        return estimates[0]
+    _check_same_images(estimates)
+    first = estimates[0]
+    per_seed = np.stack([e.nll_nats for e in estimates])
+    return LayerEstimate(first.layer, first.inverter, per_seed.mean(axis=0), first.bits_per_dim_factor,
+                         first.fingerprint, first.kind, per_seed=per_seed, seeds=list(seeds))
 
 
 @dataclass
@@ -114,6 +151,7 @@ class MIReport:
     entropy_nats: float | None
     rows: list[dict] = field(default_factory=list)
     fingerprint: str | None = None  # of the held-out images every row was evaluated on
+    data_processing: dict | None = None  # the chains checked and their breaches (None: nothing checked)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "MIReport":
@@ -121,7 +159,8 @@ class MIReport:
 
         payload = json.loads(Path(path).read_text())
         return cls(split=payload["split"], dataset=payload["dataset"], entropy_nats=payload["entropy_nats"],
-                   rows=payload["rows"], fingerprint=payload.get("fingerprint"))
+                   rows=payload["rows"], fingerprint=payload.get("fingerprint"),
+                   data_processing=payload.get("data_processing"))
 
     def to_csv(self) -> str:
         return rows_csv(self.rows)
@@ -200,9 +239,13 @@ def build_report(
     unconditional: LayerEstimate | None = None,
     reference_layer: str | None = None,
     entropy_nats: float | None = None,
+    order: Sequence[str] | Sequence[Sequence[str]] | None = None,
 ) -> MIReport:
     """Rows of H*(x|h), NCE, NCE relative to a reference layer, and the MI estimates/bounds, flagged
-    where they cannot be read as they stand (see the module docstring)."""
+    where they cannot be read as they stand (see the module docstring).
+
+    `order` names rows of one feed-forward chain, shallow to deep (or several chains, as lists),
+    for the data-processing check; None checks nothing."""
     if not estimates:
         raise InvkerasError(f"{COMMAND}: no inverters given")
     everything = [*estimates, *([unconditional] if unconditional else [])]
@@ -215,6 +258,7 @@ def build_report(
             raise InvkerasError(f"--reference {reference_layer}: not among the inverters' layers ({layers})")
         reference = matches[0]
 
+    seeded = any(e.n_seeds > 1 for e in everything)
     prints = {e.fingerprint for e in everything if e.fingerprint is not None}
     report = MIReport(split=split, dataset=dataset, entropy_nats=entropy_nats,
                       fingerprint=prints.pop() if prints else None)
@@ -257,9 +301,46 @@ def build_report(
             if row[VACUOUS]:
                 notes.append(f"H(x) - H*(x|h) < 0: the bound I(x;h) >= {row[LOWER_BOUND]:.3f} says nothing "
                              "(H*(x|h) is loose by at least that much)")
+        if seeded:
+            row.update(_seed_columns(estimate))
         row["note"] = "; ".join(notes) or None
         report.rows.append(row)
+    _check_data_processing(report, estimates, order)
     return report
+
+
+SEED_COLUMNS = ("n_seeds", "se seeds+images nats", "ci95 low (seeds)", "ci95 high (seeds)", "seeds")
+
+
+def _seed_columns(estimate: LayerEstimate) -> dict:
+    """The seed columns of a row: the combined interval where the layer has several seeds; a
+    layer of one seed has no estimate of the spread between runs, so none is made up."""
+    if estimate.n_seeds < 2:
+        return {"n_seeds": 1, "se seeds+images nats": None, "ci95 low (seeds)": None, "ci95 high (seeds)": None,
+                "seeds": estimate.seeds}
+    combined = seeds.interval(estimate.seed_values)
+    return {"n_seeds": estimate.n_seeds, "se seeds+images nats": combined.se, "ci95 low (seeds)": combined.low,
+            "ci95 high (seeds)": combined.high, "seeds": estimate.seeds}
+
+
+def _check_data_processing(report: MIReport, estimates: list[LayerEstimate], order) -> None:
+    """Flag, under the deeper row, each pair of a chain whose deeper layer keeps more than the
+    shallower beyond the interval of their difference (`invkeras.analyses.data_processing`)."""
+    if not order:
+        return
+    chains = [list(order)] if isinstance(order[0], str) else [list(chain) for chain in order]
+    values = {e.layer: -e.seed_values for e in estimates}  # NCE per image: grows with what the layer keeps
+    chains = [[name for name in chain if name in values] for chain in chains]
+    chains = [chain for chain in chains if len(chain) >= 2]
+    if not chains:
+        return
+    found = [breach for chain in chains for breach in data_processing.breaches(chain, values)]
+    rows = {row["layer"]: row for row in report.rows}
+    for breach in found:
+        row = rows[breach.deeper]
+        row["note"] = "; ".join(filter(None, [row["note"], breach.sentence()]))
+    report.data_processing = {"chains": chains, "breaches": [b.as_dict() for b in found],
+                              "flag": data_processing.FLAG if found else None}
 
 
 def report_name(split: str, latent: bool = False) -> str:
@@ -298,6 +379,56 @@ def _split_by_space(inverters: list) -> bool:
     return bool(latent)
 
 
+# Settings in which the runs of one layer's seeds may differ: where they are, how long they ran.
+_NOT_THE_RUN = ("seed", "out", "workspace", "max_steps", "max_time", "patience", "eval_examples", "strategy")
+
+
+def group_seeds(inverters: list, labels: list[str] | None) -> list[list[int]]:
+    """Indices of the inverters, grouped into rows: inverters of one layer (and label) whose
+    settings differ only in their seed are one row; every other inverter is a row of its own,
+    as is a second inverter of a seed already in its group."""
+    from invkeras.training import trajectory_settings
+
+    groups: list[list[int]] = []
+    keys: list[tuple] = []
+    for index, inverter in enumerate(inverters):
+        settings = trajectory_settings(inverter.config, _NOT_THE_RUN)
+        key = (inverter.kind, inverter.layer, None if labels is None else labels[index], repr(settings))
+        for group, other in zip(groups, keys):
+            if other == key and all(inverters[i].config.seed != inverter.config.seed for i in group):
+                group.append(index)
+                break
+        else:
+            groups.append([index])
+            keys.append(key)
+    return groups
+
+
+def chain_order(config: EstimateMIConfig, inverters: list, names: list[str]) -> list[list[str]] | None:
+    """The chains of rows for the data-processing check: the `order` given, else per classifier
+    its graph order of the rows' layers (rows of given features have no graph: none)."""
+    if config.order is not None:
+        unknown = [name for name in config.order if name not in names]
+        if unknown:
+            raise InvkerasError(f"--order {','.join(config.order)}: {', '.join(unknown)} not among the rows "
+                                f"({', '.join(names)})")
+        return [list(config.order)]
+    by_classifier: dict[str, list[tuple[str, str]]] = {}
+    for inverter, name in zip(inverters, names):
+        classifier = inverter.classifier_path if inverter.conditional else None
+        if classifier and Path(classifier).exists():
+            by_classifier.setdefault(str(classifier), []).append((inverter.layer, name))
+    chains = []
+    for classifier, members in by_classifier.items():
+        layers = list(dict.fromkeys(layer for layer, _ in members))
+        if len(layers) < 2 or len(layers) != len(members):  # two rows of one layer: no order between them
+            continue
+        ordered = data_processing.classifier_order(classifier, layers)
+        if ordered is not None:
+            chains.append([name for layer in ordered for other, name in members if other == layer])
+    return chains or None
+
+
 def estimate_mi(config: EstimateMIConfig) -> tuple[MIReport, Path]:
     """Evaluate inverters on one held-out split and write the report as JSON and CSV.
 
@@ -309,15 +440,19 @@ def estimate_mi(config: EstimateMIConfig) -> tuple[MIReport, Path]:
     from invkeras.inverters.data import choose_held_out_split
 
     inverters = [_load(path) for path in config.inverters]
-    base_inverter = _load(config.unconditional) if config.unconditional else None
-    if config.labels is not None and (len(config.labels) != len(inverters)
-                                      or len(set(config.labels)) != len(config.labels)):
+    unconditional = [config.unconditional] if isinstance(config.unconditional, str) else config.unconditional or []
+    base_inverters = [_load(path) for path in unconditional]
+    base_inverter = base_inverters[0] if base_inverters else None
+    if config.labels is not None and len(config.labels) != len(inverters):
         raise InvkerasError(f"{COMMAND}: need one distinct label per inverter, got {config.labels}")
-    owners = {f"inverter {i.path.parent}": i.config for i in [*inverters, *([base_inverter] if base_inverter else [])]}
+    groups = group_seeds(inverters, config.labels)
+    if config.labels is not None and len({config.labels[g[0]] for g in groups}) != len(groups):
+        raise InvkerasError(f"{COMMAND}: need one distinct label per inverter, got {config.labels}")
+    owners = {f"inverter {i.path.parent}": i.config for i in [*inverters, *base_inverters]}
     split = choose_held_out_split(owners, config.split, given="split" in config.model_fields_set, command=COMMAND)
     if split != config.split:
         config = config.model_copy(update={"split": split})
-    if _split_by_space([*inverters, *([base_inverter] if base_inverter is not None else [])]):
+    if _split_by_space([*inverters, *base_inverters]):
         from invkeras.analyses.latent_mi import estimate_latent_mi
 
         if base_inverter is not None:
@@ -325,34 +460,45 @@ def estimate_mi(config: EstimateMIConfig) -> tuple[MIReport, Path]:
         return estimate_latent_mi(config, inverters, base_inverter, default_out=default_out(inverters[0], config.split))
     for inverter in inverters:
         inverter.require("pixel_log_prob", COMMAND)
-    if base_inverter is not None:
-        base_inverter.require("pixel_log_prob", COMMAND)
-        _check_unconditional(base_inverter)
+    for inverter in base_inverters:
+        inverter.require("pixel_log_prob", COMMAND)
+        _check_unconditional(inverter)
+    if len(group_seeds(base_inverters, None)) > 1:
+        raise InvkerasError(f"{COMMAND}: the unconditional inverters {', '.join(str(i.path.parent) for i in base_inverters)} "
+                            "differ in more than their seed; give one, or the seeds of one")
 
-    estimates = [held_out_nll(i, split=config.split, eval_examples=config.eval_examples) for i in inverters]
-    for estimate, label in zip(estimates, config.labels or []):
-        estimate.layer = label
+    each = [held_out_nll(i, split=config.split, eval_examples=config.eval_examples) for i in inverters]
+    estimates = [combine_seeds([each[i] for i in group], [inverters[i].config.seed for i in group])
+                 for group in groups]
+    for estimate, group in zip(estimates, groups):
+        if config.labels is not None:
+            estimate.layer = config.labels[group[0]]
     base = None
-    if base_inverter is not None:
-        base = held_out_nll(base_inverter, split=config.split, eval_examples=config.eval_examples)
+    if base_inverters:
+        base = combine_seeds([held_out_nll(i, split=config.split, eval_examples=config.eval_examples)
+                              for i in base_inverters], [i.config.seed for i in base_inverters])
     first = inverters[0].config
     if first.features:
         dataset, entropy = f"features:{first.features}", None
     else:
         dataset = first.dataset
         entropy = dataset_info(first.dataset, data_dir=first.data_dir, seed=first.seed).entropy_nats
+    order = chain_order(config, [inverters[g[0]] for g in groups], [e.layer for e in estimates])
     report = build_report(estimates, split=config.split, dataset=dataset, unconditional=base,
-                          reference_layer=config.reference, entropy_nats=entropy)
+                          reference_layer=config.reference, entropy_nats=entropy, order=order)
     out_path = Path(config.out) if config.out else default_out(inverters[0], config.split)
     payload = {"split": config.split, "dataset": dataset, "entropy_nats": entropy, "fingerprint": report.fingerprint,
                "rows": report.rows}
+    if report.data_processing is not None:
+        payload["data_processing"] = report.data_processing
     artifacts.write_json_atomic(out_path, payload)
     artifacts.write_text_atomic(out_path.with_suffix(".csv"), report.to_csv())
     artifacts.write_metadata(
         out_path,
         kind="mi-estimate",
         config={**config.model_dump(), "inverters": [str(i.path) for i in inverters],
-                "unconditional": str(base_inverter.path) if base_inverter else None},
+                "unconditional": (None if not base_inverters else str(base_inverter.path) if len(base_inverters) == 1
+                                  else [str(i.path) for i in base_inverters])},
         data=dataset,
         results={"fingerprint": report.fingerprint, "n_images": report.rows[0]["n_images"]},
     )
