@@ -32,6 +32,15 @@ and the diversity in h empty, with a note saying why; their grids show the first
 samples, unranked. The held-out split is chosen as `sample` chooses it
 (`invkeras.inverters.data.choose_held_out_split`).
 
+Inverters of one kind and layer that differ only in their seed are one row: each seed is
+scored on the same images, the row's statistics are those of the per-image values averaged
+over the seeds, and "seed_intervals" adds, for each of them, the 95% interval that counts
+the spread between training runs too (`invkeras.analyses.seeds`); the per-seed values are in
+the .npz as <value>_<label>_seeds. With one seed per row the table is as it always was.
+Several layers' comparisons are read together by `label_agreement_across_layers`, which
+says what a gap in label agreement between layers of one chain means
+(`invkeras.analyses.data_processing.label_gaps`).
+
 Distances are L1 norms, summed over every feature (and every position, for a spatial h);
 the JSON also gives them per feature dimension. The nearest-neighbour search is exact and
 streams the extracted training split shard by shard, keeping a running top-k, so memory is
@@ -328,19 +337,24 @@ def _data_key(config) -> str:
     return json.dumps(config.model_dump(include=fields), sort_keys=True, default=str)
 
 
-def _checked_inverters(config: CompareConfig) -> tuple[list, list[str], Path | None]:
-    """The inverters, their labels and their one classifier (None when all were trained on given
-    features); one line for anything that does not fit."""
+def _checked_inverters(config: CompareConfig) -> tuple[list, list[str], Path | None, list[list[int]]]:
+    """The inverters, the label of each row, their one classifier (None when all were trained on
+    given features) and the inverters of each row (several where they differ only in seed); one
+    line for anything that does not fit."""
     from invkeras.analyses.common import classifier_of, inverter_label
+    from invkeras.analyses.mi import group_seeds
     from invkeras.inverters import load_inverter
 
     inverters = [load_inverter(path) for path in config.inverters]
+    if config.labels is not None and len(config.labels) != len(inverters):
+        raise InvkerasError(f"compare: need one distinct label per inverter ({len(inverters)}), got {config.labels}")
+    groups = group_seeds(inverters, config.labels)
     if config.labels is not None:
-        if len(config.labels) != len(inverters) or len(set(config.labels)) != len(config.labels):
+        labels = [config.labels[group[0]] for group in groups]
+        if len(set(labels)) != len(labels):
             raise InvkerasError(f"compare: need one distinct label per inverter ({len(inverters)}), got {config.labels}")
-        labels = list(config.labels)
     else:
-        labels = default_labels([inverter.kind for inverter in inverters])
+        labels = default_labels([inverters[group[0]].kind for group in groups])
     first = inverters[0]
     for inverter in inverters:
         if not inverter.conditional:
@@ -359,7 +373,7 @@ def _checked_inverters(config: CompareConfig) -> tuple[list, list[str], Path | N
 
             raise InvkerasError(f"compare: inverters of different classifiers: {inverter_label(first)} "
                                 f"{inverts(classifiers[0])}, {inverter_label(inverter)} {inverts(classifier)}")
-    return inverters, labels, classifiers[0]
+    return inverters, labels, classifiers[0], groups
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -413,7 +427,7 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
     from invkeras.inverters.data import choose_held_out_split
 
     started = time.time()
-    inverters, labels, classifier = _checked_inverters(config)
+    inverters, labels, classifier, groups = _checked_inverters(config)
     first = inverters[0]
     layer = first.layer
     split = choose_held_out_split({f"inverter {inverter_label(i)}": i.config for i in inverters}, config.split,
@@ -438,8 +452,7 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
     def sample(inverter, h_rows, count, seed):
         return inverter.sample(h_rows, count, seed=seed, batch_size=config.batch_size)
 
-    rows, per_image, arrays = [], {}, {"nn_index": nn_i, "nn_distance": nn_d, "distance_1NN": nn_d[:, 0]}
-    for inverter, label in zip(inverters, labels):
+    def measure(inverter) -> dict[str, np.ndarray]:
         samples = sample(inverter, h, config.num_samples, config.seed)
         values = {"diversity_pixel_l1": pairwise_l1(samples), "pixel_l1_to_input": l1_to_inputs(samples, x)}
         if probe is not None:
@@ -452,12 +465,21 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
                 values["label_agreement"] = label_agreement(input_labels, sample_labels)
         if inverter.has("pixel_log_prob"):
             values["nll_nats"] = -np.asarray(inverter.log_prob(x, h, batch_size=config.batch_size), np.float64)
+        return values
+
+    rows, per_image, arrays = [], {}, {"nn_index": nn_i, "nn_distance": nn_d, "distance_1NN": nn_d[:, 0]}
+    row_inverters = [inverters[group[0]] for group in groups]
+    for group, label in zip(groups, labels):
+        inverter = inverters[group[0]]
+        by_seed = [measure(inverters[i]) for i in group]
+        values = by_seed[0] if len(by_seed) == 1 else {
+            key: np.mean([seed[key] for seed in by_seed], axis=0) for key in by_seed[0]}
         per_image[label] = values
 
         def summary(key, summarise=mean_and_se):
             return summarise(values[key]) if key in values else None
 
-        rows.append({
+        row = {
             "label": label, "kind": inverter.kind, "inverter": str(inverter.path),
             "IM-S": summary("IM-S", lambda v: l1_summary(v, feature_dims)),
             "IM-NN": summary("IM-NN", lambda v: l1_summary(v, feature_dims)),
@@ -466,9 +488,14 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
             "diversity_h_l1": summary("diversity_h_l1"),
             "pixel_l1_to_input": summary("pixel_l1_to_input"),
             "nll_nats": summary("nll_nats"),
-        })
+        }
         name = _safe(label, "_")
         arrays.update({f"{key}_{name}": np.asarray(value, np.float32) for key, value in values.items()})
+        if len(group) > 1:
+            row.update(seed_columns([inverters[i].config.seed for i in group], by_seed))
+            arrays.update({f"{key}_{name}_seeds": np.stack([seed[key] for seed in by_seed]).astype(np.float32)
+                           for key in SEEDED if key in values})
+        rows.append(row)
 
     out_dir = Path(config.out) if config.out else _default_out(first)
     recorded = {**config.model_dump(), "inverters": [str(inverter.path) for inverter in inverters], "labels": labels}
@@ -480,7 +507,7 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
         shown = min(config.grid_inputs, len(x))
         k = min(config.top_k, config.grid_samples)
         neighbours = gather_examples(_limited(train_set.iter_batches(config.chunk_size), limit), nn_i[:shown, : config.top_k])
-        for inverter, label in zip(inverters, labels):
+        for inverter, label in zip(row_inverters, labels):
             # Its own seed stream, so the grid's samples do not repeat the table's.
             if probe is None:  # nothing to rank them by: the first k
                 top_samples = sample(inverter, h[:shown], k, config.seed + 1)
@@ -502,12 +529,53 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
                   results={"rows": rows, "seconds": seconds}, **facts)
     for path in (json_path, csv_path, arrays_path):
         artifacts.write_metadata(path, config=recorded, **common)
-    for inverter, label in zip(inverters, labels):
+    for inverter, label in zip(row_inverters, labels):
         if label in grid_paths:
             artifacts.write_metadata(grid_paths[label], config={**recorded, "inverter": str(inverter.path)},
                                      label=label, inverter_kind=inverter.kind, **common)
     return CompareResult(layer, config.split, rows, nearest, per_image, json_path, csv_path, arrays_path, grid_paths,
                          seconds)
+
+
+# The per-image values whose seed intervals a row of several seeds has.
+SEEDED = ("IM-S", "IM-NN", "label_agreement", "diversity_pixel_l1", "diversity_h_l1", "pixel_l1_to_input", "nll_nats")
+
+
+def seed_columns(seed_numbers: list[int], by_seed: list[dict[str, np.ndarray]]) -> dict:
+    """A row's seeds and, per value, the interval over seeds and images (`invkeras.analyses.seeds`)."""
+    from invkeras.analyses import seeds
+
+    intervals = {}
+    for key in SEEDED:
+        if key in by_seed[0]:
+            combined = seeds.interval(np.stack([seed[key] for seed in by_seed]))
+            intervals[key] = {"mean": combined.mean, "se": combined.se, "low": combined.low, "high": combined.high}
+    return {"n_seeds": len(seed_numbers), "seeds": list(seed_numbers), "seed_intervals": intervals}
+
+
+def label_agreement_across_layers(comparisons: dict[str, str | Path], order: list[str]) -> list[str]:
+    """What the label agreement of each row label (kind) says across layers of one chain
+    (`order`, shallow to deep), from each layer's compare.npz (`comparisons`: layer -> its
+    folder): the sentences of `invkeras.analyses.data_processing.label_gaps`, per label."""
+    from invkeras.analyses.data_processing import label_gaps
+
+    per_layer = {}
+    for layer, folder in comparisons.items():
+        path = Path(folder) / "compare.npz"
+        if path.exists():
+            with np.load(path) as arrays:
+                per_layer[layer] = {key: arrays[key] for key in arrays.files if key.startswith("label_agreement_")}
+    sentences = []
+    names = sorted({key.removeprefix("label_agreement_").removesuffix("_seeds")
+                    for found in per_layer.values() for key in found})
+    for name in names:
+        agreement = {}
+        for layer, found in per_layer.items():
+            value = found.get(f"label_agreement_{name}_seeds", found.get(f"label_agreement_{name}"))
+            if value is not None:
+                agreement[layer] = value
+        sentences += [f"{name}: {sentence}" for sentence in label_gaps(order, agreement)]
+    return sentences
 
 
 def _default_out(inverter) -> Path:

@@ -23,7 +23,7 @@ from invkeras.analyses.samples import SampleConfig, draw_inversions, output_name
 from invkeras.commands.base import Command, OnePerLayer, config_of, fields_of, given, register_command
 from invkeras.commands.tables import (comparison_table, console, edit_table, latent_mi_table, mi_report_table,
                                       mi_table, table)
-from invkeras.commands.workspace import InverterAnalysis, InvertersInWorkspace, known_kind
+from invkeras.commands.workspace import InverterAnalysis, InvertersInWorkspace, SeededInverters, known_kind
 from invkeras.errors import InvkerasError
 from invkeras.reports.report import write_report
 
@@ -150,7 +150,7 @@ class SampleGrid(Command):
 COMPARISON = "compare.json"
 
 
-class CompareStep(create_model("_CompareFields", __base__=InvertersInWorkspace,
+class CompareStep(create_model("_CompareFields", __base__=SeededInverters,
                                **fields_of(CompareConfig, without=("inverters", "labels", "out")))):
     """Kinds side by side, one comparison per layer: Table 1 distances, label agreement,
     diversity and NLL, in runs/<dataset>/<arch>/comparisons/<layer>/."""
@@ -164,6 +164,13 @@ class CompareStep(create_model("_CompareFields", __base__=InvertersInWorkspace,
 
     def compared_kinds(self) -> list[str]:
         return self.kinds or [self.kind]
+
+    def seed_candidates(self):
+        return [(None, kind, layer) for layer in self.layers for kind in self.compared_kinds()]
+
+    def compared(self, layer: str) -> list[Path]:
+        """Every inverter of the layer compared: each kind's, with all its seeds."""
+        return [path for kind in self.compared_kinds() for path in self.inverters_of(layer, kind)]
 
     def out(self, layer: str) -> Path:
         return artifacts.comparison_dir(self.dataset, self.arch, layer, self.workspace)
@@ -212,26 +219,43 @@ class Compare(OnePerLayer, InverterAnalysis):
 
     @staticmethod
     def run_layer(step, layer) -> str:
-        inverters = [str(step.inverter(layer, kind)) for kind in step.compared_kinds()]
+        inverters = [str(path) for path in step.compared(layer)]
         result = compare_inverters(config_of(step, CompareConfig, inverters=inverters, out=str(step.out(layer))))
         return layer + " " + ", ".join(f"{r['label']} IM-NN {r['IM-NN']['mean_l1']:.2f}" if r.get("IM-NN")
                                        else f"{r['label']} (no classifier: no IM-NN)" for r in result.rows)
 
     @classmethod
     def inverters_read(cls, step):
-        return [step.inverter(layer, kind) for layer in step.layers for kind in step.compared_kinds()]
+        return [path for layer in step.layers for path in step.compared(layer)]
 
     @staticmethod
     def show(step) -> None:
-        """The comparison tables, after a recipe has run."""
+        """The comparison tables, after a recipe has run, and what label agreement across the layers says."""
         for layer in step.layers:
             console.print(comparison_table(json.loads((step.out(layer) / COMPARISON).read_text())))
+        for sentence in label_agreement_lines(step):
+            console.print(sentence)
+
+
+def label_agreement_lines(step) -> list[str]:
+    """Label agreement across the step's layers, in the classifier's graph order (nothing for one
+    layer, or where the layers are not one chain): `compare.label_agreement_across_layers`."""
+    from invkeras.analyses.compare import label_agreement_across_layers
+    from invkeras.analyses.data_processing import classifier_order
+
+    classifier = artifacts.classifier_path(step.dataset, step.arch, step.workspace)
+    if len(step.layers) < 2 or not classifier.exists():
+        return []
+    order = classifier_order(classifier, step.layers)
+    if order is None:
+        return []
+    return label_agreement_across_layers({layer: step.out(layer) for layer in step.layers}, order)
 
 
 # --- information --------------------------------------------------------------
 
 
-class EstimateMIStep(create_model("_EstimateMIFields", __base__=InvertersInWorkspace,
+class EstimateMIStep(create_model("_EstimateMIFields", __base__=SeededInverters,
                                   **fields_of(EstimateMIConfig,
                                                without=("inverters", "unconditional", "out", "labels")))):
     """The information table over the layers' inverters: pixel-space for a kind with a pixel
@@ -241,17 +265,28 @@ class EstimateMIStep(create_model("_EstimateMIFields", __base__=InvertersInWorks
     With `archs`, one table compares the layers of several architectures' runs on the same
     test images (paired), in rows labelled arch/layer; it is written to
     runs/<dataset>/architectures/mi/<split>.json, and `reference` names such a label.
+
+    A layer trained with several seeds (`seeds` on its train-inverter step) is one row over all of
+    them, with the interval that adds the spread between the runs.
     """
     command: Literal["estimate-mi"]
     unconditional: bool = Field(True, description="also use the 'none' inverter for H*(x) - H*(x|h)")
     archs: Optional[list[str]] = Field(None, min_length=2, description="compare these architectures' runs")
 
     def rows(self) -> list[tuple[Optional[str], Path]]:
-        """(label, inverter dir) per row; the label is None when rows are plain layers."""
+        """(label, inverter dir) per inverter, every seed of a row with the row's label; the label
+        is None when rows are plain layers."""
         if not self.archs:
-            return [(None, self.inverter(layer)) for layer in self.layers]
-        return [(f"{arch}/{layer}", artifacts.inverter_dir(self.dataset, arch, layer, self.workspace, kind=self.kind))
-                for arch in self.archs for layer in self.layers]
+            return [(None, path) for layer in self.layers for path in self.inverters_of(layer)]
+        return [(f"{arch}/{layer}", path) for arch in self.archs for layer in self.layers
+                for path in self.inverters_of(layer, arch=arch)]
+
+    def seed_candidates(self):
+        rows = [(arch, self.kind, layer) for arch in (self.archs or [None]) for layer in self.layers]
+        return rows + ([(None, self.kind, "none")] if self.unconditional else [])
+
+    def unconditional_inverters(self) -> list[Path]:
+        return self.inverters_of("none") if self.unconditional else []
 
     def out(self) -> Path:
         """mi/<split>.json, or mi/latent_<split>.json for a kind with a latent likelihood (cinn)."""
@@ -265,19 +300,47 @@ class EstimateMIStep(create_model("_EstimateMIFields", __base__=InvertersInWorks
 def cli_estimate_mi(
     inverter: List[str] = typer.Option(..., help="Inverter directory with a pixel likelihood, or all with a latent "
                                             "one (kind cinn: a separate latent-space table) (repeatable)."),
-    unconditional: Optional[str] = typer.Option(None, help="Unconditional inverter, for H*(x) - H*(x|h)."),
+    unconditional: List[str] = typer.Option([], help="Unconditional inverter, for H*(x) - H*(x|h) (repeat for "
+                                                     "its seeds)."),
     reference: Optional[str] = typer.Option(None, help="Layer whose NCE the others are compared with."),
     split: Optional[str] = typer.Option(None, help="validation | test [default: test]."),
     eval_examples: Optional[int] = typer.Option(None, help="Evaluate on the first N held-out images."),
+    order: Optional[str] = typer.Option(None, help="Comma-separated layers of one feed-forward chain, shallow to "
+                                                   "deep, for the data-processing check [default: the classifier's "
+                                                   "graph order]."),
     out: Optional[str] = typer.Option(None, help="JSON path (a CSV twin is written beside it)."),
 ) -> None:
-    """Held-out NLL per inverter, the NCE bound on I(x;h), and MI estimates, as a table, JSON and CSV."""
+    """Held-out NLL per inverter, the NCE bound on I(x;h), and MI estimates, as a table, JSON and CSV.
+    Inverters of one layer that differ only in their seed are one row, with an interval over the seeds too."""
     options = given(locals())
 
     options["inverters"] = options.pop("inverter")
+    given_unconditional = options.pop("unconditional")
+    if given_unconditional:
+        options["unconditional"] = given_unconditional[0] if len(given_unconditional) == 1 else given_unconditional
+    if order is not None:
+        options["order"] = [name.strip() for name in order.split(",") if name.strip()]
     report, path = estimate_mi(EstimateMIConfig(**options))
     console.print(latent_mi_table(report) if getattr(report, "space", None) == "latent" else mi_table(report))
+    if getattr(report, "space", None) != "latent" and seeds_table(report) is not None:
+        console.print(seeds_table(report))
     console.print(f"written: {path} and {path.with_suffix('.csv')}")
+
+
+def seeds_table(report) -> Optional[object]:
+    """H*(x|h) of the rows with several seeds: the test-image interval beside the one that adds the
+    spread between the seeds' training runs (None when no row has several)."""
+    from invkeras.reports.sections import fmt, pm
+
+    rows = [r for r in report.rows if (r.get("n_seeds") or 1) > 1]
+    if not rows:
+        return None
+    return table("H*(x|h) over training seeds, nats/image (95% intervals)",
+                 ["layer", "seeds", "mean ± se (images)", "interval (images)", "± se (seeds + images)",
+                  "interval (seeds + images)"],
+                 [[r["layer"], r["n_seeds"], pm(r["H*(x|h) nats"], r["se nats"]),
+                   f"[{fmt(r['ci95 low'])}, {fmt(r['ci95 high'])}]", fmt(r["se seeds+images nats"]),
+                   f"[{fmt(r['ci95 low (seeds)'])}, {fmt(r['ci95 high (seeds)'])}]"] for r in rows])
 
 
 @register_command
@@ -293,8 +356,9 @@ class EstimateMI(InverterAnalysis):
     @staticmethod
     def run(step) -> str:
         rows = step.rows()
+        unconditional = [str(path) for path in step.unconditional_inverters()]
         config = config_of(step, EstimateMIConfig, inverters=[str(inverter) for _, inverter in rows],
-                           unconditional=str(step.inverter("none")) if step.unconditional else None,
+                           unconditional=(unconditional[0] if len(unconditional) == 1 else unconditional) or None,
                            out=str(step.out()), labels=[label for label, _ in rows] if step.archs else None)
         report, _ = estimate_mi(config)
         if getattr(report, "space", None) == "latent":
@@ -309,12 +373,17 @@ class EstimateMI(InverterAnalysis):
 
     @classmethod
     def inverters_read(cls, step):
-        return [path for _, path in step.rows()] + ([step.inverter("none")] if step.unconditional else [])
+        return [path for _, path in step.rows()] + step.unconditional_inverters()
 
     @staticmethod
     def show(step) -> None:
         """The information table, after a recipe has run: the result people run it for."""
+        from invkeras.analyses.mi import MIReport
+
         console.print(mi_report_table(step.out()))
+        seeded = seeds_table(MIReport.from_json(step.out())) if step.out().name == report_name(step.split) else None
+        if seeded is not None:
+            console.print(seeded)
 
 
 # --- edit ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ dataset unchanged.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -59,6 +60,45 @@ class InvertersInWorkspace(BaseModel):
 
     def inverter(self, layer: str, kind: str | None = None) -> Path:
         return artifacts.inverter_dir(self.dataset, self.arch, layer, self.workspace, kind=kind or self.kind)
+
+
+class SeededInverters(InvertersInWorkspace):
+    """Steps that read every seed of a layer's inverters (`estimate-mi`, `compare`): `seeds` maps
+    '<kind>/<layer>' (with the arch in front, '<arch>/<kind>/<layer>', for another arch's run)
+    to the seeds trained; a recipe fills it in from its `train-inverter` steps with `seeds`.
+    The first seed's inverter is in the usual directory, the others beside it
+    (`invkeras.analyses.seeds.seeded_dir`); a layer not in `seeds` has the one inverter."""
+
+    seeds: Optional[dict[str, list[int]]] = Field(
+        None, description="seeds of the inverters trained with several, by '<kind>/<layer>' (a recipe fills it in)")
+
+    def seed_key(self, layer: str, kind: str | None = None, arch: str | None = None) -> str:
+        key = f"{kind or self.kind}/{layer}"
+        return key if arch in (None, self.arch) else f"{arch}/{key}"
+
+    def inverters_of(self, layer: str, kind: str | None = None, arch: str | None = None) -> list[Path]:
+        """The directories of every seed of one layer's inverter (one, without seeds)."""
+        from invkeras.analyses.seeds import seeded_dir
+
+        base = artifacts.inverter_dir(self.dataset, arch or self.arch, layer, self.workspace, kind=kind or self.kind)
+        seeds = (self.seeds or {}).get(self.seed_key(layer, kind, arch))
+        return [seeded_dir(base, seed, seeds[0]) for seed in seeds] if seeds else [base]
+
+    def seed_candidates(self) -> list[tuple[str | None, str, str]]:
+        """(arch, kind, layer) of every inverter the step reads."""
+        return [(None, self.kind, layer) for layer in self.layers]
+
+    def pick_up_seeds(self, seeded: dict[Path, list[int]]):
+        """The step with `seeds` filled in from the recipe's seeded runs ({first seed's directory:
+        seeds}), unless it sets its own."""
+        if self.seeds is not None:
+            return self
+        found = {}
+        for arch, kind, layer in self.seed_candidates():
+            base = artifacts.inverter_dir(self.dataset, arch or self.arch, layer, self.workspace, kind=kind)
+            if base.resolve() in seeded:
+                found[self.seed_key(layer, kind, arch)] = seeded[base.resolve()]
+        return self.model_copy(update={"seeds": found}) if found else self
 
 
 class InverterAnalysis(Command):

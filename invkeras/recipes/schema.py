@@ -27,6 +27,11 @@ A step refers to what another, earlier step made by that step's name, never by a
         kind: cinn
         autoencoder: {step: autoencoder}
 
+A `train-inverter` step with `seeds: N` stands for N runs that differ only in their seed
+(seed, seed + 1, ...): the step NAME trains the first in the usual directory, steps
+NAME-seed<s> the others beside it (inverters/<kind>/<layer>-seed<s>). `estimate-mi` and
+`compare` steps of that layer read every seed and report the spread between them.
+
 Paths derive from the workspace, the dataset and the step, so `--set dataset=X` (with
 `--set scale=small`) is all that changes to run a recipe on other data.
 
@@ -125,6 +130,7 @@ class Recipe(BaseModel):
         if isinstance(defaults, dict):
             _check_defaults(defaults)
         steps, problems = {}, []
+        seeded: dict[Path, list[int]] = {}  # the first seed's directory -> every seed, of steps with `seeds`
         for name, step in raw["steps"].items():
             if step is None:
                 continue  # dropped by a variant or --set steps.NAME=null
@@ -150,13 +156,42 @@ class Recipe(BaseModel):
                 problems.append(str(exc))
                 continue
             try:
-                steps[name] = model.model_validate(step)
+                if "seeds" in step and step.get("command") == "train-inverter":
+                    steps.update(_expand_seeds(name, step, model, seeded))
+                    continue
+                built = model.model_validate(step)
+                if seeded and hasattr(built, "pick_up_seeds"):
+                    built = built.pick_up_seeds(seeded)
+                steps[name] = built
             except ValidationError as exc:
                 problems.append(describe_validation_error(exc, prefix=f"steps.{name}"))
+            except ValueError as exc:
+                problems.append(f"steps.{name}.seeds: {exc}")
         if problems:
             raise ValueError("; ".join(problems))
         raw["steps"] = steps
         return raw
+
+
+def _expand_seeds(name: str, step: dict, model: type[BaseModel], seeded: dict[Path, list[int]]) -> dict[str, BaseModel]:
+    """A train-inverter step with `seeds: N` as N steps differing only in `seed` (and so in their
+    directory): NAME keeps the first seed and the usual directory, NAME-seed<s> the others."""
+    from invkeras.analyses.seeds import seed_list, seeded_dir
+
+    step = dict(step)
+    count = step.pop("seeds")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"expected a whole number of runs, at least 1 (got {count!r})")
+    first = model.model_validate(step)
+    expanded = {name: first}
+    if count == 1:
+        return expanded
+    seeds = seed_list(first.seed, count)
+    for seed in seeds[1:]:
+        expanded[f"{name}-seed{seed}"] = model.model_validate(
+            {**step, "seed": seed, "out": str(seeded_dir(first.out_dir(), seed, first.seed))})
+    seeded[first.out_dir().resolve()] = seeds
+    return expanded
 
 
 def is_reference(value: Any) -> bool:
