@@ -303,13 +303,17 @@ def build_report(
                              "(H*(x|h) is loose by at least that much)")
         if seeded:
             row.update(_seed_columns(estimate))
+            if reference is not None and max(estimate.n_seeds, reference.n_seeds) > 1:
+                # NCE(layer) - NCE(ref) = H*(x|ref) - H*(x|h), paired over images, with both layers' seed spread
+                row["se (paired, seeds+images)"] = seeds.difference(reference.seed_values, estimate.seed_values).se
         row["note"] = "; ".join(notes) or None
         report.rows.append(row)
     _check_data_processing(report, estimates, order)
     return report
 
 
-SEED_COLUMNS = ("n_seeds", "se seeds+images nats", "ci95 low (seeds)", "ci95 high (seeds)", "seeds")
+SEED_COLUMNS = ("n_seeds", "se seeds+images nats", "ci95 low (seeds)", "ci95 high (seeds)", "seeds",
+                "se (paired, seeds+images)")
 
 
 def _seed_columns(estimate: LayerEstimate) -> dict:

@@ -181,6 +181,8 @@ def mi_tables(contents: RunContents) -> list[dict]:
             "artifact": artifact, "split": payload.get("split"), "dataset": payload.get("dataset"),
             "arch": arch or artifact.path.parent.parent.name, "where": where.as_posix(),
             "entropy_nats": payload.get("entropy_nats"), "reference": reference, "rows": rows, "inverters": inverters,
+            "data_processing": payload.get("data_processing") if isinstance(payload.get("data_processing"), dict)
+            else None,
         })
     # Tell apart tables that would otherwise have the same title (several checkpoints, or splits).
     titles = Counter((t["dataset"], t["arch"], t["split"]) for t in tables)
@@ -198,6 +200,28 @@ def mi_tables(contents: RunContents) -> list[dict]:
     return tables
 
 
+SEED_HEADERS = ["seeds", "95% interval with the seeds' spread"]
+SEEDS_NOTE = ("the 95% interval counts the test images only; the one with the seeds' spread adds the variance between "
+              "training runs of the layer's seeds (a t-interval, Welch-Satterthwaite degrees of freedom)")
+
+
+def seed_cells(row: dict) -> list[str]:
+    """A row's seeds and its interval with the seeds' spread (empty for a layer of one seed)."""
+    low, high = row.get("ci95 low (seeds)"), row.get("ci95 high (seeds)")
+    return [fmt(row.get("n_seeds") or 1), f"[{fmt(low)}, {fmt(high)}]" if low is not None and high is not None else ""]
+
+
+def data_processing_notes(checked: dict | None) -> list[str]:
+    """The data-processing check of a table: each breach, with what it means, or nothing."""
+    if not checked or not checked.get("breaches"):
+        return []
+    from invkeras.analyses.data_processing import MEANING
+
+    pairs = ", ".join(f"{b.get('deeper')} above {b.get('shallower')} by {fmt(b.get('excess'), 3)} "
+                      f"(± {fmt(b.get('half_width'), 3)})" for b in checked["breaches"] if isinstance(b, dict))
+    return [f"data-processing check: {pairs}: {MEANING}"]
+
+
 @register_section(order=30, kinds=("mi-estimate",))
 def information_section(contents: RunContents, out_stem: Path) -> Section | None:
     """The `estimate-mi` tables: NCE, paired differences to a reference layer, estimates and bounds on I(x;h)."""
@@ -212,6 +236,7 @@ def information_section(contents: RunContents, out_stem: Path) -> Section | None
                "H*(x) - H*(x|h) estimate", "H(x) - H*(x|h) bound on I"]
     for table in tables:
         rows = []
+        seeded = any((r.get("n_seeds") or 1) > 1 for r in table["rows"])
         for r in table["rows"]:
             low, high = r.get("ci95 low"), r.get("ci95 high")
             rows.append([
@@ -219,12 +244,16 @@ def information_section(contents: RunContents, out_stem: Path) -> Section | None
                 f"[{fmt(low)}, {fmt(high)}]" if low is not None and high is not None else "",
                 fmt(r.get("bits/dim"), 4), fmt(r.get("NCE nats")), pm(r.get("NCE - NCE(ref)"), r.get("se (paired)")),
                 fmt(r.get("H*(x) - H*(x|h) [estimate]")), fmt(r.get("H(x) - H*(x|h) [lower bound on I]")),
-            ])
+            ] + (seed_cells(r) if seeded else []))
         notes = [f"reference layer: {table['reference']}" if table["reference"] else "no reference layer"]
         if table["entropy_nats"] is not None:
             notes.append(f"H(x) = {fmt(table['entropy_nats'], 3)} nats exactly")
+        if seeded:
+            notes.append(SEEDS_NOTE)
+        notes += data_processing_notes(table["data_processing"])
         notes.append(f"file: {table['artifact'].rel}")
-        section.tables.append(Table(table["title"], columns, rows, note="; ".join(notes)))
+        section.tables.append(Table(table["title"], columns + (SEED_HEADERS if seeded else []), rows,
+                                    note="; ".join(notes)))
         section.provenance.append(table["artifact"])
     return section
 
@@ -265,7 +294,10 @@ def plots_section(contents: RunContents, out_stem: Path) -> Section | None:
         except ValueError:
             reference = None
             plot_nce_by_layer(rows, path)
+        seeded = any((r.get("n_seeds") or 1) > 1 for r in rows)
         caption = (f"NCE = -H*(x|h) per layer from {source}, ±1 SE"
+                   + (" over the test images (narrow bars) and with the spread between training seeds (wide, light "
+                      "bars) for layers with several seeds" if seeded else "")
                    + (f", relative to {reference} (paired SE), as in Nash et al. (2019) Fig. 5a" if reference else "")
                    + ". Higher means the layer keeps more information about the input.")
         images.append(Image("NCE by layer", path, caption))

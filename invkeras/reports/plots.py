@@ -125,6 +125,11 @@ def plot_nce_by_layer(
     carrying "NCE - NCE(ref)" and "se (paired)" for that same reference ("reference" key equal
     to it) use those paired values; otherwise the difference is taken here with an unpaired SE.
     Groups without the reference layer are left out of a relative plot.
+
+    Rows of layers with several training seeds also carry the SE that adds the spread between
+    the seeds ("se seeds+images nats", and "se (paired, seeds+images)" relative to the
+    reference): it is drawn as a second, wider bar behind the test-image one, so both intervals
+    show. Rows of one seed draw as ever.
     """
     rows = _check_rows(rows, "plot_nce_by_layer")
     groups: dict[str, list[Mapping[str, Any]]] = {}
@@ -146,22 +151,33 @@ def plot_nce_by_layer(
         for layer in order_layers(by_layer):
             row = by_layer[layer]
             y, se = _nce(row), _se(row)
+            seeded = _number(row.get("se seeds+images nats"))
             if reference:
                 paired = row.get("NCE - NCE(ref)")
                 if paired is not None and row.get("reference") == reference:
                     y, se = _number(paired), _number(row.get("se (paired)"))
+                    seeded = _number(row.get("se (paired, seeds+images)"))
                 else:
                     y = y - _nce(ref_row)
                     se = 0.0 if layer == reference else math.hypot(se, _se(ref_row))
-            points.append((position[layer], y, se, layer))
+                    seeded = math.nan
+            points.append((position[layer], y, se, layer, seeded))
         if not points:
             continue
         offset = (g - (len(groups) - 1) / 2) * width / max(1, len(groups) - 1) if width else 0.0
         xs = [p[0] + offset for p in points]
         ys = [p[1] for p in points]
         errors = [0.0 if math.isnan(p[2]) else p[2] for p in points]
-        axes.errorbar(xs, ys, yerr=errors, marker="o", capsize=4, label=name or None)
-        drawn.append({"group": name, "points": [{"layer": p[3], "y": p[1], "se": p[2]} for p in points]})
+        line = axes.errorbar(xs, ys, yerr=errors, marker="o", capsize=4, label=name or None)
+        seeded = [(x, p) for x, p in zip(xs, points) if not math.isnan(p[4])]
+        if seeded:
+            colour = line.lines[0].get_color()
+            axes.errorbar([x for x, _ in seeded], [p[1] for _, p in seeded], yerr=[p[4] for _, p in seeded],
+                          fmt="none", ecolor=colour, alpha=0.35, elinewidth=6, capsize=0,
+                          label=(f"{name}: " if name else "") + "± SE with the seeds' spread")
+        drawn.append({"group": name, "points": [{"layer": p[3], "y": p[1], "se": p[2],
+                                                 **({} if math.isnan(p[4]) else {"se_seeds": p[4]})}
+                                                for p in points]})
     if not drawn:
         raise ValueError(f"plot_nce_by_layer: no group has the reference layer '{reference}'")
 
@@ -175,7 +191,8 @@ def plot_nce_by_layer(
         axes.set_ylabel("NCE = -H*(x|h) (nats per image)")
     axes.set_title(title or ("Information kept by each layer" + (f", relative to {reference}" if reference else "")))
     axes.grid(True, alpha=0.3)
-    if any(d["group"] for d in drawn) and len(drawn) > 1:
+    with_seeds = any("se_seeds" in point for d in drawn for point in d["points"])
+    if (any(d["group"] for d in drawn) and len(drawn) > 1) or with_seeds:
         axes.legend()
     return _save(figure, path, plot="nce_by_layer", data=drawn, options={"reference": reference})
 
