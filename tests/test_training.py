@@ -255,3 +255,35 @@ def test_a_hook_can_end_training_at_a_step_with_a_checkpoint_as_the_cap_does(tmp
     assert "time_cap_reached" not in progress  # a deadline of this run only: a rerun may train on
     _, rerun = _run(tmp_path, "stopped")
     assert rerun.resumed_from_step == 17 and rerun.steps == 60
+
+
+class WeightsAtCheckpoints(TrainingHook):
+    """The trainee's weights as they were at each checkpoint."""
+
+    def __init__(self):
+        self.weights = {}
+
+    def on_checkpoint(self, step, logs):
+        self.weights[step] = [np.array(keras.ops.convert_to_numpy(v)) for v in self.trainee.weight_variables()]
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])  # an inverter's val_loss, a classifier's val_accuracy
+def test_early_stopping_leaves_the_best_checkpoints_weights_not_the_last(tmp_path, mode):
+    """Validation improves for three checkpoints, then gets worse twice: training stops there
+    (patience 2) and the weights left are those of the third checkpoint."""
+    scores = iter([5.0, 3.0, 1.0, 2.0, 4.0] if mode == "min" else [0.2, 0.5, 0.9, 0.7, 0.6])
+    arrays = _arrays()
+    trainee = _trainee(arrays)
+    trainee._validate = lambda: {"score": next(scores)}
+    recorder = WeightsAtCheckpoints()
+    schedule = Schedule(max_steps=100, steps_per_checkpoint=10, patience=2, batch_size=8, seed=3, monitor="score",
+                        mode=mode)
+    outcome = train(trainee, arrays, schedule, out_dir=tmp_path / mode, settings={}, what="test run",
+                    hooks=[recorder], progress=False)
+    assert outcome.stopped_early and outcome.steps == 50 and outcome.best_step == 30
+    assert outcome.best_value == (1.0 if mode == "min" else 0.9)
+    left = [keras.ops.convert_to_numpy(v) for v in trainee.weight_variables()]
+    for best, now in zip(recorder.weights[30], left):
+        np.testing.assert_array_equal(now, best)
+    # The last two intervals did change the weights: keeping the last ones would fail above.
+    assert any(not np.array_equal(best, last) for best, last in zip(recorder.weights[30], recorder.weights[50]))
