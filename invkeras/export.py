@@ -3,8 +3,12 @@
 A classifier's `serve` endpoint takes raw images (as the classifier does) and returns its
 output (logits for our classifiers). An inverter gets one named signature per function its
 kind exports (`Inverter.export_functions`): `log_prob(x, h)` in nats per image for kinds with
-a pixel likelihood, `sample(h, seed)` through the compiled sampler (XLA, as the library's),
-`reconstruct(h)` for point estimates, and `serve`, the kind's default. The directory is
+a pixel likelihood, `sample(h, seed)` compiled with XLA, `reconstruct(h)` for point estimates,
+and `serve`, the kind's default. The library's PixelCNN++ sampler is compiled with XLA too, so
+its exported `sample` draws the same images as `inverter.sample(h, 1, seed=seed)`. A GAN's
+library `sample` draws its noise with TensorFlow's own stateless kernel, which gives other
+numbers than XLA's for the same seed: its exported `sample` is a function of the seed and
+draws from the same distribution, but not the library's images for that seed. The directory is
 written under a temporary name and renamed into place, so a kill never leaves a
 half-written export; its metadata is `<out>.meta.json` beside the directory.
 """
