@@ -22,13 +22,15 @@ strategy            KERAS_BACKEND=tensorflow                     KERAS_BACKEND=j
 Both data-parallel forms are synchronous replicas: the weights are copied to every device,
 each global batch is split evenly across them, and the gradients are averaged, so a step on
 N devices is the step on one device with the same global batch (up to the order of float
-additions; `tests/jax_subset/test_data_parallel.py` checks it on two host devices).
+additions; `tests/test_distribution.py` and `tests/jax_subset/test_data_parallel.py` check it on
+two CPU devices).
 
 Multi-host JAX: every process calls `initialize_multi_host()` (`jax.distributed.initialize`,
 through Keras) before anything else touches JAX (the CLI does when KERAS_DISTRIBUTION_*
 variables are set), then trains with ``--strategy data-parallel``: `DataParallel` then spans
 every process's devices, and the training loop hands each process its own slice of every
-global batch (`process_share`). Written to Keras's and JAX's documentation; never run here.
+global batch (`process_share`). `tests/jax_subset/test_multi_process.py` runs two such
+processes on one machine (CPU collectives through gloo); several real hosts have not been run.
 
 MultiWorkerMirroredStrategy is deliberately absent: it fails with Keras 3 `fit`.
 """
