@@ -167,6 +167,7 @@ def test_workers_get_a_share_of_the_cores_and_one_gpu_each(tmp_path, monkeypatch
     """Slot i gets GPU i mod G; with more workers than GPUs, memory grows as needed (no worker
     runs here: Popen only records what it was asked to start)."""
     import invkeras.recipes.executors as executors
+    import invkeras.workers as workers
 
     started = []
 
@@ -174,8 +175,8 @@ def test_workers_get_a_share_of_the_cores_and_one_gpu_each(tmp_path, monkeypatch
         def __init__(self, args, env, **kwargs):
             started.append(env)
 
-    monkeypatch.setattr(executors.subprocess, "Popen", Recorded)
-    monkeypatch.setattr(executors, "_cores", lambda: 8)
+    monkeypatch.setattr(workers.subprocess, "Popen", Recorded)
+    monkeypatch.setattr(executors, "available_cores", lambda: 8)
     executor = LocalExecutor(3, gpus=["4", "7"])
     executor._open(SimpleNamespace(workspace=str(tmp_path), name="r"))
     try:
@@ -326,7 +327,8 @@ def _inverter_weights(ws: Path, layer: str) -> list:
 
 
 @pytest.mark.slow
-def test_a_ray_task_whose_worker_is_killed_is_retried_and_ends_as_a_serial_run_does(killed_then_resumed, tmp_path):
+def test_a_ray_task_whose_worker_is_killed_is_retried_and_ends_as_a_serial_run_does(killed_then_resumed, tmp_path,
+                                                                                  monkeypatch):
     """A local Ray instance (2 CPUs) runs the two decoder steps as tasks; the fc3 decoder's
     worker process is SIGKILLed after its first checkpoint. Ray retries the task in a fresh
     worker, which resumes from that checkpoint, and both decoders end with the weights the
@@ -349,6 +351,7 @@ def test_a_ray_task_whose_worker_is_killed_is_retried_and_ends_as_a_serial_run_d
                                                                                    "ran", "ran"]
 
     marker = tmp_path / "killed"
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a new instance of the test's own, not a cluster named there
     module = sys.modules[__name__]
     cloudpickle.register_pickle_by_value(module)  # the hook travels as code: workers cannot import this file
     try:
