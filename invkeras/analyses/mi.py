@@ -312,10 +312,6 @@ def build_report(
     return report
 
 
-SEED_COLUMNS = ("n_seeds", "se seeds+images nats", "ci95 low (seeds)", "ci95 high (seeds)", "seeds",
-                "se (paired, seeds+images)")
-
-
 def _seed_columns(estimate: LayerEstimate) -> dict:
     """The seed columns of a row: the combined interval where the layer has several seeds; a
     layer of one seed has no estimate of the spread between runs, so none is made up."""

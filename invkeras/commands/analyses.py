@@ -198,6 +198,8 @@ def cli_compare(
     options["labels"] = options.pop("label") or None
     result = compare_inverters(CompareConfig(**options))
     console.print(comparison_table(json.loads(result.json_path.read_text())))
+    if compare_seeds_table(result.rows) is not None:
+        console.print(compare_seeds_table(result.rows))
     written = [result.json_path, result.csv_path, result.arrays_path, *result.grid_paths.values()]
     console.print("written: " + ", ".join(str(p) for p in written if p is not None))
 
@@ -232,9 +234,31 @@ class Compare(OnePerLayer, InverterAnalysis):
     def show(step) -> None:
         """The comparison tables, after a recipe has run, and what label agreement across the layers says."""
         for layer in step.layers:
-            console.print(comparison_table(json.loads((step.out(layer) / COMPARISON).read_text())))
+            comparison = json.loads((step.out(layer) / COMPARISON).read_text())
+            console.print(comparison_table(comparison))
+            if compare_seeds_table(comparison["rows"]) is not None:
+                console.print(compare_seeds_table(comparison["rows"]))
         for sentence in label_agreement_lines(step):
             console.print(sentence)
+
+
+def compare_seeds_table(rows: list[dict]):
+    """The rows of several seeds: each value's 95% interval with the spread between the seeds'
+    training runs (None when no row has several seeds)."""
+    from invkeras.reports.sections import fmt
+
+    seeded = [r for r in rows if (r.get("n_seeds") or 1) > 1]
+    if not seeded:
+        return None
+    keys = [k for k in ("IM-S", "IM-NN", "label_agreement", "diversity_pixel_l1", "nll_nats")
+            if any(k in (r.get("seed_intervals") or {}) for r in seeded)]
+
+    def cell(interval):
+        return "" if not interval else f"{fmt(interval['mean'])} [{fmt(interval['low'])}, {fmt(interval['high'])}]"
+
+    return table("Over training seeds: mean [95% interval with the seeds' spread]", ["label", "seeds", *keys],
+                 [[r["label"], r["n_seeds"], *[cell((r.get("seed_intervals") or {}).get(k)) for k in keys]]
+                  for r in seeded])
 
 
 def label_agreement_lines(step) -> list[str]:

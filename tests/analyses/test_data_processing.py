@@ -78,3 +78,15 @@ def test_the_graph_order_is_the_models_and_a_skip_connection_breaks_the_chain():
     skip = keras.Model(inputs, keras.layers.Add(name="d")([a, c]))
     assert data_processing.graph_order(skip, ["b", "d"]) is None  # d sees a around b
     assert data_processing.graph_order(skip, ["a", "d"]) == ["a", "d"]
+
+
+def test_label_agreement_across_layers_reads_each_layers_comparison(tmp_path):
+    from invkeras.analyses.compare import label_agreement_across_layers
+
+    for layer, share in (("conv1", 0.5), ("fc3", 0.95)):
+        (tmp_path / layer).mkdir()
+        np.savez(tmp_path / layer / "compare.npz", label_agreement_pixelcnn=np.full(8, share) + NOISE / 10)
+    (sentence,) = label_agreement_across_layers({"conv1": tmp_path / "conv1", "fc3": tmp_path / "fc3"},
+                                                ["conv1", "fc3"])
+    assert sentence.startswith("pixelcnn: samples of fc3 keep the label more often") and "not a breach" in sentence
+
