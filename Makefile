@@ -30,9 +30,10 @@ $(STAMP_JAX): requirements-jax.txt pyproject.toml
 	$(PY_JAX) -m pip install --quiet --no-deps -e .
 	touch $(STAMP_JAX)
 
-# The demo: the whole pipeline on the embedded procedural dataset (recipes/quickstart.yaml).
+# The demo: train a classifier on the embedded procedural dataset and inspect it (recipes/demo.yaml).
 demo: install
-	$(VENV)/bin/invkeras run recipes/quickstart.yaml --parallel 2
+	$(VENV)/bin/invkeras run recipes/demo.yaml
+	@echo "The demo's report: $(CURDIR)/runs/procedural/inspect/report.html"
 
 # The main suite (TensorFlow; tests/jax_subset skips there, tests/test_cross_backend.py calls into
 # .venv-jax), then the JAX subset in .venv-jax. Catalogue names (mnist, cifar10) read the offline

@@ -56,10 +56,12 @@ class Inspect(Command):
 
     @staticmethod
     def run(step) -> str:
+        from invkeras.commands.tables import console
         from invkeras.inspection import InspectConfig, inspect_classifier
         from invkeras.inspection.config import format_duration
 
         result = inspect_classifier(config_of(step, InspectConfig))
+        console.print(result.reading, highlight=False)
         return (f"{len(result.layers)} layers, {', '.join(result.kinds)}, {format_duration(result.spent)}: "
                 f"{result.report_html}")
 

@@ -11,7 +11,7 @@ TensorFlow threads ran at 96-120% CPU), so on two cores two lanes train about tw
 steps of one. Each lane is a fresh Python process with the machine's cores divided among the
 lanes as TensorFlow threads; it writes its log to `<out>/logs/lane-<n>.log`, which the
 parent shows a line of, and its results to a JSON file beside it. A lane process dies with
-the parent (PR_SET_PDEATHSIG on Linux), so no orphan keeps training behind a rerun. A single
+the parent (`invkeras.workers`), so no orphan keeps training behind a rerun. A single
 lane runs in the calling process.
 
 Caps follow the plan's rule (`plan.allocate`), recomputed before each model from the time
@@ -27,8 +27,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,19 +36,12 @@ from invkeras.errors import InvkerasError
 from invkeras.inspection import plan as planning
 from invkeras.inspection.config import format_duration
 from invkeras.inspection.workspace import (COMPARISON, RECONSTRUCTION_GRID, SAMPLE_GRID, Workspace, compare_config,
-                                           evaluation_sizes, layer_evaluated, made_with, sample_config,
-                                           sampling_kinds)
+                                           evaluation_sizes, layer_evaluated, made_with, sample_config, shown_kinds)
 from invkeras.training import TrainingHook
+from invkeras.workers import available_cores, exit_with_parent, last_line, start_worker, stop_worker, thread_environment
 
 POLL_SECONDS = 1.0
 LOG_DIR = "logs"
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
 
 
 # --- one lane ------------------------------------------------------------------------------
@@ -120,20 +111,19 @@ def evaluate_layer(workspace: Workspace, layer: str, kinds: Sequence[str]) -> No
     from invkeras.analyses.samples import draw_inversions, save_samples_with_reconstruction
     from invkeras.inverters import load_inverter
 
-    sampling = sampling_kinds(kinds) or [kind for kind in kinds if kind == "mse"]
-    beside_mse = sampling_kinds(kinds)[0] if "mse" in kinds and sampling_kinds(kinds) else None
-    for kind in sampling:
+    shown, beside = shown_kinds(kinds)
+    for kind in shown:
         settings = sample_config(workspace, kind, layer)
         grid = workspace.inverter_dir(kind, layer) / SAMPLE_GRID
         reconstruction = workspace.inverter_dir(kind, layer) / RECONSTRUCTION_GRID
-        with_mse = kind == beside_mse
-        if made_with(grid, settings) and (not with_mse or made_with(reconstruction, settings)):
+        with_point = beside is not None and kind == beside[0]
+        if made_with(grid, settings) and (not with_point or made_with(reconstruction, settings)):
             continue
         inverter = load_inverter(settings.inverter)
         if not made_with(grid, settings):
             draw_inversions(settings, inverter=inverter)
-        if with_mse:
-            save_samples_with_reconstruction(settings, str(workspace.inverter_dir("mse", layer)), inverter=inverter)
+        if with_point:
+            save_samples_with_reconstruction(settings, str(workspace.inverter_dir(beside[1], layer)), inverter=inverter)
     if workspace.subject.classifier is None:
         return  # user features: no classifier to read the samples' features with
     settings = compare_config(workspace, kinds, layer)
@@ -165,7 +155,7 @@ def run_lane(workspace: Workspace, groups: Sequence[str], jobs: Sequence[plannin
     record = record or (lambda _: None)
 
     def sampling_speed(also: float = 0.0) -> float:
-        known = [speed for key, speed in speeds.items() if key in planning.SAMPLING_KINDS]
+        known = [speed for key, speed in speeds.items() if planning.draws_samples(key)]
         return max([also, *known]) if (known or also) else 1.0
 
     def evaluation_left(speed: float) -> float:
@@ -183,7 +173,7 @@ def run_lane(workspace: Workspace, groups: Sequence[str], jobs: Sequence[plannin
             models = 2 * cal[job.calibration_key].checkpoint + sum(
                 cal[j.calibration_key].fixed() + planning.MIN_SHARE * j.needed_steps
                 * cal[j.calibration_key].per_step(j.steps_per_checkpoint) for j in later)
-            sampling = speed if job.kind in planning.SAMPLING_KINDS else 0.0
+            sampling = speed if planning.draws_samples(job.kind) else 0.0
             return models + evaluation_left(sampling_speed(sampling))
         return seconds
 
@@ -234,27 +224,15 @@ def run_lane(workspace: Workspace, groups: Sequence[str], jobs: Sequence[plannin
 # --- lanes side by side ----------------------------------------------------------------------
 
 
-# A lane's entry point, run with `python -c` so that it asks Linux to kill it when its parent
-# dies, before anything slow (TensorFlow) is imported; a parent that died even earlier is
-# caught by the parent-id check.
-_BOOTSTRAP = """\
-import ctypes, os, signal, sys
-if sys.platform.startswith("linux"):
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(70)
-from invkeras.inspection.lanes import lane_main
-sys.exit(lane_main(sys.argv[2]))
-"""
-
-
-def lane_main(payload_path: str) -> int:
-    """A lane process: run the lane of `payload_path`, write its result beside it, exit 0 (2 for
-    bad input, 1 for anything else, whose traceback goes to the log)."""
+def lane_main(parent: int, payload_path: str) -> int:
+    """A lane process (started by `invkeras.workers.start_worker` from process `parent`): run
+    the lane of `payload_path`, write its result beside it, exit 0 (2 for bad input, 1 for
+    anything else, whose traceback goes to the log)."""
     import traceback
 
     from rich.console import Console
 
+    exit_with_parent(parent)
     payload = json.loads(Path(payload_path).read_text())
     os.chdir(payload["cwd"])
     result_path = Path(payload["result"])
@@ -275,18 +253,6 @@ def lane_main(payload_path: str) -> int:
     return 0
 
 
-def _last_line(log: Path, width: int = 90) -> str:
-    try:
-        with open(log, "rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
-            tail = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    lines = [line.strip() for line in tail.replace("\r", "\n").splitlines() if line.strip()]
-    line = lines[-1] if lines else ""
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
 def run_lanes(workspace: Workspace, lanes: Sequence[Sequence[str]], jobs: Sequence[planning.Job],
               kinds: Sequence[str], calibrations: dict[str, planning.Calibration], deadline: float,
               console, record=None) -> dict:
@@ -300,8 +266,6 @@ def run_lanes(workspace: Workspace, lanes: Sequence[Sequence[str]], jobs: Sequen
     threads = max(1, available_cores() // len(lanes))
     logs = workspace.out / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads),
-               TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(min(2, threads)))
     running = []
     try:
         for index, groups in enumerate(lanes):
@@ -314,15 +278,12 @@ def run_lanes(workspace: Workspace, lanes: Sequence[Sequence[str]], jobs: Sequen
                        "calibrations": planning.calibration_json(calibrations), "deadline": deadline,
                        "name": name, "cwd": os.getcwd(), "result": str(result_path)}
             artifacts.write_json_atomic(payload_path, payload)
-            with open(log, "a") as out:
-                out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {name}: {', '.join(groups)}; {threads} "
-                          "TensorFlow thread(s) ===\n")
-                out.flush()
-                process = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), str(payload_path)],
-                                           env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            process = start_worker("invkeras.inspection.lanes:lane_main", payload_path, log=log,
+                                   env=thread_environment(threads),
+                                   banner=f"{name}: {', '.join(groups)}; {threads} TensorFlow thread(s)")
             running.append((name, groups, process, log, result_path))
-            console.print(f"  {name}: {', '.join('(images only)' if g == planning.UNCONDITIONAL else g for g in groups)}"
-                          f"  (log: {log})", highlight=False)
+            shown = ", ".join("(images only)" if g == planning.UNCONDITIONAL else g for g in groups)
+            console.print(f"  {name}: {shown}  (log: {log})", highlight=False)
         with progress_bar(console) as bar:
             total = max(1.0, deadline - time.time())
             overall = bar.add_task("lanes, to their deadline", total=total)
@@ -331,16 +292,11 @@ def run_lanes(workspace: Workspace, lanes: Sequence[Sequence[str]], jobs: Sequen
                 time.sleep(POLL_SECONDS)
                 bar.update(overall, completed=min(total, total - (deadline - time.time())))
                 for name, _, process, log, _ in running:
-                    bar.update(tasks[name], info="done" if process.poll() is not None else _last_line(log))
+                    bar.update(tasks[name], info="done" if process.poll() is not None else last_line(log, width=90))
             bar.update(overall, completed=total)
     except BaseException:
         for _, _, process, _, _ in running:  # Ctrl-C or a bug: the lanes go down with us
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop_worker(process)
         raise
     merged: dict = {"trained": {}, "evaluations": {}}
     for name, _, process, log, result_path in running:

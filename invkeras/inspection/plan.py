@@ -1,19 +1,21 @@
 """What `inspect` trains, how long each model's step takes here, and how the budget is split.
 
-**Kinds.** `auto` picks by the images, as measured on CPU budgets of minutes:
+**Kinds.** `auto` asks each registered kind which images it suits (its `quick.auto_for`,
+`invkeras.inverters.QuickTraining`), as measured on CPU budgets of minutes:
 
 * `mse`, always: the cheap point-estimate baseline (seconds to train);
 * `pixelcnn` for greyscale images of at most 32x32 pixels, when the budget gives every
-  PixelCNN++ at least a quarter of the steps it needs (`NEEDED_STEPS`); it brings the pixel
-  likelihood the information estimates need;
+  PixelCNN++ at least a quarter of the steps it needs; it brings the pixel likelihood the
+  information estimates need;
 * `cinn` for colour images (conditional INN over an autoencoder latent), with one
   autoencoder trained for all layers;
 * `gan` only when named.
 
-A list (`pixelcnn,cinn,mse,gan`) is taken as it stands. With pixelcnn, an unconditional
-PixelCNN++ of the images is trained too, whose H*(x) is the reference of the estimates
-H*(x) - H*(x|h), unless the images' entropy H(x) is known exactly (the procedural dataset):
-the exact value is the better reference, and the time goes to the layers' models.
+A list (`pixelcnn,cinn,mse,gan`) is taken as it stands. With a kind that has a pixel
+likelihood, its unconditional model of the images is trained too, whose H*(x) is the
+reference of the estimates H*(x) - H*(x|h), unless the images' entropy H(x) is known exactly
+(the procedural dataset): the exact value is the better reference, and the time goes to the
+layers' models. A kind over an autoencoder latent gets one autoencoder, trained first.
 
 **Calibration.** Each kind's step time is measured on this machine by training its first
 model for a few steps (`CALIBRATION_STEPS`) in the shared loop and stopping it at a
@@ -30,8 +32,8 @@ own); groups go onto *lanes* that run side by side, one per core where there are
 (`assign_lanes`, `invkeras.inspection.lanes`). Of the time left, the report is set aside
 first; in each lane, its evaluation (sampling, comparisons) and every model's fixed costs
 (setting up, the first step, the final evaluation). The rest of the lane's time is split in
-proportion to what each of its models needs: its `NEEDED_STEPS` (the unconditional model the
-most, since H*(x) is the reference every estimate uses) times its step time. The models of a
+proportion to what each of its models needs: its kind's `quick.needed_steps` (the unconditional
+model the most, since H*(x) is the reference every estimate uses) times its step time. The models of a
 lane get the same share of their need, except that one whose whole need costs under
 `CHEAP_FRACTION` of the time (an MSE decoder: seconds) gets all of it; with a large budget
 the share is above 1 and early stopping ends a model that has converged. Each model trains under a
@@ -51,22 +53,16 @@ from typing import Callable, Sequence
 
 from invkeras.errors import InvkerasError
 from invkeras.inspection.config import format_duration
+from invkeras.inverters.base import QuickTraining
 from invkeras.training import TrainingHook
 
 UNCONDITIONAL = "none"
 AUTOENCODER = "autoencoder"
-# Steps each model needs for usable results at the tiny scales inspect trains (the demo's
-# measured choices: conv1 needed 1,000 PixelCNN++ steps for near copies, the unconditional
-# model 2,600 to come within a nat of the exact H(x); an MSE decoder converges in 800).
-NEEDED_STEPS = {"pixelcnn": 1000, "mse": 800, "cinn": 2000, "gan": 2000, AUTOENCODER: 2000}
-UNCONDITIONAL_STEPS = 2600
-STEPS_PER_CHECKPOINT = {"pixelcnn": 200, "mse": 100, "cinn": 250, "gan": 250, AUTOENCODER: 250}
+AUTOENCODER_TRAINING = QuickTraining(needed_steps=2000, steps_per_checkpoint=250)
 CALIBRATION_STEPS = 6
 MIN_SHARE = 0.1  # below this share of its need, a model is not worth training
 CHEAP_FRACTION = 0.05  # a model whose whole need costs less than this of the time gets all of it
-AUTO_PIXELCNN_SHARE = 0.25  # auto keeps pixelcnn only if every PixelCNN++ gets this share
-PIXELCNN_MAX_SIDE = 32
-SAMPLING_KINDS = ("pixelcnn", "cinn", "gan")  # kinds whose samples are drawn (mse repeats one image)
+AUTO_AFFORDABLE_SHARE = 0.25  # auto keeps a provisional kind only if each of its models gets this share
 REPORT_SECONDS = 10.0
 LOAD_SECONDS = 2.0  # loading a saved inverter
 
@@ -74,29 +70,65 @@ LOAD_SECONDS = 2.0  # loading a saved inverter
 def choose_kinds(requested: Sequence[str], image_shape: Sequence[int], *, auto: bool) -> tuple[list[str], list[str]]:
     """(kinds, notes): the kinds to train and why auto picked them (see the module docstring).
 
-    With `auto`, pixelcnn is provisional: `make_plan(optional=...)` drops it when the budget
-    is too small for it."""
+    With `auto`, the kinds that are picked only if affordable (pixelcnn) are provisional:
+    `make_plan(optional=...)` drops them when the budget is too small for them."""
     from invkeras.inverters import inverter_kinds
 
+    known = inverter_kinds()
     if not auto:
-        known = inverter_kinds()
         unknown = [k for k in requested if k not in known]
         if unknown:
             raise InvkerasError(f"--kinds {','.join(requested)}: unknown kind {', '.join(unknown)}; choose from "
                                 f"{', '.join(sorted(known))} or auto")
         return list(dict.fromkeys(requested)), []
-    height, width, channels = (int(d) for d in image_shape)
-    kinds, notes = ["mse"], ["mse: always, the cheap point-estimate baseline"]
-    if channels == 1 and max(height, width) <= PIXELCNN_MAX_SIDE:
-        kinds.insert(0, "pixelcnn")
-        notes.insert(0, f"pixelcnn: greyscale images of {height}x{width} (at most {PIXELCNN_MAX_SIDE}x"
-                        f"{PIXELCNN_MAX_SIDE}), if the budget allows")
-    elif channels == 1:
-        notes.append(f"pixelcnn: not for {height}x{width} images (larger than {PIXELCNN_MAX_SIDE}x{PIXELCNN_MAX_SIDE})")
-    if channels != 1:
-        kinds.insert(0, "cinn")
-        notes.insert(0, "cinn: colour images (one autoencoder for all layers)")
-    return kinds, notes
+    picked = [(kind, cls.quick.auto_reason(image_shape)) for kind, cls in known.items()]
+    # Kinds that draw samples first, the point estimates after them (they are shown beside).
+    picked = sorted(((kind, why) for kind, why in picked if why), key=lambda item: known[item[0]].point_estimate)
+    passed_over = [(kind, cls.quick.auto_too_large(image_shape)) for kind, cls in known.items()]
+    return [kind for kind, _ in picked], [f"{kind}: {why}" for kind, why in picked + passed_over if why]
+
+
+def quick_training(kind: str) -> QuickTraining:
+    """How `kind` (or the autoencoder) trains in a budget of minutes."""
+    from invkeras.inverters import inverter_class
+
+    return AUTOENCODER_TRAINING if kind == AUTOENCODER else inverter_class(kind).quick
+
+
+def draws_samples(kind: str) -> bool:
+    """A kind whose samples differ (not a point estimate repeated; not the autoencoder)."""
+    from invkeras.inverters import inverter_class
+
+    return kind != AUTOENCODER and not inverter_class(kind).point_estimate
+
+
+def sampling_kinds(kinds: Sequence[str]) -> list[str]:
+    return [kind for kind in kinds if draws_samples(kind)]
+
+
+def point_estimate_kinds(kinds: Sequence[str]) -> list[str]:
+    return [kind for kind in kinds if not draws_samples(kind)]
+
+
+def pixel_likelihood(kind: str) -> bool:
+    """A kind with a pixel likelihood samples pixel by pixel, and its unconditional model is the
+    reference of the information estimates."""
+    from invkeras.inverters import inverter_class
+
+    cls = inverter_class(kind)
+    return "pixel_log_prob" in cls.capabilities and cls.unconditional_ok
+
+
+def likelihood_kind(kinds: Sequence[str]) -> str | None:
+    """The first of `kinds` whose held-out likelihood gives the information estimates."""
+    return next((kind for kind in kinds if pixel_likelihood(kind)), None)
+
+
+def needs_autoencoder(kind: str) -> bool:
+    """A kind over an autoencoder's latent (its config names the autoencoder)."""
+    from invkeras.inverters import inverter_class
+
+    return "autoencoder" in inverter_class(kind).config_class.model_fields
 
 
 @dataclass(frozen=True)
@@ -117,24 +149,26 @@ class Job:
 
     @property
     def needed_steps(self) -> int:
-        if self.layer == UNCONDITIONAL and _pixel_likelihood(self.kind):
-            return UNCONDITIONAL_STEPS
-        return NEEDED_STEPS.get(self.kind, 2000)
+        quick = quick_training(self.kind)
+        if self.layer == UNCONDITIONAL and quick.unconditional_steps:
+            return quick.unconditional_steps
+        return quick.needed_steps
 
     @property
     def steps_per_checkpoint(self) -> int:
-        return STEPS_PER_CHECKPOINT.get(self.kind, 200)
+        return quick_training(self.kind).steps_per_checkpoint
 
 
 def jobs_for(layers: Sequence[str], kinds: Sequence[str], *, exact_entropy: bool = False) -> list[Job]:
     """The models to train for layers and kinds, in training order: the autoencoder first (cinn
-    needs it), then layer by layer, then the unconditional PixelCNN++ (with pixelcnn, unless
+    needs it), then layer by layer, then the unconditional model of the likelihood kind (unless
     the images' entropy is known exactly)."""
-    jobs = [Job(AUTOENCODER, "")] if "cinn" in kinds else []
+    jobs = [Job(AUTOENCODER, "")] if any(needs_autoencoder(kind) for kind in kinds) else []
     for layer in layers:
         jobs += [Job(kind, layer) for kind in kinds]
-    if "pixelcnn" in kinds and not exact_entropy:
-        jobs.append(Job("pixelcnn", UNCONDITIONAL))
+    reference = likelihood_kind(kinds)
+    if reference and not exact_entropy:
+        jobs.append(Job(reference, UNCONDITIONAL))
     return jobs
 
 
@@ -285,9 +319,9 @@ def evaluation_seconds(kinds: Sequence[str], calibrations: dict[str, Calibration
         c = calibrations.get(kind)
         if c is None:
             continue
-        if kind in SAMPLING_KINDS:
+        if draws_samples(kind):
             images = sizes.grid_images + sizes.compare_images * sizes.compare_samples + sizes.topk_images
-            per_image = c.step * sizes.image_pixels / (40 * 64) if _pixel_likelihood(kind) else c.step / 16
+            per_image = c.step * sizes.image_pixels / (40 * 64) if pixel_likelihood(kind) else c.step / 16
             total += 2 * (LOAD_SECONDS + c.first_step) + images * per_image + 2 * c.checkpoint
         else:
             total += 2 * LOAD_SECONDS + c.checkpoint
@@ -354,7 +388,7 @@ def make_plan(jobs: Sequence[Job], calibrations: dict[str, Calibration], *, budg
 
     `evaluation_of(jobs)` estimates the evaluation of the jobs' layers. Each lane's models share
     the time its evaluation leaves (`allocate`). Kinds in `optional` (auto's pixelcnn) are left
-    out when they would get less than AUTO_PIXELCNN_SHARE of their need."""
+    out when they would get less than AUTO_AFFORDABLE_SHARE of their need."""
     notes = list(notes)
     jobs = [job for job in jobs if job.kind != AUTOENCODER]  # trained before the plan (see run)
     left = budget - spent - report
@@ -376,10 +410,10 @@ def make_plan(jobs: Sequence[Job], calibrations: dict[str, Calibration], *, budg
 
     plan = attempt(jobs)
     dropped = [job for job in jobs if job.kind in optional]
-    if dropped and plan.rows and _least_share(plan.rows) < AUTO_PIXELCNN_SHARE and len(dropped) < len(jobs):
+    if dropped and plan.rows and _least_share(plan.rows) < AUTO_AFFORDABLE_SHARE and len(dropped) < len(jobs):
         kinds = sorted({job.kind for job in dropped})
         notes.append(f"{', '.join(kinds)} left out: the budget would give it {_least_share(plan.rows):.0%} of the "
-                     f"steps it needs, less than {AUTO_PIXELCNN_SHARE:.0%}; name it in --kinds to train it anyway")
+                     f"steps it needs, less than {AUTO_AFFORDABLE_SHARE:.0%}; name it in --kinds to train it anyway")
         jobs = [job for job in jobs if job.kind not in optional]
         plan = attempt(jobs)
     if plan.rows and _least_share(plan.rows) < MIN_SHARE:
@@ -433,10 +467,3 @@ def calibration_json(calibrations: dict[str, Calibration]) -> dict:
 def calibrations_from_json(payload: dict) -> dict[str, Calibration]:
     return {key: Calibration(**values) for key, values in (payload or {}).items()}
 
-
-def _pixel_likelihood(kind: str) -> bool:
-    """A kind with a pixel likelihood samples pixel by pixel, and its unconditional model is the
-    reference of the information estimates."""
-    from invkeras.inverters import inverter_class
-
-    return "pixel_log_prob" in inverter_class(kind).capabilities

@@ -207,8 +207,10 @@ def inspect_classifier(config: InspectConfig, console=None) -> InspectResult:
     kinds, kind_notes = planning.choose_kinds(config.kinds, subject.image_shape, auto=config.auto_kinds)
     if config.auto_kinds and same_command and state.get("kinds"):
         kinds = [kind for kind in kinds if kind in state["kinds"]]  # as the interrupted run's plan decided
-    if subject.features and "cinn" in kinds and not config.dataset:
-        raise InvkerasError("--kinds cinn with --features needs --dataset too: its autoencoder trains on the images")
+    latent = [kind for kind in kinds if planning.needs_autoencoder(kind)]
+    if subject.features and latent and not config.dataset:
+        raise InvkerasError(f"--kinds {latent[0]} with --features needs --dataset too: its autoencoder trains on "
+                            "the images")
     workspace = Workspace(config, subject, out)
     jobs = planning.jobs_for([layer.name for layer in subject.layers], kinds,
                              exact_entropy=subject.entropy_nats is not None)
@@ -241,11 +243,11 @@ def inspect_classifier(config: InspectConfig, console=None) -> InspectResult:
     todo = [job for job in jobs if not workspace.finished(job)]
     groups = [layer.name for layer in subject.layers] + [planning.UNCONDITIONAL]
     lanes = max(1, min(available_cores(), len({job.layer for job in todo}) or 1))
+    provisional = [kind for kind in kinds if config.auto_kinds and planning.quick_training(kind).auto_if_affordable]
     plan = planning.make_plan(todo, calibrations, budget=config.budget, spent=clock.spent(), lanes=lanes,
-                              evaluation_of=evaluation_of, notes=kind_notes,
-                              optional=("pixelcnn",) if config.auto_kinds else ())
+                              evaluation_of=evaluation_of, notes=kind_notes, optional=provisional)
     kept = {row.job.key for row in plan.rows}
-    if any(job.key not in kept for job in todo if job.kind != planning.AUTOENCODER):  # auto left pixelcnn out
+    if any(job.key not in kept for job in todo if job.kind != planning.AUTOENCODER):  # auto left a costly kind out
         jobs = [job for job in jobs if job.key in kept or workspace.finished(job)]
         kinds = [kind for kind in kinds if any(job.kind == kind for job in jobs)]
     console.print(planning.plan_table(plan, calibrations))
@@ -337,14 +339,16 @@ def _calibrate(workspace: Workspace, jobs: Sequence[planning.Job], calibrations:
 
 
 def _information(workspace: Workspace, subject: Subject, kinds: Sequence[str]) -> Path | None:
-    """NCE per layer (pixelcnn only), against the unconditional model where there is one: mi/test.json."""
-    if "pixelcnn" not in kinds:
+    """NCE per layer from the kind with a pixel likelihood, against its unconditional model where
+    there is one: mi/test.json."""
+    kind = planning.likelihood_kind(kinds)
+    if kind is None:
         return None
     from invkeras.analyses.mi import EstimateMIConfig, estimate_mi
 
-    unconditional = planning.Job("pixelcnn", planning.UNCONDITIONAL)
+    unconditional = planning.Job(kind, planning.UNCONDITIONAL)
     settings = EstimateMIConfig(
-        inverters=[str(workspace.inverter_dir("pixelcnn", layer.name)) for layer in subject.layers],
+        inverters=[str(workspace.inverter_dir(kind, layer.name)) for layer in subject.layers],
         unconditional=str(workspace.job_dir(unconditional)) if workspace.finished(unconditional) else None,
         reference=subject.layers[0].name, split="test", eval_examples=workspace.config.eval_examples,
         out=str(workspace.out / "mi" / "test.json"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -28,11 +28,6 @@ GRID_BATCH = 64  # every sampling call draws a multiple of this, so each model b
 # The compare top-k grids: TOPK_INPUTS inputs x TOPK_SAMPLES samples (one sampling batch), best TOP_K shown.
 TOPK_INPUTS, TOPK_SAMPLES, TOP_K = 4, 16, 4
 MAX_NEIGHBOUR_SEARCH = 20_000  # training images the 1NN search reads at most
-# Settings of each kind for budgets of minutes on a CPU (the demo's measured choices for pixelcnn).
-KIND_SETTINGS: dict[str, dict[str, Any]] = {
-    "pixelcnn": {"scale": "tiny", "filters": 16, "learning_rate": 0.003},
-    "gan": {"scale": "tiny"},
-}
 
 
 @dataclass
@@ -120,7 +115,7 @@ class Workspace:
                                      steps_per_checkpoint=job.steps_per_checkpoint, **schedule)
         from invkeras.inverters import config_for
 
-        options = {**self.data_options(job.layer), **KIND_SETTINGS.get(job.kind, {}),
+        options = {**self.data_options(job.layer), **planning.quick_training(job.kind).settings,
                    "out": str(self.job_dir(job)), "steps_per_checkpoint": job.steps_per_checkpoint, **schedule}
         from invkeras.inverters import inverter_class
 
@@ -196,15 +191,20 @@ def layer_evaluated(workspace: Workspace, layer: str, kinds: Sequence[str]) -> b
                                                                    artifacts.is_complete(comparison))
 
 
-def sampling_kinds(kinds: Sequence[str]) -> list[str]:
-    return [kind for kind in kinds if kind in planning.SAMPLING_KINDS]
+def shown_kinds(kinds: Sequence[str]) -> tuple[list[str], tuple[str, str] | None]:
+    """(kinds whose samples get a grid, (sampling kind, point-estimate kind) shown side by side).
+
+    Each kind that draws samples gets a grid, and the first of them is shown beside the first
+    point estimate (the MSE reconstruction); a point estimate gets a grid of its own only
+    where no kind draws samples."""
+    sampling, points = planning.sampling_kinds(kinds), planning.point_estimate_kinds(kinds)
+    return (sampling or points), ((sampling[0], points[0]) if sampling and points else None)
 
 
 def grids_of(workspace: Workspace, layer: str, kinds: Sequence[str]) -> list[Path]:
-    """The grids a layer's evaluation writes: samples of each sampling kind (mse's only when it
-    is alone), and the first sampling kind's samples beside the mse reconstruction."""
-    sampling = sampling_kinds(kinds) or [kind for kind in kinds if kind == "mse"]
-    grids = [workspace.inverter_dir(kind, layer) / SAMPLE_GRID for kind in sampling]
-    if "mse" in kinds and sampling_kinds(kinds):
-        grids.append(workspace.inverter_dir(sampling_kinds(kinds)[0], layer) / RECONSTRUCTION_GRID)
+    """The grids a layer's evaluation writes (see `shown_kinds`)."""
+    shown, beside = shown_kinds(kinds)
+    grids = [workspace.inverter_dir(kind, layer) / SAMPLE_GRID for kind in shown]
+    if beside:
+        grids.append(workspace.inverter_dir(beside[0], layer) / RECONSTRUCTION_GRID)
     return grids

@@ -5,6 +5,7 @@ from invkeras.inverters.base import (  # noqa: F401
     MODEL_FILE,
     Inverter,
     InverterConfig,
+    QuickTraining,
     TrainedInverter,
     config_for,
     inverter_class,

@@ -11,7 +11,8 @@ what they can do, and say so in `capabilities`:
 A kind is a subclass of `Inverter` with its own config (a subclass of `InverterConfig`
 whose `kind` field is a one-value Literal) registered with `@register_inverter`. That is all
 a new kind needs: the CLI, recipes, `sample`, `compare`, `report` and `estimate-mi` find it
-through the registry and its capabilities. Every kind writes `<out>/inverter.keras` with a
+through the registry and its capabilities; `invkeras inspect` reads how to fit it into a time
+budget from its `quick` settings (`QuickTraining`). Every kind writes `<out>/inverter.keras` with a
 metadata JSON beside it whose `inverter_kind` names the class that loads it back.
 """
 
@@ -19,9 +20,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import numpy as np
 from pydantic import ConfigDict, Field
@@ -35,6 +36,50 @@ LEGACY_DECODER_FILE = "decoder.keras"  # MSE decoders before the interface
 CAPABILITIES = ("sample", "pixel_log_prob", "reconstruct")
 # Settings that do not change a run's trajectory: changing them may resume a backup.
 NON_TRAJECTORY_FIELDS = ("max_steps", "max_time", "patience", "out", "workspace", "eval_examples", "strategy")
+
+
+@dataclass(frozen=True)
+class QuickTraining:
+    """How `invkeras inspect` trains a kind when it has minutes on a CPU, not hours.
+
+    `settings` are config values for that regime (a small scale); `needed_steps` is how many
+    steps the kind needs there for usable samples, which the budget is split by, and
+    `unconditional_steps` the same for its model of the images alone (layer 'none') where that
+    model is the reference of the information estimates. `auto_for` says which images
+    `--kinds auto` picks the kind for: 'grey' (one channel, at most `auto_max_side` pixels a
+    side), 'colour', 'any' or 'never'; `auto_if_affordable` makes that choice provisional, kept
+    only when the budget gives each of its models a fair share of `needed_steps`."""
+
+    needed_steps: int = 2000
+    steps_per_checkpoint: int = 250
+    unconditional_steps: Optional[int] = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    auto_for: str = "never"
+    auto_max_side: Optional[int] = None
+    auto_if_affordable: bool = False
+
+    def auto_reason(self, image_shape) -> Optional[str]:
+        """Why `--kinds auto` picks this kind for images of `image_shape` (h, w, c), or None."""
+        height, width, channels = (int(d) for d in image_shape)
+        fits = self.auto_max_side is None or max(height, width) <= self.auto_max_side
+        if self.auto_for == "any":
+            return "images of any kind"
+        if self.auto_for == "grey" and channels == 1 and fits:
+            limit = f" (at most {self.auto_max_side}x{self.auto_max_side})" if self.auto_max_side else ""
+            return f"greyscale images of {height}x{width}{limit}" + (", if the budget allows"
+                                                                    if self.auto_if_affordable else "")
+        if self.auto_for == "colour" and channels != 1 and fits:
+            return "colour images"
+        return None
+
+    def auto_too_large(self, image_shape) -> Optional[str]:
+        """Why auto passes over the kind for images of the right colour but too many pixels."""
+        height, width, channels = (int(d) for d in image_shape)
+        right_colour = {"grey": channels == 1, "colour": channels != 1, "any": True}.get(self.auto_for, False)
+        if right_colour and self.auto_max_side and max(height, width) > self.auto_max_side:
+            side = self.auto_max_side
+            return f"not for {height}x{width} images (larger than {side}x{side})"
+        return None
 
 
 class InverterConfig(PairedDataConfig):
@@ -131,6 +176,10 @@ class Inverter:
     # encode(x), latent_log_prob(z, h) and latent_space(); `estimate-mi` then gives a
     # latent-space estimate (differential entropies), never mixed with pixel-space rows.
     latent_likelihood: ClassVar[bool] = False
+    # A kind whose `sample` repeats one point estimate (no distribution): its output is shown
+    # beside a sampling kind's samples rather than as samples of its own.
+    point_estimate: ClassVar[bool] = False
+    quick: ClassVar[QuickTraining] = QuickTraining()
     # Workspaces from before kinds had folders: the artefact kind its metadata recorded, and
     # where under runs/<dataset>/<arch>/ it lived ({layer} filled in).
     legacy_artifact_kind: ClassVar[str | None] = None

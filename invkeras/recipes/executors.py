@@ -15,8 +15,8 @@ task per step, holding one GPU where the cluster has GPUs, else `--cpus-per-step
 Whatever the executor, the rules of a sequential run hold. A step whose outputs are complete
 is skipped (checked when the step is about to start), long steps resume from their own
 checkpoints, and every write is atomic, so a killed run is resumed by running it again. A
-worker dies with the `invkeras run` that started it (on Linux, through PR_SET_PDEATHSIG), so
-no orphan keeps writing behind a rerun. Each step writes its output to its own log,
+worker dies with the `invkeras run` that started it (`invkeras.workers`), so no orphan keeps
+writing behind a rerun. Each step writes its output to its own log,
 `<workspace>/recipes/<recipe>.logs/<step>.log` (appended to on a rerun); the terminal shows
 one line per step as it starts and ends, and the last line of each running step's log. A
 failed step stops the steps that wait for it, directly or not; the others run on, and the
@@ -31,7 +31,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -46,6 +45,8 @@ from invkeras.errors import InvkerasError
 from invkeras.commands import command_class
 from invkeras.recipes.runner import StepResult, step_dependencies, step_outputs
 from invkeras.recipes.schema import Recipe, step_model
+from invkeras.workers import (available_cores, exit_with_parent, last_line, start_worker, stop_worker,
+                              thread_environment)
 
 EXECUTORS = ("local", "ray")
 POLL_SECONDS = 0.5
@@ -118,37 +119,10 @@ def execute_step(payload: dict) -> dict:
     return {"status": "ran", "summary": summary, "seconds": time.time() - started}
 
 
-# The local worker's entry point, run with `python -c` so that it asks Linux to kill it when
-# its parent dies before anything slow (TensorFlow) is imported. A parent that died even
-# earlier is caught by the parent-id check.
-_BOOTSTRAP = """\
-import ctypes, os, signal, sys
-if sys.platform.startswith("linux"):
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(70)
-from invkeras.recipes.executors import worker_main
-sys.exit(worker_main(int(sys.argv[1]), sys.argv[2]))
-"""
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Where PR_SET_PDEATHSIG does not exist (macOS), poll for the parent instead."""
-    if sys.platform.startswith("linux"):
-        return
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(70)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def worker_main(parent: int, payload_path: str) -> int:
     """A local worker: run the step of `payload_path` and write its outcome beside it.
     The exit code is the one the same failure would give on the command line."""
-    _exit_with_parent(parent)
+    exit_with_parent(parent)
     payload = json.loads(Path(payload_path).read_text())
     os.chdir(payload["cwd"])
     limit_threads(payload.get("threads"))
@@ -282,7 +256,7 @@ class _Books:
         for name, entry in list(self.running.items()):
             outcome = self.executor._finished(entry.handle)
             if outcome is None:
-                self.bar.update(entry.task, info=_last_line(entry.log))
+                self.bar.update(entry.task, info=last_line(entry.log))
                 continue
             del self.running[name]
             self.bar.remove_task(entry.task)
@@ -313,27 +287,7 @@ class _Books:
         raise StepFailedError(text, 2 if all(f[1]["exit_code"] == 2 for f in self.failures) else 1)
 
 
-def _last_line(log: Path, width: int = 70) -> str:
-    """The last non-empty line of a log, cut to `width`, for the progress display."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            tail = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    lines = [line.strip() for line in tail.replace("\r", "\n").splitlines() if line.strip()]
-    line = lines[-1] if lines else ""
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
 # --- worker processes on this machine ------------------------------------------------------
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
 
 
 def visible_gpus() -> list[str]:
@@ -365,7 +319,7 @@ class LocalExecutor(_Executor):
     def __init__(self, workers: int, *, threads: int | None = None, gpus: list[str] | None = None,
                  console: Console | None = None):
         super().__init__(console=console, capacity=workers)
-        self.threads = threads or max(1, _cores() // workers)
+        self.threads = threads or max(1, available_cores() // workers)
         self.gpus = gpus
         self._tmp: Path | None = None
 
@@ -386,11 +340,10 @@ class LocalExecutor(_Executor):
     def _describe(self) -> str:
         devices = f", GPU(s) {', '.join(self.gpus)} assigned round-robin" if self.gpus else ""
         return (f"{self.capacity} worker process(es), {self.threads} TensorFlow thread(s) each"
-                f" of {_cores()} core(s){devices}")
+                f" of {available_cores()} core(s){devices}")
 
     def _start(self, payload: dict, slot: int) -> Any:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(self.threads),
-                   TF_NUM_INTRAOP_THREADS=str(self.threads), TF_NUM_INTEROP_THREADS=str(min(2, self.threads)))
+        env = thread_environment(self.threads)
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
             if self.capacity > len(self.gpus):  # workers share a GPU: none may take all its memory
@@ -399,15 +352,10 @@ class LocalExecutor(_Executor):
         path = self._tmp / f"step-{self._count}.json"
         payload = {**payload, "threads": self.threads, "outcome": str(path.with_suffix(".outcome.json"))}
         path.write_text(json.dumps(payload))
-        log = Path(payload["log"])
-        log.parent.mkdir(parents=True, exist_ok=True)
         gpu = f", GPU {env['CUDA_VISIBLE_DEVICES']}" if self.gpus else ""
-        with open(log, "a") as out:
-            out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} step {payload['name']}: worker {slot + 1}, "
-                      f"{self.threads} TensorFlow thread(s){gpu} ===\n")
-            out.flush()
-            process = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), str(path)], env=env,
-                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        process = start_worker("invkeras.recipes.executors:worker_main", path, log=Path(payload["log"]), env=env,
+                               banner=f"step {payload['name']}: worker {slot + 1}, {self.threads} TensorFlow "
+                                      f"thread(s){gpu}")
         return process, Path(payload["outcome"])
 
     def _finished(self, handle: Any) -> dict | None:
@@ -421,13 +369,7 @@ class LocalExecutor(_Executor):
         return {"status": "failed", "error": f"the worker process ended without a result ({how})", "exit_code": 1}
 
     def _stop(self, handle: Any) -> None:
-        process, _ = handle
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_worker(handle[0])
 
 
 # --- a Ray cluster ---------------------------------------------------------------------

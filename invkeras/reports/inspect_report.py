@@ -114,12 +114,32 @@ def _rows_by_kind(comparison: dict) -> dict[str, dict]:
 
 
 def _sampling_row(comparison: dict) -> dict | None:
-    """The comparison row whose samples say the most: pixelcnn, else another sampling kind, else any."""
-    rows = _rows_by_kind(comparison)
-    for kind in ("pixelcnn", "cinn", "gan"):
-        if kind in rows:
-            return rows[kind]
-    return next(iter(rows.values()), None)
+    """The comparison row of the best kind: of the kinds that draw samples, the one whose samples
+    keep the label best; a point estimate only where no kind draws samples."""
+    from invkeras.inverters import inverter_kinds
+
+    known = inverter_kinds()
+    rows = list(_rows_by_kind(comparison).values())
+    sampling = [row for row in rows if row.get("kind") in known and not known[row["kind"]].point_estimate]
+    if not sampling:
+        return next(iter(rows), None)
+    return max(sampling, key=lambda row: _mean(row.get("label_agreement")) or 0.0)
+
+
+def _likelihood_kinds(kinds=None) -> list[str]:
+    """Of `kinds` (default: every registered kind), those with a pixel likelihood."""
+    from invkeras.inverters import inverter_kinds
+
+    known = inverter_kinds()
+    return [kind for kind in (known if kinds is None else kinds)
+            if kind in known and "pixel_log_prob" in known[kind].capabilities]
+
+
+def _point_estimate(kind) -> bool:
+    from invkeras.inverters import inverter_kinds
+
+    cls = inverter_kinds().get(str(kind))
+    return bool(cls and cls.point_estimate)
 
 
 def _mi_rows(information: dict) -> dict[str, dict]:
@@ -163,15 +183,16 @@ def reading(facts: InspectFacts) -> str:
         total = (f"; the images carry exactly {facts.entropy_nats:.2f} nats each" if facts.entropy_nats else "")
         sentences.append(f"It keeps {abs(difference):.2f} ± {se or 0:.2f} nats {relation} information about the "
                          f"image than {first.name}, the first layer inverted (its NCE relative to {first.name}, "
-                         f"from the held-out likelihoods of conditional PixelCNN++ models{total}).")
-    elif "pixelcnn" not in facts.kinds:
-        sentences.append("There is no information estimate: it needs kind pixelcnn, whose likelihood is in pixels.")
+                         f"from the held-out pixel likelihoods of conditional models{total}).")
+    elif not _likelihood_kinds(facts.kinds):
+        named = ", ".join(_likelihood_kinds()) or "one"
+        sentences.append(f"There is no information estimate: it needs a kind with a pixel likelihood ({named}).")
     first_row = _sampling_row(comparisons[first.name]) if comparisons[first.name] else None
     deep_diversity = _mean(row.get("diversity_pixel_l1")) if row else None
     first_diversity = _mean(first_row.get("diversity_pixel_l1")) if first_row else None
-    if deep_diversity is not None and row.get("kind") == "mse":
-        sentences.append("Only the MSE decoder samples it, and a point estimate has no diversity, so what the layer "
-                         "discards cannot be seen in its samples.")
+    if deep_diversity is not None and _point_estimate(row.get("kind")):
+        sentences.append(f"Only a point estimate ({row.get('kind')}) samples it, and it has no diversity, so what the "
+                         "layer discards cannot be seen in its samples.")
     elif deep_diversity is not None and first_diversity and deepest.name != first.name:
         ratio = deep_diversity / first_diversity
         meaning = ": what varies between them is what the layer has let go" if ratio > 1 else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -59,3 +60,17 @@ def test_an_inspect_step_in_a_recipe_names_its_report_and_what_it_reads(tmp_path
     assert command.outputs(step) == [out / "report.html"]
     access = command.access(step)
     assert access.writes == [out] and any(p.name == "model.keras" for p in access.reads)
+
+
+def test_the_demo_recipe_trains_a_classifier_then_inspects_it_within_six_minutes():
+    from invkeras.recipes import load_recipe
+    from invkeras.recipes.runner import step_dependencies
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml")
+    assert [step.command for step in recipe.steps.values()] == ["train-classifier", "inspect"]
+    inspect = recipe.steps["inspect"]
+    # Its model is the classifier step's run, so the inspection waits for it.
+    assert Path(inspect.model) == recipe.steps["classifier"].model_path()
+    assert step_dependencies(recipe)["inspect"] == ["classifier"]
+    assert inspect.kinds == ["pixelcnn", "mse"] and inspect.layers == ["conv1", "fc3"]
+    assert inspect.budget <= 330 and inspect.out_dir() == Path("runs/procedural/inspect")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from invkeras.inspection.lanes import LaneDeadline, lane_main
@@ -39,6 +40,6 @@ def test_a_lane_that_fails_on_bad_input_leaves_one_line_and_exit_code_2(tmp_path
                "deadline": time.time() + 60, "name": "lane 1", "cwd": str(tmp_path),
                "result": str(tmp_path / "result.json")}
     (tmp_path / "payload.json").write_text(json.dumps(payload))
-    assert lane_main(str(tmp_path / "payload.json")) == 2
+    assert lane_main(os.getppid(), str(tmp_path / "payload.json")) == 2
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["exit_code"] == 2 and "missing.npz" in result["error"] and "\n" not in result["error"]

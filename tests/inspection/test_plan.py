@@ -143,3 +143,28 @@ def test_calibration_times_a_few_steps_and_leaves_them_for_the_real_run(tmp_path
     assert progress["step"] == 6
     outcome = _regression(tmp_path, 20)([])
     assert outcome.resumed_from_step == 6 and outcome.steps == 20
+
+
+def test_a_new_kind_is_planned_from_its_own_quick_settings_with_no_edit_to_inspect(monkeypatch):
+    """A kind registered with `quick` settings is picked by auto, trained for its own steps,
+    and shown as samples beside the point estimate; nothing in inspect names it."""
+    from invkeras.inspection.workspace import shown_kinds
+    from invkeras.inverters import Inverter, InverterConfig, QuickTraining, base
+
+    class BlobConfig(InverterConfig):
+        kind: str = "blob"
+
+    class BlobInverter(Inverter):
+        kind, config_class = "blob", BlobConfig
+        capabilities = frozenset({"sample"})
+        quick = QuickTraining(needed_steps=321, steps_per_checkpoint=7, settings={"scale": "tiny"}, auto_for="colour")
+
+    monkeypatch.setitem(base._KINDS, "blob", BlobInverter)
+    kinds, notes = choose_kinds(["auto"], (32, 32, 3), auto=True)
+    assert kinds[-1] == "mse" and "blob" in kinds and "blob: colour images" in notes
+    assert "blob" not in choose_kinds(["auto"], (28, 28, 1), auto=True)[0]
+    job = next(job for job in jobs_for(["fc3"], kinds) if job.kind == "blob")
+    assert (job.needed_steps, job.steps_per_checkpoint) == (321, 7)
+    shown, beside = shown_kinds(["mse", "blob"])
+    assert shown == ["blob"] and beside == ("blob", "mse")
+    assert shown_kinds(["mse"]) == (["mse"], None)  # a point estimate alone gets a grid of its own

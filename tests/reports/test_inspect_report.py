@@ -110,7 +110,7 @@ def test_the_reading_says_what_the_deepest_layer_keeps_in_plain_words(tmp_path):
 def test_the_reading_says_what_it_cannot_say_without_pixelcnn_or_class_agreement(tmp_path):
     text = reading(make_facts(tmp_path, kinds=("mse",), agreement=0.3))
     assert "no longer pins down the class" in text and "There is no information estimate" in text
-    assert "a point estimate has no diversity" in text
+    assert "Only a point estimate (mse) samples it, and it has no diversity" in text
 
 
 def test_the_report_links_its_png_files_and_shows_each_figures_command_and_seed(tmp_path):

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from invkeras.errors import InvkerasError, NonFiniteLossError
-from invkeras.inverters.base import Inverter, InverterConfig, headline_summary, register_inverter
+from invkeras.inverters.base import Inverter, InverterConfig, QuickTraining, headline_summary, register_inverter
 
 HEADLINE = "latent NLL nats/dim"
 SPACE_NOTE = ("latent-space estimate: a differential entropy of the autoencoder's latent z, not comparable with "
@@ -79,6 +79,7 @@ class CINNInverter(Inverter):
     capabilities = frozenset({"sample", "reconstruct"})  # its likelihood is in latent space, not pixels
     unconditional_ok = True
     latent_likelihood = True
+    quick = QuickTraining(needed_steps=2000, steps_per_checkpoint=250, auto_for="colour")
 
     @classmethod
     def register_layers(cls) -> None:

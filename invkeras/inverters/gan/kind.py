@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from invkeras.errors import InvkerasError, NonFiniteLossError
-from invkeras.inverters.base import Inverter, InverterConfig, headline_summary, register_inverter
+from invkeras.inverters.base import Inverter, InverterConfig, QuickTraining, headline_summary, register_inverter
 
 BASE_LEARNING_RATE = InverterConfig.model_fields["learning_rate"].default
 HEADLINE = "pixel L1 of G(h, 0)"
@@ -88,6 +88,7 @@ class GANInverter(Inverter):
     kind, config_class = "gan", GANInverterConfig
     description = "conditional GAN x = G(h, eps), hinge loss, spectral norm, EMA (Teterwak et al. 2021)"
     capabilities = frozenset({"sample", "reconstruct"})  # no likelihood: estimate-mi refuses it
+    quick = QuickTraining(needed_steps=2000, steps_per_checkpoint=250, settings={"scale": "tiny"})
 
     @classmethod
     def register_layers(cls) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from invkeras.errors import InvkerasError, NonFiniteLossError
-from invkeras.inverters.base import Inverter, InverterConfig, headline_summary, register_inverter
+from invkeras.inverters.base import Inverter, InverterConfig, QuickTraining, headline_summary, register_inverter
 from invkeras.inverters.mse.network import DEFAULT_FILTERS, build_mse_decoder, h_statistics
 
 
@@ -61,6 +61,8 @@ class MSEInverter(Inverter):
     description = "point-estimate decoder x_hat(h) trained with squared error (Dosovitskiy & Brox 2016)"
     capabilities = frozenset({"sample", "reconstruct"})  # no likelihood: estimate-mi refuses it
     legacy_artifact_kind, legacy_layout = "mse-decoder", "decoders/{layer}"
+    point_estimate = True
+    quick = QuickTraining(needed_steps=800, steps_per_checkpoint=100, auto_for="any")  # converges in ~800 steps
 
     @classmethod
     def train(cls, config: MSEInverterConfig, *, hooks=(), progress: bool = True):

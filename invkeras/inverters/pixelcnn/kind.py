@@ -20,7 +20,8 @@ from pydantic import Field
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError, NonFiniteLossError
-from invkeras.inverters.base import Inverter, InverterConfig, headline_summary, nats_to_bits_per_dim, register_inverter
+from invkeras.inverters.base import (Inverter, InverterConfig, QuickTraining, headline_summary, nats_to_bits_per_dim,
+                                     register_inverter)
 from invkeras.inverters.data import fingerprint
 
 PER_IMAGE_NLL_FILE = "per_image_nll.npz"  # beside inverter.keras: {"validation", "test", "token"}
@@ -205,6 +206,12 @@ class PixelCNNInverter(Inverter):
     description = "conditional PixelCNN++ p(x|h) with an exact likelihood (Nash et al. 2019)"
     unconditional_ok = True
     legacy_artifact_kind, legacy_layout = "inverter", "inverters/{layer}"
+    # Measured on the procedural images at the tiny scale: conv1 needed 1,000 steps for near
+    # copies, the unconditional model 2,600 to come within a nat of the exact H(x); 16 filters
+    # and learning rate 0.003 beat other settings at the same wall time.
+    quick = QuickTraining(needed_steps=1000, steps_per_checkpoint=200, unconditional_steps=2600,
+                          settings={"scale": "tiny", "filters": 16, "learning_rate": 0.003},
+                          auto_for="grey", auto_max_side=32, auto_if_affordable=True)
 
     @classmethod
     def register_layers(cls) -> None:
