@@ -159,3 +159,35 @@ def test_recorded_per_image_nll_belongs_to_its_own_model(tiny_inverters):
         assert inverter.recorded_nll("test") is None
     finally:
         saved.write_bytes(original)
+
+
+def test_mixed_precision_trains_in_float16_on_float32_weights_and_restores_the_policy(tmp_path):
+    """--mixed-precision: float16 compute with float32 weights and a loss-scaling optimiser while
+    training; the loss falls, the saved weights are finite float32, and the process's policy is
+    float32 again afterwards."""
+    import keras
+
+    from invkeras.training import TrainingHook
+
+    class Policies(TrainingHook):
+        seen = None
+
+        def on_step_end(self, step, logs):
+            model = self.trainee.model
+            self.seen = self.seen or dict(
+                policy=keras.mixed_precision.global_policy().name, compute=model.output_nin.compute_dtype,
+                weights={v.dtype for v in model.trainable_variables},
+                loss_scaling=isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer))
+
+    hook = Policies()
+    config = InverterConfig(features=str(_user_features(tmp_path)), layer="user", scale="tiny", max_steps=20,
+                            steps_per_checkpoint=10, batch_size=8, jit_compile="false", mixed_precision=True,
+                            out=str(tmp_path / "mixed"))
+    result = train_inverter(config, hooks=[hook])
+    assert hook.seen == dict(policy="mixed_float16", compute="float16", weights={"float32"}, loss_scaling=True)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    history = artifacts.read_metadata(result.model_path)["history"]
+    assert history["loss"][-1] < history["loss"][0] and history["val_loss"][-1] < history["val_loss"][0]
+    weights = load_inverter(result.model_path).model.get_weights()
+    assert all(w.dtype == np.float32 and np.all(np.isfinite(w)) for w in weights)
+    assert np.isfinite(result.validation["nll_nats"])
