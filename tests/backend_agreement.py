@@ -58,9 +58,14 @@ def gan_networks():
             build_generator(net, **stats, name="generator_ema"))
 
 
+GAN_ADAM_EPSILON = 1.0
+
+
 def gan_steps(directory: Path) -> dict[str, np.ndarray]:
     """Every state value after GAN_STEPS steps from the weights in `gan_weights.npz`, with the
-    noise fixed (the backends draw different random numbers from one seed)."""
+    noise fixed (the backends draw different random numbers from one seed): `s<i>` after the
+    steps, `b<i>` before them; `weights` marks the generator's and discriminator's trained
+    weights and the EMA generator's averaged ones."""
     import keras
 
     from invkeras.inverters.gan import trainee as trainee_module
@@ -71,18 +76,28 @@ def gan_steps(directory: Path) -> dict[str, np.ndarray]:
     generator.set_weights(weights[: sizes[0]])
     discriminator.set_weights(weights[sizes[0]:])
     # A large Adam epsilon makes the first steps about lr * g instead of lr * sign(g), which
-    # would turn rounding noise in a near-zero gradient into a whole step.
-    trainee_module.ADAM_EPSILON = 1.0
-    trainee = trainee_module.GANTrainee(generator, discriminator, ema, batch_size=GAN_BATCH, d_steps=GAN_D_STEPS,
-                                        noise_dim=net.noise_dim, g_learning_rate=1e-3, d_learning_rate=1e-3,
-                                        ema_decay=0.9)
+    # would turn rounding noise in a near-zero gradient into a whole step. The optimisers read
+    # it when they are made; the module's own value is restored at once, for whatever else
+    # runs in this process.
+    default_epsilon, trainee_module.ADAM_EPSILON = trainee_module.ADAM_EPSILON, GAN_ADAM_EPSILON
+    try:
+        trainee = trainee_module.GANTrainee(generator, discriminator, ema, batch_size=GAN_BATCH, d_steps=GAN_D_STEPS,
+                                            noise_dim=net.noise_dim, g_learning_rate=1e-3, d_learning_rate=1e-3,
+                                            ema_decay=0.9)
+    finally:
+        trainee_module.ADAM_EPSILON = default_epsilon
     draws = iter(np.random.default_rng(7).normal(size=(16, GAN_BATCH, net.noise_dim)).astype(np.float32))
     trainee._noise = lambda: keras.ops.convert_to_tensor(next(draws))  # called when the step is traced
     with np.load(directory / "gan_batch.npz") as batch:
         x, h = batch["x"], batch["h"]
+    variables = [v for v in trainee.state_variables() if v is not trainee.noise.state]
+    weights = {id(v) for v in [*generator.trainable_variables, *discriminator.trainable_variables,
+                               *ema.trainable_variables]}
+    before = [np.asarray(keras.ops.convert_to_numpy(v)) for v in variables]
     logs = [trainee.train_step({"x": x, "h": h}) for _ in range(GAN_STEPS)]
-    state = [keras.ops.convert_to_numpy(v) for v in trainee.state_variables() if v is not trainee.noise.state]
-    out = {f"s{i}": np.asarray(v) for i, v in enumerate(state)}
+    out = {f"s{i}": np.asarray(keras.ops.convert_to_numpy(v)) for i, v in enumerate(variables)}
+    out.update({f"b{i}": value for i, value in enumerate(before)})
+    out["weights"] = np.array([id(v) in weights for v in variables])
     out["losses"] = np.array([[step[k] for k in ("d_loss", "g_loss")] for step in logs])
     return out
 
