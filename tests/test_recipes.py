@@ -318,3 +318,30 @@ def test_a_step_the_user_drops_stays_dropped_whatever_the_variant_sets_on_it(tmp
     """)
     assert load_recipe(path).steps["b"].layers == ["conv1"]
     assert list(load_recipe(path, ["steps.b=null"]).steps) == ["a"]
+
+
+def test_the_quickstart_recipe_runs_end_to_end_when_shrunk_and_a_rerun_skips_every_step(tmp_path):
+    """`make demo` as it ships, every step the same command on the same layers, shrunk with
+    --set overrides to a few steps on a few hundred images."""
+    from invkeras import artifacts
+    from invkeras.recipes.runner import step_outputs
+
+    path = Path(__file__).resolve().parents[1] / QUICKSTART
+    inverters = ("inverter_conv1", "inverter_fc3", "inverter_unconditional", "decoder_fc3")
+    overrides = [f"workspace={tmp_path / 'runs'}", "steps.classifier.epochs=1",
+                 "steps.classifier.train_examples=256", "steps.classifier.save_at=[0]",
+                 "defaults.train-inverter.train_examples=128", "defaults.train-inverter.eval_examples=16",
+                 "defaults.train-inverter.filters=8", "steps.information.eval_examples=16",
+                 *(f"steps.{name}.max_steps=4" for name in inverters),
+                 *(f"steps.{name}.steps_per_checkpoint=2" for name in inverters),
+                 *(f"steps.{name}.{key}=2" for name in ("samples", "samples_fc3_beside_mse", "samples_unconditional")
+                   for key in ("num_inputs", "num_samples"))]
+    recipe = load_recipe(path, overrides)
+    first = run_recipe(recipe, source=path)
+    assert [r.name for r in first] == list(recipe.steps) and {r.status for r in first} == {"ran"}
+    for name, step in recipe.steps.items():
+        outputs = step_outputs(step)
+        assert outputs and all(artifacts.is_complete(p) for p in outputs), name
+        assert all(Path(p).is_relative_to(tmp_path / "runs") for p in outputs), name
+    again = run_recipe(load_recipe(path, overrides), source=path)
+    assert [r.status for r in again] == ["skipped"] * len(recipe.steps)
