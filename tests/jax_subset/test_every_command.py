@@ -4,7 +4,8 @@ TensorFlow unimportable, on the embedded procedural images.
 One pipeline runs once for the module, each command reading what the one before wrote, as a
 user's would: a PGD-trained classifier -> `extract` of its fc3 layer -> an autoencoder -> an
 inverter of fc3 of each kind that does not have a test of its own here (mse, gan, cinn over
-the autoencoder's latent) -> `compare` of the three, `edit` of the GAN and `mix` of the cINN.
+the autoencoder's latent) -> `compare` of the three, `sample` and `edit` of the GAN, and
+`mix` and `attack` of the cINN.
 Everything is tiny (a few steps, 20x20 images), so the numbers say nothing about quality;
 each test checks one command's outputs: files, shapes, finite values in their ranges, and the
 relations that hold whatever the training (an edit of h is that edit, the MSE decoder has no
@@ -33,6 +34,7 @@ LATENT_DIM, AE_STEPS = 8, 20
 INVERTER_STEPS = {"mse": 10, "gan": 4, "cinn": 10}
 SHIFT_UNIT, SHIFT_AMOUNT, SCALE = 1, 5.0, 2.0
 EDIT_INPUTS, EDIT_SAMPLES, MIX_INPUTS, COMPARE_IMAGES = 4, 2, 3, 16
+SAMPLE_SEEDS, ATTACK_EPSILON, ATTACK_INPUTS = (1, 2), 0.3, 4
 
 
 class Pipeline:
@@ -98,11 +100,16 @@ def pipeline(tmp_path_factory) -> Pipeline:
     p.run("compare", "compare", *[a for kind in INVERTER_STEPS for a in ("--inverter", p.inverter(kind))],
           "--num-images", COMPARE_IMAGES, "--num-samples", 2, "--grid-inputs", 2, "--grid-samples", 4, "--top-k", 2,
           "--max-train-examples", 256, "--batch-size", 16, "--out", p.root / "compare", needs=inverters)
+    for seed in SAMPLE_SEEDS:
+        p.run(f"sample {seed}", "sample", "--inverter", p.inverter("gan"), "--num-inputs", 2, "--num-samples", 2,
+              "--seed", seed, "--out", p.root / f"samples-{seed}", needs=("train-inverter gan",))
     p.run("edit", "edit", "--inverter", p.inverter("gan"), "--shift", f"{SHIFT_UNIT}:{SHIFT_AMOUNT:g}",
           "--scale", SCALE, "--noise", 1, "--interpolate", "--strengths", "0,1", "--num-inputs", EDIT_INPUTS,
           "--num-samples", EDIT_SAMPLES, "--batch-size", 16, needs=("train-inverter gan",))
     p.run("mix", "mix", "--inverter", p.inverter("cinn"), "--num-inputs", MIX_INPUTS, "--batch-size", 16,
           needs=("train-inverter cinn",))
+    p.run("attack", "attack", "--inverter", p.inverter("cinn"), "--epsilon", ATTACK_EPSILON, "--pgd-steps", 2,
+          "--num-inputs", ATTACK_INPUTS, "--batch-size", 16, "--out", p.root / "attack", needs=("train-inverter cinn",))
     return p
 
 
@@ -194,6 +201,20 @@ def test_compare_scores_every_kind_and_only_the_sampling_kinds_vary(pipeline):
         assert arrays["IM-S_gan"].shape == (COMPARE_IMAGES,) and np.isfinite(arrays["IM-S_gan"]).all()
 
 
+def test_sample_draws_other_samples_of_the_same_inputs_with_another_seed(pipeline):
+    draws = []
+    for seed in SAMPLE_SEEDS:
+        pipeline.check(f"sample {seed}")
+        with np.load(pipeline.root / f"samples-{seed}" / "samples.npz") as saved:
+            draws.append({k: saved[k] for k in saved.files})
+    first, second = draws
+    assert first["samples"].shape == (2, 2, *IMAGE_SHAPE) and first["samples"].dtype == np.uint8
+    assert first["samples_h"].shape == (2, 2, H_DIM) and np.isfinite(first["samples_h"]).all()
+    np.testing.assert_array_equal(first["x"], second["x"])
+    np.testing.assert_array_equal(first["h"], second["h"])
+    assert (first["samples"] != second["samples"]).any()
+
+
 def test_edit_decodes_each_edit_of_h_and_labels_the_results(pipeline):
     pipeline.check("edit")
     out = pipeline.inverter("gan") / "edits"
@@ -232,6 +253,21 @@ def test_mix_decodes_every_residual_under_every_representation(pipeline):
     off_diagonal = [(i, j) for i in range(MIX_INPUTS) for j in range(MIX_INPUTS) if i != j]
     assert any((a["mixed"][i, j] != a["mixed"][i, i]).any() for i, j in off_diagonal)
     assert (directory / "mix.png").exists() and meta(directory / "mix.png")["inverter_kind"] == "cinn"
+
+
+def test_attack_keeps_to_its_ball_and_decodes_the_attacked_representation(pipeline):
+    pipeline.check("attack")
+    out = pipeline.root / "attack"
+    with np.load(out / "attack.npz") as saved:
+        a = {k: saved[k] for k in saved.files}
+    for key in ("x", "x_adv", "reconstruction", "decoded"):
+        assert a[key].shape == (ATTACK_INPUTS, *IMAGE_SHAPE), key
+    assert a["h_adv"].shape == a["h"].shape == (ATTACK_INPUTS, H_DIM) and np.isfinite(a["h_adv"]).all()
+    assert np.abs(a["x_adv"] - a["x"].astype(np.float32)).max() <= ATTACK_EPSILON * 255 + 1e-3
+    assert 0 <= a["x_adv"].min() and a["x_adv"].max() <= 255
+    summary = json.loads((out / "attack.json").read_text())
+    assert summary["attack_success_rate"] == pytest.approx(np.mean(a["labels_adv"] != a["labels_x"]))
+    assert (out / "attack.png").exists()
 
 
 def test_no_command_imports_tensorflow(pipeline):
