@@ -71,3 +71,33 @@ def test_the_first_seed_keeps_the_plain_directory_and_the_others_sit_beside_it(t
     base = tmp_path / "inverters" / "pixelcnn" / "fc3"
     assert seeds.seed_list(4, 3) == [4, 5, 6]
     assert [seeds.seeded_dir(base, s, 4) for s in (4, 5)] == [base, base.parent / "fc3-seed5"]
+
+
+def test_compare_makes_one_row_of_a_kinds_seeds_with_the_interval_over_them(tiny_classifier, tmp_path):
+    import shutil
+
+    from invkeras.analyses.compare import CompareConfig, compare_inverters
+    from invkeras.inverters import config_for, inverter_class
+
+    workspace = tmp_path / "ws"  # a private copy of the tiny classifier: the decoders and features land here
+    shutil.copytree(tiny_classifier / "procedural/conv/classifier", workspace / "procedural/conv/classifier")
+    decoders = []
+    for seed in (0, 1):  # the first extracts the features, the second trains on the same ones
+        config = config_for("mse", dict(dataset="procedural", workspace=str(workspace), layer="fc3", seed=seed,
+                                        max_steps=10, steps_per_checkpoint=10, train_examples=256, eval_examples=16,
+                                        batch_size=32, out=str(workspace / f"mse-fc3-seed{seed}")))
+        decoders.append(inverter_class("mse").train(config, progress=False).model_path.parent)
+    result = compare_inverters(CompareConfig(inverters=[str(d) for d in decoders], num_images=4, num_samples=2,
+                                             grid_inputs=0, max_train_examples=50, out=str(tmp_path / "compare")),
+                               progress=False)
+    (row,) = result.rows
+    assert row["label"] == "mse" and row["n_seeds"] == 2 and row["seeds"] == [0, 1]
+    with np.load(result.arrays_path) as arrays:
+        by_seed = arrays["label_agreement_mse_seeds"]
+        pixel = arrays["pixel_l1_to_input_mse_seeds"]
+    assert by_seed.shape == (2, 4)
+    assert row["label_agreement"]["mean"] == pytest.approx(by_seed.mean())
+    assert not np.allclose(pixel[0], pixel[1])  # two runs, two decoders
+    expected = seeds.interval(pixel.astype(np.float64))
+    interval = row["seed_intervals"]["pixel_l1_to_input"]
+    assert [interval["low"], interval["high"]] == pytest.approx([expected.low, expected.high], rel=1e-5)

@@ -11,8 +11,8 @@ from invkeras.errors import InvkerasError
 from invkeras.recipes import load_recipe, run_recipe
 from invkeras.recipes.runner import step_dependencies
 
-INVERTER = ("{command: train-inverter, layer: fc3, scale: tiny, jit_compile: 'false', max_steps: 20, "
-            "steps_per_checkpoint: 20, train_examples: 512, eval_examples: 48%s}")
+INVERTER = ("{command: train-inverter, layer: fc3, scale: tiny, jit_compile: 'false', max_steps: 10, "
+            "steps_per_checkpoint: 10, train_examples: 256, eval_examples: 16%s}")
 
 
 def recipe(tmp_path, workspace, seeds: str = "", extra: str = ""):
@@ -23,7 +23,7 @@ def recipe(tmp_path, workspace, seeds: str = "", extra: str = ""):
         workspace: {workspace}
         steps:
           inverter: {INVERTER % seeds}
-          information: {{command: estimate-mi, layers: [fc3], unconditional: false, eval_examples: 48{extra}}}
+          information: {{command: estimate-mi, layers: [fc3], unconditional: false, eval_examples: 16{extra}}}
     """))
     return path
 
@@ -62,25 +62,30 @@ def test_a_bad_number_of_seeds_is_one_line_naming_the_step(tmp_path, seeds):
         load_recipe(recipe(tmp_path, tmp_path / "runs", f", seeds: {seeds}"))
 
 
-def test_estimate_mi_reports_three_seeds_with_the_interval_over_them(tiny_inverters, tiny_classifier, tmp_path):
+def test_estimate_mi_reports_three_seeds_with_the_interval_over_them(tiny_classifier, tmp_path):
     from invkeras.analyses import seeds
-    from invkeras.analyses.mi import held_out_nll
+    from invkeras.analyses.mi import EstimateMIConfig, estimate_mi, held_out_nll
 
     workspace = tmp_path / "ws"
-    # A private copy of the tiny run: its fc3 inverter (seed 0, complete) is the first seed, so
-    # only seeds 1 and 2 train here.
-    shutil.copytree(tiny_classifier / "procedural", workspace / "procedural")
+    # A private copy of the tiny classifier alone: the first seed's step extracts the features
+    # every seed then trains on.
+    shutil.copytree(tiny_classifier / "procedural/conv/classifier", workspace / "procedural/conv/classifier")
     path = recipe(tmp_path, workspace, ", seeds: 3")
     results = run_recipe(load_recipe(path), source=path)
-    assert [r.status for r in results] == ["skipped", "ran", "ran", "ran"]
+    assert [r.status for r in results] == ["ran"] * 4
     table = json.loads((workspace / "procedural/conv/mi/test.json").read_text())
     (row,) = table["rows"]
     assert row["layer"] == "fc3" and row["n_seeds"] == 3 and row["seeds"] == [0, 1, 2]
     base = workspace / "procedural/conv/inverters/pixelcnn/fc3"
-    nll = np.stack([held_out_nll(d).nll_nats for d in (base, base.with_name("fc3-seed1"), base.with_name("fc3-seed2"))])
+    runs = [base, base.with_name("fc3-seed1"), base.with_name("fc3-seed2")]
+    nll = np.stack([held_out_nll(d).nll_nats for d in runs])
     assert not np.allclose(nll[0], nll[1])  # the runs do differ
     expected = seeds.interval(nll)
     assert row["H*(x|h) nats"] == pytest.approx(expected.mean)
     assert row["se nats"] == pytest.approx(expected.se_images)
     assert row["se seeds+images nats"] == pytest.approx(expected.se)
     assert [row["ci95 low (seeds)"], row["ci95 high (seeds)"]] == pytest.approx([expected.low, expected.high])
+    # A declared chain must name rows of the table.
+    with pytest.raises(InvkerasError, match=r"--order conv1,fc3: conv1 not among the rows \(fc3\)"):
+        estimate_mi(EstimateMIConfig(inverters=[str(d) for d in runs], order=["conv1", "fc3"],
+                                     out=str(tmp_path / "mi.json")))
