@@ -72,8 +72,8 @@ def test_the_scan_finds_development_talk_in_a_sentence_that_has_it():
 @pytest.mark.parametrize("sentence", [
     "Measured by the hel" "per that built it.",
     "Fixed in Iss" "ue 12.",
-    "see work-item 3",
-    "Measured on the way: 600 steps.",
+    "see work-it" "em 3",
+    "Measured on the w" "ay: 600 steps.",
     "as this ses" "sion showed",
     "the hel" "pers' test runs",
 ])
