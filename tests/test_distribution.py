@@ -14,54 +14,38 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 SCRIPT = textwrap.dedent(
     """
     import json
-    from invkeras.distribution import get_strategy, num_replicas, split_logical_cpus, strategy_scope
+    from invkeras.distribution import get_strategy, num_replicas, split_logical_cpus
 
     split_logical_cpus(2)
 
-    import keras, numpy as np
-    from invkeras.inverters.pixelcnn.likelihoods import NegativeLogLikelihood
-    from invkeras.inverters.pixelcnn.network import PixelCNNConfig, build_pixelcnn
-    from invkeras.inverters.pixelcnn.weight_norm import initialize_weight_norm
+    from strategy_step import largest_differences, one_step
 
-    net = PixelCNNConfig.from_scale("tiny", image_shape=(8, 8, 1), conditioning="vector", h_shape=(6,))
-    rng = np.random.default_rng(0)
-    batch = {"x": rng.integers(0, 256, (8, 8, 8, 1)).astype("float32"), "h": rng.normal(size=(8, 6)).astype("float32")}
-
-    def one_step(strategy, start=None):
-        with strategy_scope(strategy):
-            model = build_pixelcnn(net)
-            if start is None:
-                initialize_weight_norm(model, batch)
-            else:
-                model.set_weights(start)
-            before = model.get_weights()
-            # Plain SGD, so the step is linear in the gradient (Adam's first step is lr * sign(g)).
-            model.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=False,
-                          loss=NegativeLogLikelihood(likelihood=net.likelihood, num_channels=1))
-            loss = float(model.train_on_batch(batch, batch["x"]))
-            devices = sorted({v.device for v in getattr(model.trainable_variables[0].value, "values", [])})
-            return before, model.get_weights(), loss, devices
+    def step(strategy, start=None):
+        before, after, loss, model = one_step(strategy, start, jit_compile=False)
+        devices = sorted({v.device for v in getattr(model.trainable_variables[0].value, "values", [])})
+        return before, after, loss, devices
 
     mirrored = get_strategy("mirrored")
-    start, single, single_loss, _ = one_step(get_strategy("default"))
-    _, double, double_loss, devices = one_step(mirrored, start)
+    start, single, single_loss, _ = step(get_strategy("default"))
+    _, double, double_loss, devices = step(mirrored, start)
     print("RESULT " + json.dumps({
         "replicas": num_replicas(mirrored), "devices": devices, "losses": [single_loss, double_loss],
-        "max_step": max(float(np.abs(a - b).max()) for a, b in zip(single, start)),
-        "max_difference": max(float(np.abs(a - b).max()) for a, b in zip(single, double)),
+        **largest_differences(start, single, double),
     }))
     """
 )
 
 
 def test_a_mirrored_step_on_two_logical_cpus_equals_a_step_on_one():
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -18,35 +19,18 @@ from invkeras.errors import InvkerasError
 SCRIPT = textwrap.dedent(
     """
     import json, sys
-    import jax, keras, numpy as np
-    from invkeras.distribution import check_batch_split, get_strategy, num_replicas, strategy_scope
+    import jax
+    from invkeras.distribution import check_batch_split, get_strategy, num_replicas
     from invkeras.errors import InvkerasError
-    from invkeras.inverters.pixelcnn.likelihoods import NegativeLogLikelihood
-    from invkeras.inverters.pixelcnn.network import PixelCNNConfig, build_pixelcnn
-    from invkeras.inverters.pixelcnn.weight_norm import initialize_weight_norm
+    from strategy_step import largest_differences, one_step
 
-    net = PixelCNNConfig.from_scale("tiny", image_shape=(8, 8, 1), conditioning="vector", h_shape=(6,))
-    rng = np.random.default_rng(0)
-    batch = {"x": rng.integers(0, 256, (8, 8, 8, 1)).astype("float32"), "h": rng.normal(size=(8, 6)).astype("float32")}
-
-    def one_step(strategy, start=None):
-        with strategy_scope(strategy):
-            model = build_pixelcnn(net)
-            if start is None:
-                initialize_weight_norm(model, batch)
-            else:
-                model.set_weights(start)
-            before = model.get_weights()
-            # Plain SGD, so the step is linear in the gradient (Adam's first step is lr * sign(g)).
-            model.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=True,
-                          loss=NegativeLogLikelihood(likelihood=net.likelihood, num_channels=1))
-            loss = float(model.train_on_batch(batch, batch["x"]))
-            devices = len(model.trainable_variables[0].value.sharding.device_set)
-            return before, model.get_weights(), loss, devices
+    def step(strategy, start=None):
+        before, after, loss, model = one_step(strategy, start, jit_compile=True)
+        return before, after, loss, len(model.trainable_variables[0].value.sharding.device_set)
 
     strategy = get_strategy("data-parallel")
-    start, single, single_loss, single_devices = one_step(get_strategy("default"))
-    _, double, double_loss, double_devices = one_step(strategy, start)
+    start, single, single_loss, single_devices = step(get_strategy("default"))
+    _, double, double_loss, double_devices = step(strategy, start)
     try:
         check_batch_split(strategy, 7)
         refused = None
@@ -63,8 +47,7 @@ SCRIPT = textwrap.dedent(
         "devices": len(jax.devices()), "replicas": num_replicas(strategy), "auto": num_replicas(get_strategy("auto")),
         "single_devices": single_devices, "double_devices": double_devices, "refused": refused,
         "losses": [single_loss, double_loss],
-        "max_step": max(float(np.abs(a - b).max()) for a, b in zip(single, start)),
-        "max_difference": max(float(np.abs(a - b).max()) for a, b in zip(single, double)),
+        **largest_differences(start, single, double),
         "classifier_steps": result.steps, "classifier_replicas": meta["results"]["replicas"],
     }))
     """
@@ -73,7 +56,8 @@ SCRIPT = textwrap.dedent(
 
 def test_a_step_on_two_devices_equals_a_step_on_one(tmp_path):
     proc = run_python(["-c", SCRIPT, str(tmp_path)],
-                      env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"})
+                      env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+                                 "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         pytest.fail(f"subprocess failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
