@@ -492,7 +492,7 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
         name = _safe(label, "_")
         arrays.update({f"{key}_{name}": np.asarray(value, np.float32) for key, value in values.items()})
         if len(group) > 1:
-            row.update(seed_columns([inverters[i].config.seed for i in group], by_seed))
+            row.update(seed_columns([inverters[i].config.run_seed for i in group], by_seed))
             arrays.update({f"{key}_{name}_seeds": np.stack([seed[key] for seed in by_seed]).astype(np.float32)
                            for key in SEEDED if key in values})
         rows.append(row)

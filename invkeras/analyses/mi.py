@@ -380,7 +380,8 @@ def _split_by_space(inverters: list) -> bool:
 
 
 # Settings in which the runs of one layer's seeds may differ: where they are, how long they ran.
-_NOT_THE_RUN = ("seed", "out", "workspace", "max_steps", "max_time", "patience", "eval_examples", "strategy")
+_NOT_THE_RUN = ("seed", "training_seed", "out", "workspace", "max_steps", "max_time", "patience", "eval_examples",
+                "strategy")
 
 
 def group_seeds(inverters: list, labels: list[str] | None) -> list[list[int]]:
@@ -395,7 +396,7 @@ def group_seeds(inverters: list, labels: list[str] | None) -> list[list[int]]:
         settings = trajectory_settings(inverter.config, _NOT_THE_RUN)
         key = (inverter.kind, inverter.layer, None if labels is None else labels[index], repr(settings))
         for group, other in zip(groups, keys):
-            if other == key and all(inverters[i].config.seed != inverter.config.seed for i in group):
+            if other == key and all(inverters[i].config.run_seed != inverter.config.run_seed for i in group):
                 group.append(index)
                 break
         else:
@@ -468,7 +469,7 @@ def estimate_mi(config: EstimateMIConfig) -> tuple[MIReport, Path]:
                             "differ in more than their seed; give one, or the seeds of one")
 
     each = [held_out_nll(i, split=config.split, eval_examples=config.eval_examples) for i in inverters]
-    estimates = [combine_seeds([each[i] for i in group], [inverters[i].config.seed for i in group])
+    estimates = [combine_seeds([each[i] for i in group], [inverters[i].config.run_seed for i in group])
                  for group in groups]
     for estimate, group in zip(estimates, groups):
         if config.labels is not None:
@@ -476,7 +477,7 @@ def estimate_mi(config: EstimateMIConfig) -> tuple[MIReport, Path]:
     base = None
     if base_inverters:
         base = combine_seeds([held_out_nll(i, split=config.split, eval_examples=config.eval_examples)
-                              for i in base_inverters], [i.config.seed for i in base_inverters])
+                              for i in base_inverters], [i.config.run_seed for i in base_inverters])
     first = inverters[0].config
     if first.features:
         dataset, entropy = f"features:{first.features}", None

@@ -23,8 +23,8 @@ from invkeras.errors import InvkerasError
 
 # The options of the command itself, shared by every kind; the rest of a kind's config are its own.
 COMMON_OPTIONS = ("kind", "layer", "dataset", "arch", "model", "features", "batch_size", "learning_rate", "max_steps",
-                  "steps_per_checkpoint", "patience", "train_examples", "eval_examples", "seed", "data_dir",
-                  "workspace", "out")
+                  "steps_per_checkpoint", "patience", "train_examples", "eval_examples", "seed", "training_seed",
+                  "data_dir", "workspace", "out")
 
 
 def own_options(config_class) -> list[str]:
@@ -47,7 +47,10 @@ def cli_train_inverter(
     patience: Optional[int] = typer.Option(None, help="Checkpoint intervals without validation improvement."),
     train_examples: Optional[int] = typer.Option(None),
     eval_examples: Optional[int] = typer.Option(None, help="Cap on validation/test images evaluated."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed of the data (validation split, procedural images) and, by default, "
+                             "of training."),
+    training_seed: Optional[int] = typer.Option(None, help="Seed of the initial weights and batch order alone "
+                                                "(default: --seed)."),
     data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
     workspace: str = typer.Option("runs"),
     out: Optional[str] = typer.Option(None, help="Output directory (default runs/<dataset>/<arch>/inverters/<kind>/<layer>)."),

@@ -98,6 +98,15 @@ class InverterConfig(PairedDataConfig):
     steps_per_checkpoint: int = Field(200, gt=0)
     patience: int = Field(5, ge=0, description="checkpoint intervals without validation improvement")
     out: Optional[str] = Field(None, description="output dir; default runs/<dataset>/<arch>/inverters/<kind>/<layer>")
+    training_seed: Optional[int] = Field(None, description="seed of the initial weights and the batch order "
+                                         "alone; default --seed, which also picks the data (validation split, "
+                                         "procedural images)")
+
+    @property
+    def run_seed(self) -> int:
+        """The seed of this training run (initial weights, batch order): `training_seed`, else `seed`.
+        Runs that differ only in it train on the same pairs, so their spread is training noise."""
+        return self.seed if self.training_seed is None else self.training_seed
 
     def out_dir(self) -> Path:
         if self.out:
@@ -308,7 +317,7 @@ class Inverter:
 
         started = time.time()
         train, validation, test, source = paired_arrays(config)
-        keras.utils.set_random_seed(config.seed)
+        keras.utils.set_random_seed(config.run_seed)
         image_shape = tuple(int(d) for d in train["x"].shape[1:])
         h_shape = tuple(int(d) for d in train["h"].shape[1:]) if config.conditional else None
         return PairedData(train, validation, test, source, image_shape, h_shape, started)
@@ -320,7 +329,7 @@ class Inverter:
         from invkeras.training import Schedule, train
 
         schedule = Schedule(config.max_steps, config.steps_per_checkpoint, config.patience, config.batch_size,
-                            config.seed, max_time=config.max_time)
+                            config.run_seed, max_time=config.max_time)
         return train(trainee, data.train, schedule, out_dir=config.out_dir(), settings=config.trajectory(),
                      what=f"train-inverter --kind {config.kind} layer '{config.layer}'", hooks=hooks,
                      progress=progress, non_finite_hint=non_finite_hint, data_source=data.described(config))

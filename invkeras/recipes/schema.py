@@ -27,8 +27,9 @@ A step refers to what another, earlier step made by that step's name, never by a
         kind: cinn
         autoencoder: {step: autoencoder}
 
-A `train-inverter` step with `seeds: N` stands for N runs that differ only in their seed
-(seed, seed + 1, ...): the step NAME trains the first in the usual directory, steps
+A `train-inverter` step with `seeds: N` stands for N runs that differ only in their
+`training_seed` (seed, seed + 1, ...: initial weights and batch order; the data stay those of
+the step's `seed`): the step NAME trains the first in the usual directory, steps
 NAME-seed<s> the others beside it (inverters/<kind>/<layer>-seed<s>). `estimate-mi` and
 `compare` steps of that layer read every seed and report the spread between them.
 
@@ -174,8 +175,10 @@ class Recipe(BaseModel):
 
 
 def _expand_seeds(name: str, step: dict, model: type[BaseModel], seeded: dict[Path, list[int]]) -> dict[str, BaseModel]:
-    """A train-inverter step with `seeds: N` as N steps differing only in `seed` (and so in their
-    directory): NAME keeps the first seed and the usual directory, NAME-seed<s> the others."""
+    """A train-inverter step with `seeds: N` as N steps differing only in `training_seed` (and so
+    in their directory): NAME keeps the first seed and the usual directory, NAME-seed<s> the
+    others. `seed`, which also picks the data, stays the step's own: every run trains on the
+    same pairs."""
     from invkeras.analyses.seeds import seed_list, seeded_dir
 
     step = dict(step)
@@ -186,10 +189,10 @@ def _expand_seeds(name: str, step: dict, model: type[BaseModel], seeded: dict[Pa
     expanded = {name: first}
     if count == 1:
         return expanded
-    seeds = seed_list(first.seed, count)
+    seeds = seed_list(first.run_seed, count)
     for seed in seeds[1:]:
         expanded[f"{name}-seed{seed}"] = model.model_validate(
-            {**step, "seed": seed, "out": str(seeded_dir(first.out_dir(), seed, first.seed))})
+            {**step, "training_seed": seed, "out": str(seeded_dir(first.out_dir(), seed, first.run_seed))})
     seeded[first.out_dir().resolve()] = seeds
     return expanded
 

@@ -1,4 +1,4 @@
-"""`seeds: N` on a train-inverter step: N runs differing only in seed, read together by estimate-mi."""
+"""`seeds: N` on a train-inverter step: N runs differing only in their training seed, read together by estimate-mi."""
 
 import json
 import shutil
@@ -28,15 +28,16 @@ def recipe(tmp_path, workspace, seeds: str = "", extra: str = ""):
     return path
 
 
-def test_a_step_with_three_seeds_plans_three_inverters_whose_paths_differ_only_by_seed(tmp_path):
+def test_a_step_with_three_seeds_plans_three_inverters_that_differ_only_in_training_seed_and_path(tmp_path):
     loaded = load_recipe(recipe(tmp_path, tmp_path / "runs", ", seed: 2, seeds: 3"))
     assert list(loaded.steps) == ["inverter", "inverter-seed3", "inverter-seed4", "information"]
     runs = [loaded.steps[name] for name in ("inverter", "inverter-seed3", "inverter-seed4")]
-    assert [run.seed for run in runs] == [2, 3, 4]
+    assert [run.run_seed for run in runs] == [2, 3, 4]
+    assert [run.seed for run in runs] == [2, 2, 2]  # the data's seed: every run trains on the same pairs
     base = runs[0].out_dir()
     assert base == tmp_path / "runs/procedural/conv/inverters/pixelcnn/fc3"
     assert [run.out_dir() for run in runs[1:]] == [base.with_name("fc3-seed3"), base.with_name("fc3-seed4")]
-    assert runs[1].model_dump(exclude={"seed", "out"}) == runs[0].model_dump(exclude={"seed", "out"})
+    assert runs[1].model_dump(exclude={"training_seed", "out"}) == runs[0].model_dump(exclude={"training_seed", "out"})
     information = loaded.steps["information"]
     assert information.seeds == {"pixelcnn/fc3": [2, 3, 4]}
     assert [path for _, path in information.rows()] == [run.out_dir() for run in runs]
@@ -80,6 +81,9 @@ def test_estimate_mi_reports_three_seeds_with_the_interval_over_them(tiny_classi
     runs = [base, base.with_name("fc3-seed1"), base.with_name("fc3-seed2")]
     nll = np.stack([held_out_nll(d).nll_nats for d in runs])
     assert not np.allclose(nll[0], nll[1])  # the runs do differ
+    metadata = [json.loads((d / "inverter.keras.meta.json").read_text()) for d in runs]
+    assert [m["config"]["seed"] for m in metadata] == [0, 0, 0]
+    assert [m["config"]["training_seed"] for m in metadata] == [None, 1, 2]
     expected = seeds.interval(nll)
     assert row["H*(x|h) nats"] == pytest.approx(expected.mean)
     assert row["se nats"] == pytest.approx(expected.se_images)
