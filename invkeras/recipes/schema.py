@@ -27,9 +27,10 @@ A step refers to what another, earlier step made by that step's name, never by a
         kind: cinn
         autoencoder: {step: autoencoder}
 
-A `train-inverter` step with `seeds: N` stands for N runs that differ only in their
-`training_seed` (seed, seed + 1, ...: initial weights and batch order; the data stay those of
-the step's `seed`): the step NAME trains the first in the usual directory, steps
+A `train-inverter` step with `seeds: N` (or every such step, with `defaults.train-inverter.seeds`)
+stands for N runs that differ only in their `training_seed` (seed, seed + 1, ...: initial
+weights and batch order; the data stay those of the step's `seed`): the step NAME trains the
+first in the usual directory, steps
 NAME-seed<s> the others beside it (inverters/<kind>/<layer>-seed<s>). `estimate-mi` and
 `compare` steps of that layer read every seed and report the spread between them.
 
@@ -149,7 +150,8 @@ class Recipe(BaseModel):
             inherited = {k: raw[k] for k in SHARED_KEYS if raw.get(k) is not None and k not in own}
             inherited.update(dict(defaults.get(step.get("command")) or {}) if isinstance(defaults, dict) else {})
             for key, value in inherited.items():
-                if key in model.model_fields and key not in step:
+                if (key in model.model_fields or key == "seeds" and step.get("command") == "train-inverter") \
+                        and key not in step:
                     step[key] = value
             try:
                 step = _resolve_references(name, step, steps)
@@ -238,6 +240,8 @@ def _check_defaults(defaults: dict) -> None:
         if not isinstance(values, dict):
             raise ValueError(f"defaults.{command}: expected a mapping of step keys")
         for key in values:
+            if key == "seeds" and command == "train-inverter":
+                continue
             if key == "command" or not any(key in m.model_fields for m in models):
                 raise ValueError(f"defaults.{command}.{key}: not an option of {command}")
 

@@ -310,15 +310,38 @@ def plots_section(contents: RunContents, out_stem: Path) -> Section | None:
         images.append(Image("Classifier test accuracy", path,
                             "Test accuracy of each trained classifier (best validation epoch)."))
 
-    points = [{"step": i.step, "layer": i.layer, "regime": i.regime, "nce": -i.nll, "se": i.summary.get("se_nats")}
-              for i in infos if i.step is not None]
+    points = nce_over_training_points(infos, tables)
     if len({p["step"] for p in points}) >= 2:
         path = out_stem.with_name(out_stem.name + "-nce-over-training.png")
         plot_nce_over_training(points, path)
         images.append(Image("NCE over training", path,
                             "NCE of inverters trained on classifier checkpoints against the checkpoint's training "
-                            "step, ±1 SE (Nash et al. (2019) Fig. 5b); dashed lines: overfitted regime."))
+                            "step, ±1 SE (Nash et al. (2019) Fig. 5b); dashed lines: overfitted regime. Where a "
+                            "checkpoint's layer has several training seeds, its point is their mean and its bar "
+                            "counts the spread between them."))
     return Section("Plots", images=images) if images else None
+
+
+def nce_over_training_points(infos: list, tables: list[dict]) -> list[dict]:
+    """One point per (layer, regime, checkpoint step): from a checkpoint's MI table where it has
+    one (a layer's seeds are then one row, with the seed interval's standard error), else from
+    the inverter's own held-out NLL."""
+    info_of = {info.artifact.path: info for info in infos}
+    points, covered = [], set()
+    for table in tables:
+        for row, artifact in zip(table["rows"], table["inverters"]):
+            info = info_of.get(artifact.path) if artifact is not None else None
+            if info is None or info.step is None or row.get("H*(x|h) nats") is None:
+                continue
+            key = (info.layer, info.regime, info.step)
+            if key not in covered:
+                covered.add(key)
+                se = row.get("se seeds+images nats") if row.get("se seeds+images nats") is not None else row.get("se nats")
+                points.append({"step": info.step, "layer": info.layer, "regime": info.regime,
+                               "nce": -row["H*(x|h) nats"], "se": se})
+    points += [{"step": i.step, "layer": i.layer, "regime": i.regime, "nce": -i.nll, "se": i.summary.get("se_nats")}
+               for i in infos if i.step is not None and (i.layer, i.regime, i.step) not in covered]
+    return points
 
 
 # --- representation-space distances (`invkeras compare`) ------------------------------

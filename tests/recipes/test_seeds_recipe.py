@@ -57,6 +57,23 @@ def test_one_seed_plans_exactly_what_a_step_without_seeds_plans(tmp_path):
     assert one.steps["information"].seeds is None
 
 
+def test_seeds_in_the_defaults_expand_every_train_inverter_step_that_sets_none_of_its_own(tmp_path):
+    path = tmp_path / "defaults.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: seeds
+        workspace: {tmp_path / "runs"}
+        defaults:
+          train-inverter: {{seeds: 2, scale: tiny}}
+        steps:
+          conv1: {{command: train-inverter, layer: conv1}}
+          fc3: {{command: train-inverter, layer: fc3, seeds: 1}}
+          information: {{command: estimate-mi, layers: [conv1, fc3], unconditional: false}}
+    """))
+    loaded = load_recipe(path)
+    assert list(loaded.steps) == ["conv1", "conv1-seed1", "fc3", "information"]
+    assert loaded.steps["information"].seeds == {"pixelcnn/conv1": [0, 1]}
+
+
 @pytest.mark.parametrize("seeds", ["0", "two", "true"])
 def test_a_bad_number_of_seeds_is_one_line_naming_the_step(tmp_path, seeds):
     with pytest.raises(InvkerasError, match=r"steps\.inverter\.seeds: expected a whole number"):

@@ -267,6 +267,22 @@ def test_report_links_inverters_to_checkpoints(fake_run, tmp_path):
         assert f"procedural / conv, test split ({where})" in html
 
 
+def test_a_checkpoints_seeds_are_one_point_over_training_with_the_seed_interval(fake_run, tmp_path):
+    run = fake_run / "procedural" / "conv"
+    where = run / "dynamics" / "s100"
+    checkpoint = run / "classifier" / "checkpoints" / "step-000100.keras"
+    inverter(where / "fc3-seed1", "fc3", checkpoint, 230.0)
+    mi_table(where / "mi" / "test.json", {"fc3": (where / "fc3", 240.0)})
+    table = json.loads((where / "mi" / "test.json").read_text())
+    table["rows"][0].update({"n_seeds": 2, "seeds": [0, 1], "se seeds+images nats": 3.0})
+    artifacts.write_json_atomic(where / "mi" / "test.json", table)
+    write_report(fake_run, out=tmp_path / "r.html")
+    (line,) = [d for d in artifacts.read_metadata(tmp_path / "r-nce-over-training.png")["data"]
+               if (d["layer"], d["regime"]) == ("fc3", "normal")]
+    assert [p for p in line["points"] if p["step"] == 100] == [{"step": 100, "nce": -240.0, "se": 3.0}]
+    assert [p["step"] for p in line["points"]] == [0, 100, 1000]
+
+
 def test_report_of_one_run_and_errors(fake_run, tmp_path):
     html_path, md_path = write_report(fake_run / "procedural" / "fc", out=tmp_path / "fc")
     assert html_path.name == "fc.html" and md_path.name == "fc.md"
@@ -447,8 +463,9 @@ def test_report_of_a_real_tiny_run(tiny_inverters, tiny_classifier, tmp_path):
 # --- the paper's recipes ------------------------------------------------------------------
 
 
-EXPECTED_RECIPES = ["architectures_affnist", "layers_cifar10", "layers_mnist", "layers_svhn", "training_dynamics_mnist"]
-OFFLINE_SMALL = {"architectures_affnist", "layers_mnist", "training_dynamics_mnist"}  # small variants run on MNIST
+EXPECTED_RECIPES = ["architectures_affnist", "information_mnist", "layers_cifar10", "layers_mnist", "layers_svhn",
+                    "training_dynamics_mnist"]
+OFFLINE_SMALL = {"architectures_affnist", "information_mnist", "layers_mnist", "training_dynamics_mnist"}  # small variants run on MNIST
 
 
 def _check_inputs_are_trained_first(recipe, label):
@@ -481,7 +498,8 @@ def test_paper_recipes_validate():
         paper = load_recipe(path)
         small = load_recipe(path, ["scale=small"])  # the documented small run is exactly this
         assert paper.scale == "paper" and small.scale == "small", path.name
-        assert list(paper.steps) == list(yaml.safe_load(path.read_text())["steps"])
+        written = [n for n in paper.steps if not re.search(r"-seed\d+$", n)]  # `seeds: N` adds NAME-seed<s>
+        assert written == list(yaml.safe_load(path.read_text())["steps"])
         assert [n for n in paper.steps if n in small.steps] == list(small.steps)  # a variant only drops steps
         commands = [step.command for step in paper.steps.values()]
         first_inverter = commands.index("train-inverter")
