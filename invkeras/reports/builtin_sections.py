@@ -462,7 +462,8 @@ def comparisons_section(contents: RunContents, out_stem: Path) -> Section | None
                  fmt(p.get("feature_dims")), nearest]
                 + [cell for label in labels for cell in cells.get(label, ("", ""))] + [a.rel]
                 for a, p, nearest, cells in summary_rows]
-        section.tables.append(Table("Table 1: L1 distance in representation space", columns, rows))
+        section.tables.append(Table("Table 1: L1 distance in representation space", columns, rows,
+                                    note=" ".join(label_agreement_notes(comparisons))))
         section.tables += [_comparison_table(a, p) for a, p in comparisons]
 
     # The top-k grids of a comparison (one per inverter) side by side; grids of no known comparison last.
@@ -479,6 +480,34 @@ def comparisons_section(contents: RunContents, out_stem: Path) -> Section | None
             "by L1 in the layer's space; first column: the input", details=grid, row=where))
     section.provenance = [a for a, _ in comparisons]
     return section
+
+
+def label_agreement_notes(comparisons: list[tuple[Artifact, dict]]) -> list[str]:
+    """What label agreement says across the layers of each run's comparisons
+    (<run>/comparisons/<layer>/compare.json), in its classifier's graph order: the sentences of
+    `invkeras.analyses.compare.label_agreement_across_layers`, or that no two layers differ
+    beyond noise. Nothing where the layers are not one chain or the classifier is missing."""
+    from invkeras.analyses.compare import label_agreement_across_layers
+    from invkeras.analyses.data_processing import classifier_order
+
+    by_run: dict[Path, dict[str, Path]] = {}
+    for artifact, payload in comparisons:
+        folder = artifact.path.parent
+        if folder.parent.name == "comparisons" and payload.get("layer"):
+            by_run.setdefault(folder.parent.parent, {})[str(payload["layer"])] = folder
+    notes = []
+    for run, folders in sorted(by_run.items()):
+        classifier = run / "classifier" / "model.keras"
+        if len(folders) < 2 or not classifier.is_file():
+            continue
+        order = classifier_order(classifier, list(folders))
+        if order is None:
+            continue
+        sentences = label_agreement_across_layers(folders, order)
+        chain = " → ".join(order)
+        notes.append(f"Label agreement across {chain}: " + ("; ".join(sentences) if sentences else
+                     "no two layers differ beyond the 95% interval of their difference") + ".")
+    return notes
 
 
 # --- samples ------------------------------------------------------------------------

@@ -283,6 +283,26 @@ def test_a_checkpoints_seeds_are_one_point_over_training_with_the_seed_interval(
     assert [p["step"] for p in line["points"]] == [0, 100, 1000]
 
 
+def test_the_distance_table_says_what_label_agreement_shows_across_the_classifiers_chain(tiny_classifier, tmp_path):
+    import shutil
+
+    run = tmp_path / "runs" / "procedural" / "conv"
+    shutil.copytree(tiny_classifier / "procedural/conv/classifier", run / "classifier")
+    spread = np.array([0.3, -0.2, 0.1, -0.4, 0.2, 0.0, -0.1, 0.1]) / 10  # mean 0
+    for layer, share in (("fc3", 0.95), ("conv1", 0.5)):  # written deep first: the order is the graph's
+        folder = run / "comparisons" / layer
+        comparison(folder, layer, [compare_row(run / "inverters" / layer, "pixelcnn", 30.0, 20.0)])
+        np.savez(folder / "compare.npz", label_agreement_pixelcnn=np.full(8, share) + spread)
+    html, _ = write_report(tmp_path / "runs", out=tmp_path / "r.html")
+    text = html.read_text()
+    assert "Label agreement across conv1 → fc3: pixelcnn: samples of fc3 keep the label more often than those " \
+           "of conv1" in text
+    np.savez(run / "comparisons" / "conv1" / "compare.npz", label_agreement_pixelcnn=np.full(8, 0.95) + spread)
+    html, _ = write_report(tmp_path / "runs", out=tmp_path / "r.html")
+    assert ("Label agreement across conv1 → fc3: no two layers differ beyond the 95% interval of their "
+            "difference.") in html.read_text()
+
+
 def test_report_of_one_run_and_errors(fake_run, tmp_path):
     html_path, md_path = write_report(fake_run / "procedural" / "fc", out=tmp_path / "fc")
     assert html_path.name == "fc.html" and md_path.name == "fc.md"
