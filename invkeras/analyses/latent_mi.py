@@ -13,7 +13,9 @@ and depend on z's scale, so these numbers are never put beside the pixel-space N
 of `estimate-mi` (discrete pixels, kind pixelcnn). `estimate-mi` refuses, in one line, to
 mix latent-space and pixel-space inverters in one run: run it once for each.
 
-As for pixels, every inverter is evaluated on the same held-out images (their fingerprint
+As for pixels, inverters of one layer that differ only in their training seed make one row,
+with the interval that adds the spread between them (`invkeras.analyses.seeds`), and every
+inverter is evaluated on the same held-out images (their fingerprint
 must agree, or the table is refused) and through the same autoencoder (its identity must
 agree), so differences are paired and carry paired standard errors.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from invkeras import artifacts
-from invkeras.analyses.mi import PerImageNLL, rows_csv
+from invkeras.analyses.mi import PerImageNLL, rows_csv, seed_interval_columns
 from invkeras.errors import InvkerasError
 from invkeras.stats import standard_error
 
@@ -135,12 +137,15 @@ def build_latent_report(estimates: list[LatentEstimate], *, split: str, dataset:
             "latent_dim": estimate.latent_dim,
             NLL: estimate.mean,
             "se nats": estimate.se,
+            "ci95 low": estimate.mean - 1.96 * estimate.se,
+            "ci95 high": estimate.mean + 1.96 * estimate.se,
             "nats/dim": estimate.mean / estimate.latent_dim,
             "H*(z|h) - H*(z|h)(ref)": None,
             "se (paired, ref)": None,
             ESTIMATE: None,
             "se (paired)": None,
             "inverter": estimate.inverter,
+            **seed_interval_columns(estimate),
         }
         if reference is not None:
             diff = estimate.nll_nats - reference.nll_nats
@@ -160,9 +165,16 @@ def estimate_latent_mi(config, inverters: list, base_inverter=None, *, default_o
         if not is_latent(inverter):
             raise InvkerasError(f"{COMMAND}: inverter {inverter.path.parent} (kind '{inverter.kind}') has no latent "
                                 "likelihood")
-    estimates = [held_out_latent_nll(i, split=config.split, eval_examples=config.eval_examples) for i in inverters]
-    for estimate, label in zip(estimates, config.labels or []):
-        estimate.layer = label
+    from invkeras.analyses.mi import combine_seeds, group_seeds
+
+    # Inverters of one layer that differ only in their training seed are one row, as in pixel space.
+    each = [held_out_latent_nll(i, split=config.split, eval_examples=config.eval_examples) for i in inverters]
+    groups = group_seeds(inverters, config.labels)
+    estimates = [combine_seeds([each[i] for i in group], [inverters[i].config.run_seed for i in group])
+                 for group in groups]
+    for estimate, group in zip(estimates, groups):
+        if config.labels is not None:
+            estimate.layer = config.labels[group[0]]
     base = None
     if base_inverter is not None:
         base = held_out_latent_nll(base_inverter, split=config.split, eval_examples=config.eval_examples)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import io
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -94,11 +95,24 @@ def rows_csv(rows: list[dict]) -> str:
 
 @dataclass
 class PerImageNLL:
-    """One inverter's held-out NLLs, per image, with their mean and standard error."""
+    """One inverter's held-out NLLs, per image, with their mean and standard error; or several
+    inverters of one layer differing only in their training seed, whose per-image NLLs
+    [seeds, images] are `per_seed` and whose per-image mean is `nll_nats`."""
 
     layer: str
     inverter: str
     nll_nats: np.ndarray  # per image
+    per_seed: np.ndarray | None = field(default=None, kw_only=True)
+    seeds: list[int] | None = field(default=None, kw_only=True)
+
+    @property
+    def n_seeds(self) -> int:
+        return 1 if self.per_seed is None else len(self.per_seed)
+
+    @property
+    def seed_values(self) -> np.ndarray:
+        """Per-image NLLs as [seeds, images] (one row for one seed)."""
+        return self.nll_nats[None] if self.per_seed is None else self.per_seed
 
     @property
     def n(self) -> int:
@@ -118,30 +132,17 @@ class LayerEstimate(PerImageNLL):
     bits_per_dim_factor: float
     fingerprint: str | None = None  # of the held-out images (None: unknown, e.g. hand-made)
     kind: str | None = None
-    # With several seeds: each seed's per-image NLLs [seeds, images] (nll_nats is their mean) and the seeds.
-    per_seed: np.ndarray | None = None
-    seeds: list[int] | None = None
-
-    @property
-    def n_seeds(self) -> int:
-        return 1 if self.per_seed is None else len(self.per_seed)
-
-    @property
-    def seed_values(self) -> np.ndarray:
-        """Per-image NLLs as [seeds, images] (one row for one seed)."""
-        return self.nll_nats[None] if self.per_seed is None else self.per_seed
 
 
-def combine_seeds(estimates: list[LayerEstimate], seeds: list[int]) -> LayerEstimate:
-    """One estimate of a layer from its inverters of several seeds, all evaluated on the same
-    images: per image, the mean NLL over the seeds; each seed's kept for the interval."""
+def combine_seeds(estimates: list[PerImageNLL], seeds: list[int]) -> PerImageNLL:
+    """One estimate of a layer from its inverters of several seeds (pixel or latent ones), all
+    evaluated on the same images: per image, the mean NLL over the seeds; each seed's kept for
+    the interval."""
     if len(estimates) == 1:
         return estimates[0]
     _check_same_images(estimates)
-    first = estimates[0]
     per_seed = np.stack([e.nll_nats for e in estimates])
-    return LayerEstimate(first.layer, first.inverter, per_seed.mean(axis=0), first.bits_per_dim_factor,
-                         first.fingerprint, first.kind, per_seed=per_seed, seeds=list(seeds))
+    return dataclasses.replace(estimates[0], nll_nats=per_seed.mean(axis=0), per_seed=per_seed, seeds=list(seeds))
 
 
 @dataclass
@@ -302,7 +303,7 @@ def build_report(
                 notes.append(f"H(x) - H*(x|h) < 0: the bound I(x;h) >= {row[LOWER_BOUND]:.3f} says nothing "
                              "(H*(x|h) is loose by at least that much)")
         if seeded:
-            row.update(_seed_columns(estimate))
+            row.update(seed_interval_columns(estimate))
             if reference is not None and max(estimate.n_seeds, reference.n_seeds) > 1:
                 # NCE(layer) - NCE(ref) = H*(x|ref) - H*(x|h), paired over images, with both layers' seed spread
                 row["se (paired, seeds+images)"] = seeds.difference(reference.seed_values, estimate.seed_values).se
@@ -312,7 +313,7 @@ def build_report(
     return report
 
 
-def _seed_columns(estimate: LayerEstimate) -> dict:
+def seed_interval_columns(estimate: PerImageNLL) -> dict:
     """The seed columns of a row: the combined interval where the layer has several seeds; a
     layer of one seed has no estimate of the spread between runs, so none is made up."""
     if estimate.n_seeds < 2:

@@ -346,23 +346,25 @@ def cli_estimate_mi(
         options["order"] = [name.strip() for name in order.split(",") if name.strip()]
     report, path = estimate_mi(EstimateMIConfig(**options))
     console.print(latent_mi_table(report) if getattr(report, "space", None) == "latent" else mi_table(report))
-    if getattr(report, "space", None) != "latent" and seeds_table(report) is not None:
+    if seeds_table(report) is not None:
         console.print(seeds_table(report))
     console.print(f"written: {path} and {path.with_suffix('.csv')}")
 
 
 def seeds_table(report) -> Optional[object]:
-    """H*(x|h) of the rows with several seeds: the test-image interval beside the one that adds the
-    spread between the seeds' training runs (None when no row has several)."""
+    """H*(x|h) (or, in latent space, H*(z|h)) of the rows with several seeds: the test-image
+    interval beside the one that adds the spread between the seeds' training runs (None when no
+    row has several)."""
     from invkeras.reports.sections import fmt, pm
 
     rows = [r for r in report.rows if (r.get("n_seeds") or 1) > 1]
     if not rows:
         return None
-    return table("H*(x|h) over training seeds, nats/image (95% intervals)",
+    what = "H*(z|h)" if getattr(report, "space", None) == "latent" else "H*(x|h)"
+    return table(f"{what} over training seeds, nats/image (95% intervals)",
                  ["layer", "seeds", "mean ± se (images)", "interval (images)", "± se (seeds + images)",
                   "interval (seeds + images)"],
-                 [[r["layer"], r["n_seeds"], pm(r["H*(x|h) nats"], r["se nats"]),
+                 [[r["layer"], r["n_seeds"], pm(r[f"{what} nats"], r["se nats"]),
                    f"[{fmt(r['ci95 low'])}, {fmt(r['ci95 high'])}]", fmt(r["se seeds+images nats"]),
                    f"[{fmt(r['ci95 low (seeds)'])}, {fmt(r['ci95 high (seeds)'])}]"] for r in rows])
 

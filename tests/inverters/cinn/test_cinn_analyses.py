@@ -144,6 +144,30 @@ def test_latent_estimate_is_the_unconditional_nll_minus_the_conditional_one(cinn
     assert none[ESTIMATE] is None
 
 
+def test_a_layers_training_seeds_are_one_latent_row_with_the_seed_interval(cinn, tiny_classifier, autoencoder, tmp_path):
+    from invkeras.analyses import seeds
+    from invkeras.analyses.latent_mi import NLL, held_out_latent_nll
+    from invkeras.inverters import config_for, train_inverter
+
+    first = load_inverter(cinn["fc3"]).config
+    second = config_for("cinn", {**first.model_dump(), "training_seed": 1, "out": str(tmp_path / "fc3-seed1")})
+    second_dir = train_inverter(second, progress=False).model_path.parent
+    out = tmp_path / "latent.json"
+    result = CliRunner().invoke(app, ["estimate-mi", "--inverter", str(cinn["fc3"]), "--inverter", str(second_dir),
+                                      "--unconditional", str(cinn["none"]), "--out", str(out)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "H*(z|h) over training seeds" in result.output
+    fc3, none = json.loads(out.read_text())["rows"]
+    assert (fc3["layer"], fc3["n_seeds"], fc3["seeds"], none["n_seeds"]) == ("fc3", 2, [0, 1], 1)
+    per_seed = np.stack([held_out_latent_nll(load_inverter(d), eval_examples=EVAL).nll_nats
+                         for d in (cinn["fc3"], second_dir)])
+    assert not np.allclose(per_seed[0], per_seed[1])  # the runs do differ
+    expected = seeds.interval(per_seed)
+    assert fc3[NLL] == pytest.approx(expected.mean, abs=1e-5)
+    assert fc3["se seeds+images nats"] == pytest.approx(expected.se, rel=1e-4)
+    assert [fc3["ci95 low (seeds)"], fc3["ci95 high (seeds)"]] == pytest.approx([expected.low, expected.high], rel=1e-4)
+
+
 def test_latent_and_pixel_inverters_are_refused_together_in_one_line(cinn, tiny_inverters, tmp_path):
     runner = CliRunner()
     pixelcnn = str(tiny_inverters["fc3"].model_path.parent)
