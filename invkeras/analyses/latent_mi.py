@@ -159,9 +159,10 @@ def build_latent_report(estimates: list[LatentEstimate], *, split: str, dataset:
     return report
 
 
-def estimate_latent_mi(config, inverters: list, base_inverter=None, *, default_out) -> tuple[LatentMIReport, Path]:
-    """The latent-space table of `estimate-mi` for inverters that all have a latent likelihood."""
-    for inverter in [*inverters, *([base_inverter] if base_inverter is not None else [])]:
+def estimate_latent_mi(config, inverters: list, base_inverters: list = (), *, default_out) -> tuple[LatentMIReport, Path]:
+    """The latent-space table of `estimate-mi` for inverters that all have a latent likelihood;
+    `base_inverters` are the unconditional flow's runs (several: its training seeds)."""
+    for inverter in [*inverters, *base_inverters]:
         if not is_latent(inverter):
             raise InvkerasError(f"{COMMAND}: inverter {inverter.path.parent} (kind '{inverter.kind}') has no latent "
                                 "likelihood")
@@ -176,8 +177,9 @@ def estimate_latent_mi(config, inverters: list, base_inverter=None, *, default_o
         if config.labels is not None:
             estimate.layer = config.labels[group[0]]
     base = None
-    if base_inverter is not None:
-        base = held_out_latent_nll(base_inverter, split=config.split, eval_examples=config.eval_examples)
+    if base_inverters:
+        base = combine_seeds([held_out_latent_nll(i, split=config.split, eval_examples=config.eval_examples)
+                              for i in base_inverters], [i.config.run_seed for i in base_inverters])
     first = inverters[0].config
     dataset = f"features:{first.features}" if first.features else first.dataset
     report = build_latent_report(estimates, split=config.split, dataset=dataset, unconditional=base,
@@ -189,7 +191,8 @@ def estimate_latent_mi(config, inverters: list, base_inverter=None, *, default_o
         out_path,
         kind="latent-mi-estimate",
         config={**config.model_dump(), "inverters": [str(i.path) for i in inverters],
-                "unconditional": str(base_inverter.path) if base_inverter is not None else None},
+                "unconditional": ([str(i.path) for i in base_inverters] if len(base_inverters) > 1
+                                  else str(base_inverters[0].path) if base_inverters else None)},
         data=dataset,
         space=SPACE,
         label=LABEL,

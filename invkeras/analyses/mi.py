@@ -444,7 +444,6 @@ def estimate_mi(config: EstimateMIConfig) -> tuple[MIReport, Path]:
     inverters = [_load(path) for path in config.inverters]
     unconditional = [config.unconditional] if isinstance(config.unconditional, str) else config.unconditional or []
     base_inverters = [_load(path) for path in unconditional]
-    base_inverter = base_inverters[0] if base_inverters else None
     if config.labels is not None and len(config.labels) != len(inverters):
         raise InvkerasError(f"{COMMAND}: need one distinct label per inverter, got {config.labels}")
     groups = group_seeds(inverters, config.labels)
@@ -454,20 +453,21 @@ def estimate_mi(config: EstimateMIConfig) -> tuple[MIReport, Path]:
     split = choose_held_out_split(owners, config.split, given="split" in config.model_fields_set, command=COMMAND)
     if split != config.split:
         config = config.model_copy(update={"split": split})
-    if _split_by_space([*inverters, *base_inverters]):
-        from invkeras.analyses.latent_mi import estimate_latent_mi
-
-        if base_inverter is not None:
-            _check_unconditional(base_inverter)
-        return estimate_latent_mi(config, inverters, base_inverter, default_out=default_out(inverters[0], config.split))
+    latent = _split_by_space([*inverters, *base_inverters])
     for inverter in inverters:
-        inverter.require("pixel_log_prob", COMMAND)
+        if not latent:
+            inverter.require("pixel_log_prob", COMMAND)
     for inverter in base_inverters:
-        inverter.require("pixel_log_prob", COMMAND)
+        if not latent:
+            inverter.require("pixel_log_prob", COMMAND)
         _check_unconditional(inverter)
     if len(group_seeds(base_inverters, None)) > 1:
         raise InvkerasError(f"{COMMAND}: the unconditional inverters {', '.join(str(i.path.parent) for i in base_inverters)} "
                             "differ in more than their seed; give one, or the seeds of one")
+    if latent:
+        from invkeras.analyses.latent_mi import estimate_latent_mi
+
+        return estimate_latent_mi(config, inverters, base_inverters, default_out=default_out(inverters[0], config.split))
 
     each = [held_out_nll(i, split=config.split, eval_examples=config.eval_examples) for i in inverters]
     estimates = [combine_seeds([each[i] for i in group], [inverters[i].config.run_seed for i in group])
@@ -499,7 +499,7 @@ def estimate_mi(config: EstimateMIConfig) -> tuple[MIReport, Path]:
         out_path,
         kind="mi-estimate",
         config={**config.model_dump(), "inverters": [str(i.path) for i in inverters],
-                "unconditional": (None if not base_inverters else str(base_inverter.path) if len(base_inverters) == 1
+                "unconditional": (None if not base_inverters else str(base_inverters[0].path) if len(base_inverters) == 1
                                   else [str(i.path) for i in base_inverters])},
         data=dataset,
         results={"fingerprint": report.fingerprint, "n_images": report.rows[0]["n_images"]},
