@@ -578,6 +578,20 @@ def label_agreement_across_layers(comparisons: dict[str, str | Path], order: lis
     return sentences
 
 
+def label_agreement_in_chain(classifier: str | Path, comparisons: dict[str, str | Path]) -> tuple[list[str], list[str]] | None:
+    """(the chain, shallow to deep; `label_agreement_across_layers` on it) for the comparisons
+    of one classifier's layers (layer -> its folder), or None: fewer than two layers, no
+    classifier at `classifier`, or layers that are not one chain of its graph."""
+    from invkeras.analyses.data_processing import classifier_order
+
+    if len(comparisons) < 2 or not Path(classifier).is_file():
+        return None
+    order = classifier_order(classifier, list(comparisons))
+    if order is None:
+        return None
+    return order, label_agreement_across_layers(comparisons, order)
+
+
 def _default_out(inverter) -> Path:
     """runs/<dataset>/<arch>/comparisons/<layer> of the inverter's run; its own directory for user features."""
     config = inverter.config

@@ -39,8 +39,8 @@ mi/latent_<split>.json); latent-space and pixel-space inverters in one run are r
 from __future__ import annotations
 
 import csv
-import io
 import dataclasses
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -454,12 +454,10 @@ def estimate_mi(config: EstimateMIConfig) -> tuple[MIReport, Path]:
     if split != config.split:
         config = config.model_copy(update={"split": split})
     latent = _split_by_space([*inverters, *base_inverters])
-    for inverter in inverters:
-        if not latent:
+    if not latent:  # a latent table checks for its own likelihood
+        for inverter in [*inverters, *base_inverters]:
             inverter.require("pixel_log_prob", COMMAND)
     for inverter in base_inverters:
-        if not latent:
-            inverter.require("pixel_log_prob", COMMAND)
         _check_unconditional(inverter)
     if len(group_seeds(base_inverters, None)) > 1:
         raise InvkerasError(f"{COMMAND}: the unconditional inverters {', '.join(str(i.path.parent) for i in base_inverters)} "

@@ -263,17 +263,12 @@ def compare_seeds_table(rows: list[dict]):
 
 def label_agreement_lines(step) -> list[str]:
     """Label agreement across the step's layers, in the classifier's graph order (nothing for one
-    layer, or where the layers are not one chain): `compare.label_agreement_across_layers`."""
-    from invkeras.analyses.compare import label_agreement_across_layers
-    from invkeras.analyses.data_processing import classifier_order
+    layer, or where the layers are not one chain): `compare.label_agreement_in_chain`."""
+    from invkeras.analyses.compare import label_agreement_in_chain
 
-    classifier = artifacts.classifier_path(step.dataset, step.arch, step.workspace)
-    if len(step.layers) < 2 or not classifier.exists():
-        return []
-    order = classifier_order(classifier, step.layers)
-    if order is None:
-        return []
-    return label_agreement_across_layers({layer: step.out(layer) for layer in step.layers}, order)
+    found = label_agreement_in_chain(artifacts.classifier_path(step.dataset, step.arch, step.workspace),
+                                     {layer: step.out(layer) for layer in step.layers})
+    return [] if found is None else found[1]
 
 
 # --- information --------------------------------------------------------------

@@ -68,6 +68,8 @@ from invkeras.errors import InvkerasError
 
 # Keys a recipe sets once at the top and every step inherits unless it sets its own.
 SHARED_KEYS = ("dataset", "data_dir", "seed", "workspace", "arch", "scale")
+# Keys a step of the command may carry (and its `defaults` too) that are the recipe's, not an option.
+RECIPE_ONLY_KEYS = {"train-inverter": ("seeds",)}
 
 
 def step_model(raw: dict) -> type[BaseModel]:
@@ -150,7 +152,7 @@ class Recipe(BaseModel):
             inherited = {k: raw[k] for k in SHARED_KEYS if raw.get(k) is not None and k not in own}
             inherited.update(dict(defaults.get(step.get("command")) or {}) if isinstance(defaults, dict) else {})
             for key, value in inherited.items():
-                if (key in model.model_fields or key == "seeds" and step.get("command") == "train-inverter") \
+                if (key in model.model_fields or key in RECIPE_ONLY_KEYS.get(step.get("command"), ())) \
                         and key not in step:
                     step[key] = value
             try:
@@ -240,7 +242,7 @@ def _check_defaults(defaults: dict) -> None:
         if not isinstance(values, dict):
             raise ValueError(f"defaults.{command}: expected a mapping of step keys")
         for key in values:
-            if key == "seeds" and command == "train-inverter":
+            if key in RECIPE_ONLY_KEYS.get(command, ()):
                 continue
             if key == "command" or not any(key in m.model_fields for m in models):
                 raise ValueError(f"defaults.{command}.{key}: not an option of {command}")

@@ -484,11 +484,11 @@ def comparisons_section(contents: RunContents, out_stem: Path) -> Section | None
 
 def label_agreement_notes(comparisons: list[tuple[Artifact, dict]]) -> list[str]:
     """What label agreement says across the layers of each run's comparisons
-    (<run>/comparisons/<layer>/compare.json), in its classifier's graph order: the sentences of
-    `invkeras.analyses.compare.label_agreement_across_layers`, or that no two layers differ
-    beyond noise. Nothing where the layers are not one chain or the classifier is missing."""
-    from invkeras.analyses.compare import label_agreement_across_layers
-    from invkeras.analyses.data_processing import classifier_order
+    (<run>/comparisons/<layer>/compare.json), in its classifier's graph order
+    (`invkeras.analyses.compare.label_agreement_in_chain`), or that no two layers differ beyond
+    noise. Nothing where the layers are not one chain or the classifier is missing."""
+    from invkeras import artifacts
+    from invkeras.analyses.compare import label_agreement_in_chain
 
     by_run: dict[Path, dict[str, Path]] = {}
     for artifact, payload in comparisons:
@@ -496,17 +496,13 @@ def label_agreement_notes(comparisons: list[tuple[Artifact, dict]]) -> list[str]
         if folder.parent.name == "comparisons" and payload.get("layer"):
             by_run.setdefault(folder.parent.parent, {})[str(payload["layer"])] = folder
     notes = []
-    for run, folders in sorted(by_run.items()):
-        classifier = run / "classifier" / "model.keras"
-        if len(folders) < 2 or not classifier.is_file():
-            continue
-        order = classifier_order(classifier, list(folders))
-        if order is None:
-            continue
-        sentences = label_agreement_across_layers(folders, order)
-        chain = " → ".join(order)
-        notes.append(f"Label agreement across {chain}: " + ("; ".join(sentences) if sentences else
-                     "no two layers differ beyond the 95% interval of their difference") + ".")
+    for run, folders in sorted(by_run.items()):  # run = <workspace>/<dataset>/<arch>
+        found = label_agreement_in_chain(artifacts.classifier_path(run.parent.name, run.name, run.parent.parent),
+                                         folders)
+        if found is not None:
+            order, sentences = found
+            notes.append(f"Label agreement across {' → '.join(order)}: " + ("; ".join(sentences) if sentences else
+                         "no two layers differ beyond the 95% interval of their difference") + ".")
     return notes
 
 
