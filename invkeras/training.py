@@ -294,7 +294,7 @@ def train(
     hooks: Sequence[TrainingHook] = (),
     progress: bool = True,
     non_finite_hint: Callable[[], str] | None = None,
-    batch_transform: Callable[[dict], dict] | None = None,
+    batch_transform: Callable[[dict, int], dict] | None = None,
     console=None,
     data_source: str = "",
 ) -> TrainingOutcome:
@@ -305,8 +305,10 @@ def train(
     they were read from); `what` names the run in messages ("train-inverter layer 'fc3'"). With `progress`, a rich bar
     runs on a terminal, and every checkpoint prints one permanent line (step, interval
     means, validation, seconds) to `console` (default stderr), above the bar or, in a log,
-    alone. The best weights are left in the trainee at the end; the caller saves its
-    artefacts and then calls `Backup(out_dir / "backup").remove()`.
+    alone. `batch_transform(batch, step)`, when given, turns each batch of arrays into what the
+    trainee takes (augmentation draws from the step, so a resumed run repeats them). The best
+    weights are left in the trainee at the end; the caller saves its artefacts and then calls
+    `Backup(out_dir / "backup").remove()`.
     """
     from rich.console import Console
 
@@ -368,7 +370,7 @@ def train(
                 index = process_share(order.indices(step))  # all of it, but in a multi-host JAX run
                 batch = {k: v[index] for k, v in arrays.items()}
                 if batch_transform is not None:
-                    batch = batch_transform(batch)
+                    batch = batch_transform(batch, step)  # the step keys any random draw, so resume is exact
                 logs = {k: float(v) for k, v in trainee.train_step(batch).items()}
                 step += 1
                 loss = logs.get("loss")

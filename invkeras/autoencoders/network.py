@@ -63,6 +63,28 @@ class PixelLoss(keras.losses.Loss):
         return {**super().get_config(), "norm": self.norm}
 
 
+class ClassifierLogitMatching(keras.layers.Layer):
+    """Training only: adds weight * mean((c(x_hat) - c(x))^2) over the logits of a frozen
+    classifier c, and passes x_hat through.
+
+    A pixel loss spends the latent on what costs the most pixels, such as a photograph's smooth
+    background, and may drop the small edges a classifier reads; this perceptual term, with the
+    classifier itself as the feature network, makes the reconstruction keep what the classifier
+    uses, so a cinn over the latent can show it. The classifier is called in inference mode (no
+    dropout) and receives no gradient step: its weights are frozen by the caller. Only the
+    training model holds this layer; it is never saved."""
+
+    def __init__(self, classifier, weight: float, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier, self.weight = classifier, float(weight)
+
+    def call(self, inputs):
+        x, x_hat = inputs
+        target = ops.stop_gradient(self.classifier(x, training=False))
+        self.add_loss(self.weight * ops.mean(ops.square(self.classifier(x_hat, training=False) - target)))
+        return x_hat
+
+
 def build_encoder(image_shape, latent_dim: int, filters: int = 32):
     height, width, channels = (int(d) for d in image_shape)
     x = inputs = keras.Input((height, width, channels), name="x")
@@ -103,6 +125,16 @@ def build_autoencoder(image_shape, latent_dim: int, filters: int = 32, *, noise:
     x = keras.Input(tuple(int(d) for d in image_shape), name="x")
     z = LatentRegulariser(noise, kl_weight, seed, name="regulariser")(encoder(x))
     return keras.Model(x, decoder(z), name="autoencoder")
+
+
+def with_classifier_term(autoencoder, classifier, weight: float):
+    """The model to train when the loss has a classifier term: x -> autoencoder -> x_hat, plus
+    `ClassifierLogitMatching`. It shares the autoencoder's layers, so training it trains the
+    autoencoder, which is what is saved; the classifier is frozen here."""
+    classifier.trainable = False
+    x = keras.Input(autoencoder.input_shape[1:], name="x")
+    x_hat = ClassifierLogitMatching(classifier, weight, name="classifier_term")([x, autoencoder(x)])
+    return keras.Model(x, x_hat, name="autoencoder_with_classifier_term")
 
 
 def encoder_of(autoencoder):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from invkeras import artifacts
 from invkeras.errors import InvkerasError, NonFiniteLossError
@@ -50,10 +50,25 @@ class AutoencoderConfig(BaseModel):
     train_examples: Optional[int] = Field(None, gt=0)
     eval_examples: Optional[int] = Field(None, gt=0, description="cap on validation/test images evaluated")
     classifier: Optional[str] = Field(None, description="classifier .keras or run dir: its accuracy on reconstructions")
+    classifier_weight: float = Field(0.0, ge=0, description="weight of a perceptual term: the squared error between "
+                                     "the classifier's logits on the reconstruction and on the original (needs "
+                                     "classifier); 0 trains on pixels alone")
     seed: int = 0
     workspace: str = str(artifacts.DEFAULT_WORKSPACE)
     name: Optional[str] = Field(None, description="folder name under runs/<dataset>/autoencoders/ (default latent<d>)")
     out: Optional[str] = Field(None, description="output directory (overrides workspace and name)")
+
+    @model_validator(mode="after")
+    def _classifier_term_needs_a_classifier(self):
+        if self.classifier_weight > 0 and not self.classifier:
+            raise ValueError(f"classifier_weight {self.classifier_weight:g} needs a classifier (--classifier)")
+        return self
+
+    def non_trajectory_fields(self) -> tuple[str, ...]:
+        """With a classifier term, the classifier shapes training, so a resume under another is refused."""
+        if self.classifier_weight > 0:
+            return tuple(f for f in NON_TRAJECTORY_FIELDS if f != "classifier")
+        return NON_TRAJECTORY_FIELDS
 
     def resolved_latent_dim(self, image_shape) -> int:
         from invkeras.autoencoders.network import default_latent_dim
@@ -163,17 +178,22 @@ def train_autoencoder(config: AutoencoderConfig, *, hooks=(), progress: bool = T
     from invkeras.autoencoders.network import PixelLoss
     from invkeras.distribution import training_jit
 
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=PixelLoss(config.loss),
-                  jit_compile=training_jit())  # off under TF, on under JAX
+    trained = model
+    if config.classifier_weight > 0:
+        from invkeras.autoencoders.network import with_classifier_term
+
+        trained = with_classifier_term(model, classifier, config.classifier_weight)
+    trained.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=PixelLoss(config.loss),
+                    jit_compile=training_jit())  # off under TF, on under JAX
     mean_image = x.astype(np.float64).mean(axis=0)
 
     def validate():
         return {"val_loss": reconstruction_summary(val_x, reconstruct(model, val_x))["l1_per_pixel"]}
 
-    trainee = CompiledModelTrainee(model, inputs=lambda b: b["x"].astype("float32"),
+    trainee = CompiledModelTrainee(trained, inputs=lambda b: b["x"].astype("float32"),
                                    targets=lambda b: b["x"].astype("float32"), validate=validate)
     schedule = Schedule(config.max_steps, config.steps_per_checkpoint, config.patience, config.batch_size, config.seed)
-    settings = trajectory_settings(config, NON_TRAJECTORY_FIELDS)
+    settings = trajectory_settings(config, config.non_trajectory_fields())
     settings["latent_dim"] = latent_dim
     outcome = train(trainee, {"x": x}, schedule, out_dir=out.parent, settings=settings,
                     what=f"train-autoencoder on {config.dataset}", hooks=hooks, progress=progress,

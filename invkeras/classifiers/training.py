@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from invkeras import artifacts
 from invkeras.classifiers.architectures import ARCHITECTURES, DEFAULT_DROPOUT_RATE, build_classifier
+from invkeras.classifiers.augmentation import augmenter
 from invkeras.distribution import STRATEGIES, check_batch_split, get_strategy, num_replicas, strategy_scope
 from invkeras.training import BACKUP_DIR, Backup, CompiledModelTrainee, Schedule, TrainingHook, train, trajectory_settings
 
@@ -89,6 +90,9 @@ class ClassifierConfig(BaseModel):
                                            "2.5 * epsilon / pgd_steps")
     robust_eval_examples: Optional[int] = Field(None, ge=1, description="robust accuracy on the first N test "
                                                 "images only (default: the whole test split)")
+    augment: Literal["none", "flip-shift"] = Field(
+        "none", description="flip-shift: flip each training image left-right with probability 1/2 and shift it "
+        "by up to 4 pixels (natural photographs such as CIFAR-10; never digits, whose class a flip changes)")
 
     @model_validator(mode="after")
     def _attack_settings(self):
@@ -290,7 +294,8 @@ def _train_classifier(config: ClassifierConfig, strategy, hooks: Sequence[Traini
     outcome = train(trainee, {"x": x, "y": y}, schedule, out_dir=run,
                     settings=trajectory_settings(config, config.non_trajectory_fields()),
                     what=f"train-classifier {config.arch} on {config.dataset}", hooks=[checkpointer, *hooks],
-                    progress=progress, non_finite_hint=last_checkpoint)
+                    progress=progress, non_finite_hint=last_checkpoint,
+                    batch_transform=augmenter(config.augment, config.seed))
 
     test = model.evaluate(test_x.astype("float32"), test_y, batch_size=config.batch_size, verbose=0, return_dict=True)
     robust = {"clean_accuracy": float(test["accuracy"]), "robust_accuracy": None, "robust_eval_examples": 0}

@@ -42,6 +42,8 @@ def cli_train_classifier(
     save_at: str = typer.Option("", help="Comma-separated global steps at which to save checkpoints, e.g. 0,100,1000."),
     train_examples: Optional[int] = typer.Option(None, help="Train on only the first N examples."),
     dropout: bool = typer.Option(True, "--dropout/--no-dropout", help="Dropout at every layer."),
+    augment: str = typer.Option("none", help="none | flip-shift: flip training images left-right and shift them up "
+                                             "to 4 pixels (photographs; never digits)."),
     seed: int = typer.Option(0),
     strategy: str = typer.Option("auto", help="auto | mirrored (TensorFlow) | data-parallel (JAX) | default."),
     data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
@@ -73,6 +75,7 @@ def cli_train_classifier(
         save_at=parse_steps(save_at),
         train_examples=train_examples,
         dropout=dropout,
+        augment=augment,
         seed=seed,
         strategy=strategy,
         data_dir=data_dir,
@@ -284,6 +287,9 @@ def cli_train_autoencoder(
     train_examples: Optional[int] = typer.Option(None, help="Train on the first N images only."),
     eval_examples: Optional[int] = typer.Option(None, help="Cap on validation/test images evaluated."),
     classifier: Optional[str] = typer.Option(None, help="Classifier .keras or run dir: its accuracy on reconstructions."),
+    classifier_weight: Optional[float] = typer.Option(
+        None, help="Weight of a perceptual term: squared error of the classifier's logits on reconstruction and "
+                   "original (needs --classifier) [default: 0]."),
     seed: Optional[int] = typer.Option(None),
     data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
     workspace: Optional[str] = typer.Option(None, help="Root of runs/<dataset>/autoencoders/<name> [default: runs]."),

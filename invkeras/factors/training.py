@@ -139,7 +139,7 @@ def train_factors(config: FactorConfig, *, hooks=(), progress: bool = True) -> T
     out = config.model_path()
     outcome = train(trainee, pool.arrays(), schedule, out_dir=out.parent, settings=config.trajectory(), what=what,
                     hooks=hooks, progress=progress,
-                    batch_transform=lambda batch: pair_batch(train_table.r, batch, len(block_names)),
+                    batch_transform=lambda batch, step: pair_batch(train_table.r, batch, len(block_names)),
                     non_finite_hint=lambda: "try a lower --learning-rate, fewer --num-blocks or more --noise")
 
     nll = validation_nll()

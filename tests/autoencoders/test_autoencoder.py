@@ -120,3 +120,43 @@ def test_a_recipe_has_autoencoder_and_cinn_steps(tmp_path):
     recipe.write_text(recipe.read_text().replace("max_steps: 10", "max_step: 10"))
     with pytest.raises(InvkerasError, match="max_step"):
         load_recipe(recipe)
+
+
+def test_the_classifier_term_is_the_mean_squared_logit_error_and_trains_the_autoencoder_alone(tiny_classifier):
+    import keras
+
+    from invkeras.autoencoders.network import build_autoencoder, with_classifier_term
+    from invkeras.data import load_arrays
+    from invkeras.data.features import load_model
+
+    classifier = load_model(str(tiny_classifier / "procedural" / "conv"))
+    autoencoder = build_autoencoder((20, 20, 1), 8, 4, noise=0.0, kl_weight=0.0)
+    trained = with_classifier_term(autoencoder, classifier, weight=0.25)
+    x = load_arrays("procedural", "train", limit=32)[0].astype("float32")
+    x_hat = keras.ops.convert_to_numpy(autoencoder(x))
+    expected = 0.25 * np.mean((classifier.predict(x_hat, verbose=0) - classifier.predict(x, verbose=0)) ** 2)
+    trained(x)  # the term is this call's loss
+    assert len(trained.losses) == 1 and expected > 0
+    assert float(keras.ops.convert_to_numpy(trained.losses[0])) == pytest.approx(expected, rel=1e-4)
+
+    before = [w.copy() for w in classifier.get_weights()], [w.copy() for w in autoencoder.get_weights()]
+    trained.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mae")
+    for _ in range(3):
+        trained.train_on_batch(x, x)
+    for a, b in zip(before[0], classifier.get_weights()):
+        np.testing.assert_array_equal(a, b)  # frozen
+    assert any(not np.array_equal(a, b) for a, b in zip(before[1], autoencoder.get_weights()))
+
+
+def test_a_run_with_the_classifier_term_saves_the_autoencoder_alone(tiny_classifier, tmp_path):
+    classifier = str(tiny_classifier / "procedural" / "conv")
+    config = AutoencoderConfig(**TINY, max_steps=20, steps_per_checkpoint=10, classifier=classifier,
+                               classifier_weight=0.1, out=str(tmp_path / "ae"))
+    result = train_autoencoder(config, progress=False)
+    model, meta = load_autoencoder(result.model_path)
+    assert meta["config"]["classifier_weight"] == 0.1 and meta["results"]["steps"] == 20
+    assert [layer.name for layer in model.layers] == ["x", "encoder", "regulariser", "decoder"]
+    assert 0 <= meta["results"]["test"]["classifier_accuracy_on_reconstructions"] <= 1
+    assert "classifier" not in config.non_trajectory_fields()  # another classifier is another run
+    with pytest.raises(ValueError, match="classifier_weight 0.1 needs a classifier"):
+        AutoencoderConfig(**TINY, classifier_weight=0.1)

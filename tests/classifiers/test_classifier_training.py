@@ -173,6 +173,7 @@ def test_divergent_learning_rate_raises_non_finite_loss(tmp_path):
         ({"dropout_rate": 1.0}, "less than 1"),
         ({"out": "model.h5"}, "must end in .keras"),
         ({"epoch": 3}, "Extra inputs are not permitted"),
+        ({"augment": "flip"}, "Input should be 'none' or 'flip-shift'"),
     ],
 )
 def test_config_validation(tmp_path, overrides, message):
@@ -191,11 +192,13 @@ def test_config_defaults_and_normalisation(tmp_path):
 
 def test_three_kills_resume_to_the_same_classifier(tmp_path):
     """Killed at three random steps and resumed each time: the same weights and test accuracy as a
-    run never interrupted (batches and dropout draws are restored, not only the weights)."""
+    run never interrupted (batches, augmentation and dropout draws are restored, not only the
+    weights)."""
     from killing import Interrupt, KillAt  # tests/killing.py
 
-    straight = train_classifier(_config(tmp_path / "straight", epochs=3, patience=5), progress=False)
-    config = _config(tmp_path / "killed", epochs=3, patience=5)
+    straight = train_classifier(_config(tmp_path / "straight", epochs=3, patience=5, augment="flip-shift"),
+                                progress=False)
+    config = _config(tmp_path / "killed", epochs=3, patience=5, augment="flip-shift")
     for step in sorted(np.random.default_rng(2).choice(np.arange(1, 3 * STEPS_PER_EPOCH), 3, replace=False)):
         with pytest.raises(Interrupt):
             train_classifier(config, hooks=[KillAt(int(step))], progress=False)
