@@ -36,12 +36,13 @@ demo: install
 	@echo "The demo's report: $(CURDIR)/runs/procedural/inspect/report.html"
 
 # The main suite (TensorFlow; tests/jax_subset skips there, tests/test_cross_backend.py calls into
-# .venv-jax), then the JAX subset in .venv-jax. Catalogue names (mnist, cifar10) read the offline
+# .venv-jax), then the JAX subset in .venv-jax, a file per worker on two workers (its tests are
+# mostly XLA compiling, which keeps one core busy). Catalogue names (mnist, cifar10) read the offline
 # copies in ../shared/data when the checkout has them beside it (empty, i.e. unset, otherwise).
 test: export INVKERAS_DATA_DIR ?= $(wildcard $(CURDIR)/../shared/data)
 test: install install-jax browser
 	INVKERAS_JAX_CACHE=$(JAX_CACHE) $(PY) -m pytest -q tests
-	INVKERAS_JAX_CACHE=$(JAX_CACHE) KERAS_BACKEND=jax $(PY_JAX) -m pytest -q tests/jax_subset
+	INVKERAS_JAX_CACHE=$(JAX_CACHE) KERAS_BACKEND=jax $(PY_JAX) -m pytest -q -n 2 --dist loadfile tests/jax_subset
 
 # Headless Chromium checks the HTML report as a browser shows it (Debian's package, as root);
 # where it cannot be installed, that test says so and skips.
