@@ -2,7 +2,7 @@
 
 `flip_and_shift` flips each image left-right with probability 1/2 and shifts it by a whole
 number of pixels, up to `max_shift` in each direction, filling the uncovered border with zeros
-(the pad-and-crop of Krizhevsky et al. and of most CIFAR-10 baselines). On natural photographs
+(the pad-and-crop of most CIFAR-10 baselines). On natural photographs
 it is what lets a small conv net generalise from 50,000 images; on digits a flip changes the
 class, so it is an opt-in setting (`ClassifierConfig.augment`), off by default.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 
-AUGMENTATIONS = ("none", "flip-shift")
 MAX_SHIFT = 4  # pixels; CIFAR-10's customary pad of 4
 _STREAM = 7  # keeps these draws apart from the batch order's (seed, pass) generator
 

@@ -89,6 +89,8 @@ def test_bad_inputs_are_one_line(tmp_path):
     result = runner.invoke(app, ["train-autoencoder", "--classifier", str(tmp_path / "nope.keras"), "--latent-dim", "4",
                                  "--max-steps", "1", "--train-examples", "64", "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "nope.keras" in result.output
+    result = runner.invoke(app, ["train-autoencoder", "--classifier-weight", "0.1", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "needs a classifier" in result.output and "Traceback" not in result.output
     with pytest.raises(InvkerasError, match="autoencoder metadata"):
         (tmp_path / "c").mkdir()
         (tmp_path / "c" / "autoencoder.keras").write_bytes(b"x")
