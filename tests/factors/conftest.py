@@ -4,35 +4,18 @@ procedural dataset (the session's tiny classifier, a tiny autoencoder, a cinn of
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+
+from factor_codes import write_synthetic_features  # tests/factor_codes.py
 
 # Block sizes that fit the synthetic code: shape has a 2-d code, every other factor a 1-d one.
 SYNTHETIC_DIMS = {"shape": 2, "size": 1, "row": 1, "col": 1, "intensity": 1}
 
 
-def synthetic_code(factors: np.ndarray, rng: np.random.Generator, jitter: float = 0.05) -> np.ndarray:
-    """A known code of the five factors, 7 dimensions: shape at the corners of a square, size, row,
-    column and intensity each on one evenly spaced axis, plus a small jitter dimension."""
-    corners = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], np.float64)
-    return np.concatenate([corners[factors[:, 0]], (factors[:, 1:2] - 1.0), (factors[:, 2:3] - 5.5) * 0.35,
-                           (factors[:, 3:4] - 5.5) * 0.35, (factors[:, 4:5] - 1.5) * 0.7,
-                           jitter * rng.standard_normal((len(factors), 1))], axis=1)
-
-
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory):
-    """features .npz: x = all 6,912 procedural renderings, h = a random rotation of their factor code
-    (so no single dimension of h is a factor), y = the shape."""
-    from invkeras.data.procedural import _render_table, all_factor_combinations
-
-    factors = all_factor_combinations()
-    rng = np.random.default_rng(0)
-    code = synthetic_code(factors, rng)
-    rotation, _ = np.linalg.qr(rng.standard_normal((code.shape[1], code.shape[1])))
-    path = tmp_path_factory.mktemp("synthetic") / "mixed.npz"
-    np.savez(path, x=np.array(_render_table()), h=(code @ rotation.T).astype(np.float32), y=factors[:, 0])
-    return path
+    """features .npz of the procedural images with a known factor code (tests/factor_codes.py)."""
+    return write_synthetic_features(tmp_path_factory.mktemp("synthetic") / "mixed.npz")
 
 
 SYNTHETIC_TRAINING = dict(max_steps=300, steps_per_checkpoint=150, num_blocks=4, hidden=64, batch_size=256,

@@ -5,14 +5,14 @@ checks are the outputs' shapes and ranges and that training lowered the pair NLL
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from jax_helpers import REPO_ROOT, invkeras_cli, unexpected_tf_imports
+from factor_codes import write_synthetic_features  # tests/factor_codes.py
+from jax_helpers import invkeras_cli, unexpected_tf_imports
 
 TINY = ["--num-blocks", 2, "--hidden", 16, "--max-steps", 40, "--steps-per-checkpoint", 20, "--num-pairs", 2000,
         "--eval-pairs", 200, "--dim-pairs", 1000, "--batch-size", 64]
@@ -22,19 +22,9 @@ FACTORS = ["shape", "size", "row", "col", "intensity"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """train-factors on features .npz written with NumPy alone: every procedural rendering, h a
-    random rotation of the known factor code (tests/factors/conftest.py), y the shape."""
-    spec = importlib.util.spec_from_file_location("factor_fixtures", REPO_ROOT / "tests" / "factors" / "conftest.py")
-    fixtures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fixtures)  # its synthetic_code, without its pytest fixtures' session
-    from invkeras.data.procedural import _render_table, all_factor_combinations
-
+    random rotation of the known factor code (tests/factor_codes.py), y the shape."""
     root = tmp_path_factory.mktemp("factors")
-    factors = all_factor_combinations()
-    rng = np.random.default_rng(0)
-    code = fixtures.synthetic_code(factors, rng)
-    rotation, _ = np.linalg.qr(rng.standard_normal((code.shape[1], code.shape[1])))
-    np.savez(root / "mixed.npz", x=np.array(_render_table()), h=(code @ rotation.T).astype(np.float32),
-             y=factors[:, 0])
+    write_synthetic_features(root / "mixed.npz")
     invkeras_cli("train-factors", "--features", root / "mixed.npz", "--out", root / "inn", *TINY,
                  block_tensorflow=True, tmp_path=root)
     assert unexpected_tf_imports(root) == []
