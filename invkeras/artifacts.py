@@ -334,7 +334,12 @@ def run_dir(dataset: str, arch: str, workspace: str | os.PathLike = DEFAULT_WORK
 
 
 def classifier_path(dataset: str, arch: str, workspace: str | os.PathLike = DEFAULT_WORKSPACE) -> Path:
-    return run_dir(dataset, arch, workspace) / "classifier" / "model.keras"
+    return classifier_of_run(run_dir(dataset, arch, workspace))
+
+
+def classifier_of_run(run: str | os.PathLike) -> Path:
+    """The classifier of a run directory `runs/<dataset>/<arch>`."""
+    return Path(run) / "classifier" / "model.keras"
 
 
 def features_dir(

@@ -123,5 +123,5 @@ class InverterAnalysis(Command):
             run = inverter.parents[2]  # runs/<dataset>/<arch>/inverters/<kind>/<layer>
             reads.append(inverter / MODEL_FILE)
             if inverter.name != "none":  # the classifier's labels and the layer's features
-                reads += [run / "classifier" / "model.keras", run / "features" / inverter.name]
+                reads += [artifacts.classifier_of_run(run), run / "features" / inverter.name]
         return StepAccess(reads, cls.outputs(step))

@@ -53,7 +53,7 @@ def resolve_model_path(model: str | Path) -> Path:
     """Accept a `.keras` file, or a run directory that holds `classifier/model.keras` or `model.keras`."""
     path = Path(model)
     if path.is_dir():
-        for candidate in (path / "classifier" / "model.keras", path / "model.keras"):
+        for candidate in (artifacts.classifier_of_run(path), path / "model.keras"):
             if candidate.is_file():
                 return candidate
         raise InvkerasError(f"--model {model}: directory has no model.keras or classifier/model.keras")
@@ -118,7 +118,7 @@ class ExtractConfig(BaseModel):
         if self.model:
             model = Path(self.model)
             if model.is_dir():
-                model = model / "classifier" / "model.keras"
+                model = artifacts.classifier_of_run(model)
             if model.resolve() != default_model.resolve():
                 return model.parent / f"{model.stem}-features"
         return artifacts.run_dir(self.dataset, self.arch, self.workspace) / "features"

@@ -496,9 +496,8 @@ def label_agreement_notes(comparisons: list[tuple[Artifact, dict]]) -> list[str]
         if folder.parent.name == "comparisons" and payload.get("layer"):
             by_run.setdefault(folder.parent.parent, {})[str(payload["layer"])] = folder
     notes = []
-    for run, folders in sorted(by_run.items()):  # run = <workspace>/<dataset>/<arch>
-        found = label_agreement_in_chain(artifacts.classifier_path(run.parent.name, run.name, run.parent.parent),
-                                         folders)
+    for run, folders in sorted(by_run.items()):
+        found = label_agreement_in_chain(artifacts.classifier_of_run(run), folders)
         if found is not None:
             order, sentences = found
             notes.append(f"Label agreement across {' → '.join(order)}: " + ("; ".join(sentences) if sentences else

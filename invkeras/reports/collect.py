@@ -166,7 +166,7 @@ def _candidate_paths(path_text: str) -> list[Path]:
     path = Path(path_text)
     if path.suffix == ".keras":
         return [path]
-    return [path / "classifier" / "model.keras", path / "model.keras"]
+    return [artifacts.classifier_of_run(path), path / "model.keras"]
 
 
 def _common_suffix(a: Path, b: Path) -> int:
