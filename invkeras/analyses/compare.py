@@ -239,7 +239,7 @@ class CompareConfig(BaseModel):
     grid_inputs: int = Field(4, ge=0, description="grid rows (0: no grids)")
     batch_size: int = Field(64, gt=0, description="images sampled in parallel")
     chunk_size: int = Field(2048, gt=0, description="training features per nearest-neighbour chunk")
-    max_train_examples: Optional[int] = Field(None, gt=0, description="search only the first N training images")
+    max_train_examples: Optional[int] = Field(None, gt=0, description="search N training images only (a fixed sample)")
     out: Optional[str] = Field(None, description="output directory; default runs/<dataset>/<arch>/comparisons/<layer>")
 
 
@@ -282,16 +282,23 @@ def training_features(config):
     return open_features(manifest.parent)
 
 
-def _limited(batches: Iterator[dict], limit: int | None) -> Iterator[dict]:
-    """At most `limit` examples from a stream of batches."""
-    seen = 0
+def _capped(batches: Iterator[dict], total: int, limit: int | None) -> Iterator[dict]:
+    """The examples of a capped read (`capped_positions` of `total`) from a stream of batches,
+    in the stream's order: a sample spread over the whole split, not its first `limit`."""
+    from invkeras.data.registry import capped_positions
+
+    positions = capped_positions(total, limit)
+    wanted = None if positions is None else np.sort(positions)
+    start = 0
     for batch in batches:
-        if limit is not None and seen + len(batch["h"]) > limit:
-            batch = {k: v[: limit - seen] for k, v in batch.items()}
+        size = len(batch["h"])
+        if wanted is not None:
+            lo, hi = np.searchsorted(wanted, [start, start + size])
+            batch = {k: v[wanted[lo:hi] - start] for k, v in batch.items()}
         if len(batch["h"]):
             yield batch
-        seen += len(batch["h"])
-        if limit is not None and seen >= limit:
+        start += size
+        if wanted is not None and (len(wanted) == 0 or start > wanted[-1]):
             return
 
 
@@ -414,7 +421,8 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
     data, checked by fingerprint for the others), with K = `num_samples` samples each. Writes
     compare.json, .csv and .npz, and one top-k grid per inverter, compare_topk_<label>.png,
     showing `grid_inputs` inputs with the top `top_k` of `grid_samples` samples and of the
-    training images. `max_train_examples` caps the 1NN search (default: the whole split).
+    training images. `max_train_examples` caps the 1NN search (default: the whole split) to a
+    fixed sample of the split, as every capped read takes.
     """
     from invkeras.analyses.common import ClassifierProbe
     from invkeras.progress import progress_bar
@@ -445,7 +453,7 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
     with progress_bar(disable=not progress) as bar:
         total = train_set.num_examples if limit is None else min(limit, train_set.num_examples)
         task = bar.add_task(f"1NN over {total} training images", total=total)
-        batches = _limited(train_set.iter_batches(config.chunk_size), limit)
+        batches = _capped(train_set.iter_batches(config.chunk_size), train_set.num_examples, limit)
         nn_d, nn_i = nearest_neighbours(h, _with_progress(batches, bar, task), k=config.top_k)
     nearest = l1_summary(nn_d[:, 0], feature_dims)
 
@@ -506,7 +514,8 @@ def compare_inverters(config: CompareConfig, *, progress: bool = True) -> Compar
     if config.grid_inputs > 0:
         shown = min(config.grid_inputs, len(x))
         k = min(config.top_k, config.grid_samples)
-        neighbours = gather_examples(_limited(train_set.iter_batches(config.chunk_size), limit), nn_i[:shown, : config.top_k])
+        neighbours = gather_examples(_capped(train_set.iter_batches(config.chunk_size), train_set.num_examples, limit),
+                                     nn_i[:shown, : config.top_k])
         for inverter, label in zip(row_inverters, labels):
             # Its own seed stream, so the grid's samples do not repeat the table's.
             if probe is None:  # nothing to rank them by: the first k

@@ -70,7 +70,7 @@ class EstimateMIConfig(BaseModel):
         None, description="an unconditional inverter (layer 'none'), for H*(x) - H*(x|h); several: its seeds")
     reference: Optional[str] = Field(None, description="layer (or label) whose NCE the others are compared with")
     split: str = Field("test", description="validation | test")
-    eval_examples: Optional[int] = Field(None, gt=0, description="evaluate on the first N held-out images")
+    eval_examples: Optional[int] = Field(None, gt=0, description="evaluate on N held-out images, a fixed sample")
     out: Optional[str] = Field(None, description="JSON path (a CSV twin beside it); default runs/<dataset>/<arch>/mi/<split>.json")
     labels: Optional[list[str]] = Field(None, description="row names instead of the layers, one per inverter")
     order: Optional[list[str]] = Field(None, description="rows (layers or labels) of one feed-forward chain, shallow to "

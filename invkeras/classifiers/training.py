@@ -71,7 +71,7 @@ class ClassifierConfig(BaseModel):
     dropout: bool = True
     dropout_rate: float = Field(DEFAULT_DROPOUT_RATE, ge=0, lt=1)
     train_examples: Optional[int] = Field(
-        None, ge=1, description="train on the first N examples only (the paper's overfitted regime: 100, no dropout)"
+        None, ge=1, description="train on N examples only, a fixed sample (the paper's overfitted regime: 100, no dropout)"
     )
     save_at: list[int] = Field(default_factory=list, description="global steps to checkpoint at; 0 = before training")
     seed: int = 0
@@ -88,8 +88,8 @@ class ClassifierConfig(BaseModel):
     pgd_steps: int = Field(10, ge=1, description="PGD steps K, in training and in the robust evaluation")
     pgd_step_size: Optional[float] = Field(None, ge=0, description="PGD step size on [0, 1] pixels; default "
                                            "2.5 * epsilon / pgd_steps")
-    robust_eval_examples: Optional[int] = Field(None, ge=1, description="robust accuracy on the first N test "
-                                                "images only (default: the whole test split)")
+    robust_eval_examples: Optional[int] = Field(None, ge=1, description="robust accuracy on N test images only, a "
+                                                "fixed sample (default: the whole test split)")
     augment: Literal["none", "flip-shift"] = Field(
         "none", description="flip-shift: flip each training image left-right with probability 1/2 and shift it "
         "by up to 4 pixels (natural photographs such as CIFAR-10; never digits, whose class a flip changes)")
@@ -302,8 +302,12 @@ def _train_classifier(config: ClassifierConfig, strategy, hooks: Sequence[Traini
     if attack is not None:
         from invkeras.classifiers.adversarial import robust_accuracy
 
+        from invkeras.data.registry import capped_positions
+
         n = min(len(test_x), config.robust_eval_examples or len(test_x))
-        clean, adversarial = robust_accuracy(model, test_x[:n].astype("float32"), test_y[:n], attack,
+        chosen = capped_positions(len(test_x), n)  # a sample of the test set, not its first n
+        chosen = slice(None) if chosen is None else chosen
+        clean, adversarial = robust_accuracy(model, test_x[chosen].astype("float32"), test_y[chosen], attack,
                                              batch_size=config.batch_size, seed=config.seed)
         robust = {"clean_accuracy": clean, "robust_accuracy": adversarial, "robust_eval_examples": n}
     history = outcome.history

@@ -187,7 +187,7 @@ def cli_compare(
     grid_samples: Optional[int] = typer.Option(None, help="Samples K' drawn per grid row, of which the top-k are shown [default: 64]."),
     grid_inputs: Optional[int] = typer.Option(None, help="Grid rows (0: no grid) [default: 4]."),
     batch_size: Optional[int] = typer.Option(None, help="Images sampled in parallel [default: 64]."),
-    max_train_examples: Optional[int] = typer.Option(None, help="Search only the first N training images (default all)."),
+    max_train_examples: Optional[int] = typer.Option(None, help="Search N training images only, a fixed sample (default all)."),
     out: Optional[str] = typer.Option(None, help="Output directory (default runs/<dataset>/<arch>/comparisons/<layer>)."),
 ) -> None:
     """Inverters of one layer side by side: L1 distance in the layer's space to 1NN, IM-S and IM-NN
@@ -323,7 +323,7 @@ def cli_estimate_mi(
                                                      "its seeds)."),
     reference: Optional[str] = typer.Option(None, help="Layer whose NCE the others are compared with."),
     split: Optional[str] = typer.Option(None, help="validation | test [default: test]."),
-    eval_examples: Optional[int] = typer.Option(None, help="Evaluate on the first N held-out images."),
+    eval_examples: Optional[int] = typer.Option(None, help="Evaluate on N held-out images, a fixed sample."),
     order: Optional[str] = typer.Option(None, help="Comma-separated layers of one feed-forward chain, shallow to "
                                                    "deep, for the data-processing check [default: the classifier's "
                                                    "graph order]."),

@@ -40,7 +40,7 @@ def cli_train_classifier(
     learning_rate: float = typer.Option(3e-4, help="Adam learning rate."),
     patience: int = typer.Option(3, help="Early-stopping patience in epochs."),
     save_at: str = typer.Option("", help="Comma-separated global steps at which to save checkpoints, e.g. 0,100,1000."),
-    train_examples: Optional[int] = typer.Option(None, help="Train on only the first N examples."),
+    train_examples: Optional[int] = typer.Option(None, help="Train on N examples only, a fixed sample."),
     dropout: bool = typer.Option(True, "--dropout/--no-dropout", help="Dropout at every layer."),
     augment: str = typer.Option("none", help="none | flip-shift: flip training images left-right and shift them up "
                                              "to 4 pixels (photographs; never digits)."),
@@ -58,7 +58,7 @@ def cli_train_classifier(
     pgd_steps: Optional[int] = typer.Option(None, help="PGD steps [default: 10]."),
     pgd_step_size: Optional[float] = typer.Option(None, help="PGD step size on [0, 1] pixels [default: 2.5 * eps / steps]."),
     robust_eval_examples: Optional[int] = typer.Option(
-        None, help="Robust accuracy on the first N test images only [default: all]."),
+        None, help="Robust accuracy on N test images only, a fixed sample [default: all]."),
 ) -> None:
     """Train one of the paper's classifiers (layers conv1, conv2, fc3, logits), optionally robust to PGD."""
     from invkeras.classifiers.training import ClassifierConfig
@@ -152,7 +152,7 @@ def cli_extract(
     out: Optional[str] = typer.Option(None, help="Root directory (default runs/<dataset>/<arch>/features)."),
     batch_size: int = typer.Option(256),
     shard_size: int = typer.Option(4096, help="Examples per .npz shard."),
-    limit: Optional[int] = typer.Option(None, help="At most N examples per split."),
+    limit: Optional[int] = typer.Option(None, help="At most N examples per split, a fixed sample of each."),
     seed: int = typer.Option(0, help="Seed for carving splits the source lacks."),
     data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
     workspace: str = typer.Option("runs"),
@@ -284,7 +284,7 @@ def cli_train_autoencoder(
     max_steps: Optional[int] = typer.Option(None, help="Optimiser steps at most [default: 3000]."),
     steps_per_checkpoint: Optional[int] = typer.Option(None, help="Steps between checkpoints [default: 250]."),
     patience: Optional[int] = typer.Option(None, help="Checkpoint intervals without improvement [default: 5]."),
-    train_examples: Optional[int] = typer.Option(None, help="Train on the first N images only."),
+    train_examples: Optional[int] = typer.Option(None, help="Train on N images only, a fixed sample."),
     eval_examples: Optional[int] = typer.Option(None, help="Cap on validation/test images evaluated."),
     classifier: Optional[str] = typer.Option(None, help="Classifier .keras or run dir: its accuracy on reconstructions."),
     classifier_weight: Optional[float] = typer.Option(

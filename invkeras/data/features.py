@@ -89,7 +89,7 @@ class ExtractConfig(BaseModel):
     out: Optional[str] = Field(None, description="root directory; default runs/<dataset>/<arch>/features")
     batch_size: int = Field(256, gt=0)
     shard_size: int = Field(4096, gt=0)
-    limit: Optional[int] = Field(None, gt=0, description="at most this many examples per split")
+    limit: Optional[int] = Field(None, gt=0, description="at most this many examples per split, a fixed sample of each")
     seed: int = 0
     workspace: str = str(artifacts.DEFAULT_WORKSPACE)
 
@@ -520,19 +520,34 @@ class FeatureSet:
         )
 
     def load_all(self, limit: int | None = None) -> dict[str, np.ndarray]:
-        """Everything in memory (for small sets and tests)."""
+        """Everything in memory, or with `limit` the capped read of the data module's rule
+        (`capped_positions`): the same examples, in the same order, as a capped read of the
+        images the features were extracted from."""
+        from invkeras.data.registry import capped_positions
+
+        positions = capped_positions(self.num_examples, limit)
+        wanted = None if positions is None else np.sort(positions)
         parts: dict[str, list[np.ndarray]] = {}
-        count = 0
+        start = 0
         for batch in self.iter_batches(4096):
+            size = len(batch["x"])
+            if wanted is None:
+                chosen = slice(None)
+            else:  # keep the wanted positions inside this batch; stop after the last
+                lo, hi = np.searchsorted(wanted, [start, start + size])
+                chosen = wanted[lo:hi] - start
             for k, v in batch.items():
-                parts.setdefault(k, []).append(v)
-            count += len(batch["x"])
-            if limit is not None and count >= limit:
+                parts.setdefault(k, []).append(v[chosen])
+            start += size
+            if wanted is not None and (len(wanted) == 0 or start > wanted[-1]):
                 break
         if not parts:
             raise InvkerasError(f"features {self.path}: no examples")
         arrays = {k: np.concatenate(v) for k, v in parts.items()}
-        return {k: v[:limit] for k, v in arrays.items()} if limit is not None else arrays
+        if positions is None:
+            return arrays
+        ranks = np.searchsorted(wanted, positions)  # from ascending order to the shuffle's
+        return {k: v[ranks] for k, v in arrays.items()}
 
 
 def open_features(path: str | Path) -> FeatureSet:

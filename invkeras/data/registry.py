@@ -26,12 +26,17 @@ easy to state and to test (`plan_splits`):
 * if there is no validation split, validation = the last 10% of what remains;
 * train = the rest.
 
-A carved split comes in the order of that permutation, not the source's: analyses take
-the first N held-out images (`compare --num-images`, `sample --num-inputs`, evaluation
-limits), and some files are sorted by class (the shared CIFAR-10 archive is), where the
-first N of a source-ordered split would all be airplanes. TFDS streams its carved splits
-in TFDS's own order (a mask over the stream); the catalogue datasets are not class-sorted.
-Splits a source declares keep the source's order.
+A carved split comes in the order of that permutation, not the source's. TFDS streams its
+carved splits in TFDS's own order (a mask over the stream). Splits a source declares keep the
+source's order.
+
+A *capped* read (``limit=N`` below a split's size: `compare --num-images`, `sample
+--num-inputs`, `--eval-examples`, `--train-examples`, `extract --limit`) takes the first N of
+one fixed shuffle of the split (`capped_positions`), never the split's own first N: some files
+are sorted by class (CIFAR-10's test set is, in some archives), where the first 100 test images
+would all be airplanes. The shuffle depends only on the split's size, so every reader of the
+split (images, extracted features, TFDS streams) takes the same examples in the same order,
+and a smaller cap takes a prefix of a larger one's.
 
 So TFDS train/test datasets get a validation split of 10% of train (MNIST: 54,000 /
 6,000 / 10,000), and a single pool, such as the shared 10k MNIST test set, becomes
@@ -219,8 +224,29 @@ def _arrays_to_dataset(x: np.ndarray, y: np.ndarray):
     return _tf().data.Dataset.from_tensor_slices((x, y))
 
 
+CAP_SEED = 0  # the capped sample is one fixed sample of each split size: the same for every reader
+
+
+def capped_positions(total: int, limit: int | None) -> np.ndarray | None:
+    """The positions a capped read of `limit` examples takes from a split of `total`: the first
+    `limit` of one fixed shuffle of the split (fixed by `total` alone); None when nothing is
+    dropped (no cap, or a cap of at least `total`). A uniform sample, so a class-sorted split
+    still gives every class its share; and nested, so the first 8 of a 500-example read are the
+    8 a read of 8 takes."""
+    if limit is None or limit >= total:
+        return None
+    return np.random.default_rng(CAP_SEED).permutation(total)[:limit]
+
+
+def _reordered(arrays: list[np.ndarray], positions: np.ndarray) -> list[np.ndarray]:
+    """Examples collected in ascending position order, put in the order of `positions`."""
+    ranks = np.searchsorted(np.sort(positions), positions)
+    return [a[ranks] for a in arrays]
+
+
 def _take(x: np.ndarray, y: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    return (x, y) if limit is None else (x[:limit], y[:limit])
+    positions = capped_positions(len(x), limit)
+    return (x, y) if positions is None else (x[positions], y[positions])
 
 
 def _array_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -297,7 +323,8 @@ class _LocalSource(_InMemorySource):
         pool, indices = self.plan[split]
         x, y = self.local.pools[pool]
         if indices is not None:
-            indices = indices if limit is None else indices[:limit]
+            positions = capped_positions(len(indices), limit)
+            indices = indices if positions is None else indices[positions]
             return x[indices], y[indices]  # fancy indexing copies
         x, y = _take(x, y, limit)
         return x.copy(), y.copy()  # never hand out the cached arrays themselves
@@ -517,24 +544,35 @@ class _TfdsSource:
             ds = ds.enumerate().filter(lambda i, example: keep[i]).map(lambda i, example: example)
         return ds.map(lambda image, label: (tf.cast(image, tf.uint8), tf.cast(label, tf.int64)))
 
-    def batches(self, split: str, batch_size: int, limit: int | None):
-        """Streamed through tf.data, so a large split never sits in memory whole."""
+    def _stream(self, split: str, positions: np.ndarray | None):
+        """The split's dataset, keeping `positions` of it (in ascending order) as they stream past."""
+        tf = _tf()
         ds = self.dataset(split)
-        if limit is not None:
-            ds = ds.take(limit)
-        return ds.batch(batch_size).prefetch(2).as_numpy_iterator()
+        if positions is None:
+            return ds
+        keep = np.zeros(positions.max() + 1 if len(positions) else 0, dtype=bool)
+        keep[positions] = True
+        keep = tf.constant(keep)
+        ds = ds.take(len(keep)).enumerate()
+        return ds.filter(lambda i, example: keep[i]).map(lambda i, example: example)
+
+    def batches(self, split: str, batch_size: int, limit: int | None):
+        """Streamed through tf.data, so a large split never sits in memory whole; a capped read
+        is gathered first, to be put in its shuffled order."""
+        if capped_positions(_split_size(self.pool_sizes, self.plan[split]), limit) is not None:
+            return _array_batches(*self.arrays(split, limit), batch_size)
+        return self._stream(split, None).batch(batch_size).prefetch(2).as_numpy_iterator()
 
     def arrays(self, split: str, limit: int | None):
-        ds = self.dataset(split)
-        if limit is not None:
-            ds = ds.take(limit)
+        positions = capped_positions(_split_size(self.pool_sizes, self.plan[split]), limit)
         xs, ys = [], []
-        for x, y in ds.batch(4096).as_numpy_iterator():
+        for x, y in self._stream(split, positions).batch(4096).as_numpy_iterator():
             xs.append(x)
             ys.append(y)
         if not xs:
             return np.zeros((0,) + self.image_shape, np.uint8), np.zeros((0,), np.int64)
-        return np.concatenate(xs), np.concatenate(ys)
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        return (x, y) if positions is None else tuple(_reordered([x, y], positions))
 
 
 class _AffineStyleSource(_InMemorySource):
@@ -565,8 +603,14 @@ class _AffineStyleSource(_InMemorySource):
         )
 
     def arrays(self, split: str, limit: int | None):
-        x, y = self.inner.arrays(split, limit)
-        return affine.transform_batch(x, seed=self.seed, stream=SPLITS.index(split)), y
+        x, y = self.inner.arrays(split, None)
+        positions = capped_positions(len(x), limit)
+        if positions is None:
+            return affine.transform_batch(x, seed=self.seed, stream=SPLITS.index(split)), y
+        # Each example keeps the transform of its place in the whole split.
+        out = [affine.transform_batch(x[i : i + 1], seed=self.seed, stream=SPLITS.index(split), start_index=int(i))
+               for i in positions]
+        return (np.concatenate(out) if out else np.zeros((0,) + self.info().image_shape, np.uint8)), y[positions]
 
 
 def _catalogue_source(spec: Spec, data_dir: str | None, seed: int):
@@ -627,7 +671,8 @@ def iter_batches(spec: str, split: str, batch_size: int, *, data_dir: str | None
 def load_arrays(
     spec: str, split: str, *, data_dir: str | None = None, seed: int = 0, limit: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The split as NumPy: x uint8 NHWC, y int64; `limit` keeps the first `limit` examples."""
+    """The split as NumPy: x uint8 NHWC, y int64; `limit` keeps the first `limit` examples of a
+    fixed shuffle of the split (`capped_positions`)."""
     _check_split(spec, split)
     if limit is not None and limit < 0:
         raise InvkerasError(f"dataset {spec!r}: limit must be >= 0, got {limit}")

@@ -266,8 +266,9 @@ def choose_held_out_split(owners: dict[str, PairedDataConfig], split: str, *, gi
 
 
 def held_out_inputs(config: PairedDataConfig, split: str, num_inputs: int) -> dict:
-    """The first `num_inputs` held-out (x, h) pairs of the data an inverter was trained on:
-    the same pairs, in the same order, as the held-out splits of `paired_arrays`."""
+    """`num_inputs` held-out (x, h) pairs of the data an inverter was trained on: a capped read
+    of the split (the first `num_inputs` of its fixed shuffle; see `invkeras.data.registry`),
+    the same pairs, in the same order, as `paired_arrays` reads with that cap."""
     if num_inputs < 1:
         raise InvkerasError("held-out inputs: the number of inputs must be >= 1")
     available = held_out_splits(config)

@@ -34,6 +34,22 @@ def _chunks(array, size):
         yield array[start : start + size]
 
 
+def test_a_capped_nearest_neighbour_search_samples_the_whole_training_split():
+    """`--max-train-examples` searches a fixed sample of the split, not its first N: in a
+    class-sorted split the first N would hold one class only."""
+    from invkeras.analyses.compare import _capped
+    from invkeras.data.registry import capped_positions
+
+    labels = np.repeat(np.arange(10), 30)  # sorted by class
+    h = np.arange(300, dtype=np.float32)[:, None]
+    batches = [{"h": h[s : s + 7], "y": labels[s : s + 7]} for s in range(0, 300, 7)]
+    kept = list(_capped(iter(batches), 300, 40))
+    kept_h = np.concatenate([b["h"] for b in kept])[:, 0]
+    np.testing.assert_array_equal(kept_h, np.sort(capped_positions(300, 40)))  # the stream's order
+    assert len(set(np.concatenate([b["y"] for b in kept]).tolist())) >= 8
+    assert sum(len(b["h"]) for b in _capped(iter(batches), 300, None)) == 300
+
+
 def test_streamed_nearest_neighbours_equal_brute_force_with_ties():
     rng = np.random.default_rng(3)
     # Small integer features: exact float sums and many equal distances.

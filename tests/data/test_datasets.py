@@ -118,7 +118,8 @@ def test_procedural_generation_is_fast():
 
 
 def test_load_gives_the_same_examples_as_load_arrays():
-    x, y = load_arrays("procedural", "validation", limit=50)
+    x, y = load_arrays("procedural", "validation")
+    x, y = x[:50], y[:50]
     ds = load("procedural", "validation")
     assert ds.element_spec[0].shape == (20, 20, 1) and ds.element_spec[0].dtype.name == "uint8"
     assert ds.element_spec[1].shape == () and ds.element_spec[1].dtype.name == "int64"
@@ -266,17 +267,34 @@ def test_npz_single_pool_with_nhw_images(tmp_path):
     assert sum(len(p) for p in parts) == 60 and len(set().union(*map(hashes, parts))) == 60
 
 
-def test_first_images_of_a_carved_split_span_the_classes_of_a_class_sorted_file(tmp_path):
-    # The shared CIFAR-10 archive is sorted by class; analyses take the first N held-out
-    # images, which in source order would all be class 0.
-    x = np.zeros((1000, 4, 4), np.uint8)
+def test_a_capped_read_of_a_class_sorted_file_spreads_over_every_class(tmp_path):
+    # Some archives are sorted by class: the first 25 examples of a declared test split in the
+    # file's order would all be class 0. A cap takes the first 25 of a fixed shuffle.
+    x = np.arange(1000, dtype=np.uint32).view(np.uint8).reshape(1000, 2, 2)  # each image unique
     y = np.repeat(np.arange(10), 100)
-    np.savez(tmp_path / "sorted.npz", x=x, y=y)
+    np.savez(tmp_path / "sorted.npz", x=x, y=y, x_test=x, y_test=y)
     spec = f"npz:{tmp_path / 'sorted.npz'}"
-    for split in ("test", "validation"):
-        first = load_arrays(spec, split, limit=25)[1]
-        assert len(set(first.tolist())) >= 6, (split, first)
-        np.testing.assert_array_equal(first, load_arrays(spec, split)[1][:25])  # a limit is a prefix
+    for split in ("test", "validation", "train"):
+        whole_x, whole_y = load_arrays(spec, split)
+        capped_x, capped_y = load_arrays(spec, split, limit=25)
+        assert len(set(capped_y.tolist())) >= 6, (split, capped_y)
+        positions = registry.capped_positions(len(whole_y), 25)
+        np.testing.assert_array_equal(capped_x, whole_x[positions])
+        np.testing.assert_array_equal(capped_y, whole_y[positions])
+        np.testing.assert_array_equal(load_arrays(spec, split, limit=8)[0], capped_x[:8])  # nested
+    np.testing.assert_array_equal(load_arrays(spec, "test", limit=1000)[1], y)  # a cap of everything keeps it all
+
+
+def test_the_capped_sample_is_fixed_uniform_and_nested():
+    positions = registry.capped_positions(10_000, 1_000)
+    np.testing.assert_array_equal(positions, registry.capped_positions(10_000, 1_000))
+    np.testing.assert_array_equal(positions[:10], registry.capped_positions(10_000, 10))
+    assert len(set(positions.tolist())) == 1_000 and positions.min() >= 0 and positions.max() < 10_000
+    # Uniform: each tenth of the split holds about a tenth of the sample (sd about 9.5).
+    per_tenth = np.bincount(positions // 1_000, minlength=10)
+    assert per_tenth.min() >= 60 and per_tenth.max() <= 140, per_tenth
+    assert registry.capped_positions(50, None) is None and registry.capped_positions(50, 50) is None
+    assert len(registry.capped_positions(50, 0)) == 0
 
 
 def test_npz_with_its_own_test_arrays(tmp_path):
@@ -526,6 +544,12 @@ def test_tfds_via_mock_data_carves_validation(monkeypatch, no_data_dir_variable)
         assert len(validation) == 2 and train_x.shape == (18, 28, 28, 1) and train_y.dtype == np.int64
         assert not hashes(np.stack([v[0] for v in validation])) & hashes(train_x)
         assert load_arrays("fashion_mnist", "test", limit=5)[0].shape == (5, 28, 28, 1)
+        # TFDS keeps a cap's positions as the stream passes: the same sample as the whole split's.
+        whole = load_arrays("mnist", "test")[0]
+        np.testing.assert_array_equal(load_arrays("mnist", "test", limit=5)[0],
+                                      whole[registry.capped_positions(len(whole), 5)])
+        np.testing.assert_array_equal(np.concatenate([b[0] for b in iter_batches("mnist", "test", 2, limit=5)]),
+                                      whole[registry.capped_positions(len(whole), 5)])
 
 
 def test_tfds_offline_fails_fast_with_one_line(tmp_path):
@@ -631,7 +655,8 @@ def test_affnist_style_wraps_any_28x28_source(tmp_path):
     inner_x, inner_y = load_arrays(inner, "test")
     np.testing.assert_array_equal(y, inner_y)
     np.testing.assert_array_equal(x, affine.transform_batch(inner_x, seed=0, stream=SPLITS.index("test")))
-    np.testing.assert_array_equal(load_arrays(spec, "test", limit=3)[0], x[:3])
+    # A capped read transforms each example as it is transformed in the whole split.
+    np.testing.assert_array_equal(load_arrays(spec, "test", limit=3)[0], x[registry.capped_positions(len(x), 3)])
     assert not np.array_equal(load_arrays(spec, "test", seed=1)[0].sum(), x.sum())
     ds = load(spec, "test")
     assert ds.element_spec[0].shape == (40, 40, 1)

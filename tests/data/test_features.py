@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from invkeras.errors import InvkerasError
+from invkeras.data import registry
 from invkeras.data.features import ExtractConfig, extract_features, open_features
 from cli_errors import assert_one_line_error  # tests/cli_errors.py
 
@@ -53,6 +54,27 @@ def test_open_features_streams_batches_across_shard_boundaries(tiny_classifier):
     assert everything["x"].shape == (600, 20, 20, 1) and everything["h"].shape == (600, 256)
     first = next(iter(features.as_dataset().batch(600)))
     np.testing.assert_array_equal(first["x"].numpy(), everything["x"])
+
+
+def test_a_capped_read_of_features_holds_the_images_a_capped_read_of_the_dataset_holds(tiny_classifier):
+    """Features and images of one split, both capped, must pair up: estimate-mi subtracts the
+    unconditional model's NLL of an image (read from the dataset) from the conditional one's
+    (read from the features)."""
+    from invkeras.data import load_arrays
+
+    config = ExtractConfig(dataset="procedural", layers=["fc3"], splits=["validation"], workspace=str(tiny_classifier),
+                           shard_size=250, limit=600)
+    features = open_features(extract_features(config, progress=False)["fc3"]["validation"].parent)
+    whole = features.load_all()
+    for cap in (1, 37, 599):
+        capped = features.load_all(cap)
+        images, labels = load_arrays("procedural", "validation", limit=600)
+        positions = registry.capped_positions(600, cap)
+        assert len(capped["x"]) == cap
+        np.testing.assert_array_equal(capped["x"], whole["x"][positions])
+        np.testing.assert_array_equal(capped["h"], whole["h"][positions])
+        np.testing.assert_array_equal(capped["x"], images[positions])
+    np.testing.assert_array_equal(features.load_all(600)["x"], whole["x"])
 
 
 def test_extract_skips_complete_splits(tiny_classifier):
