@@ -5,7 +5,7 @@ One pipeline runs once for the module, each command reading what the one before 
 user's would: a PGD-trained classifier -> `extract` of its fc3 layer -> an autoencoder -> an
 inverter of fc3 of each kind that does not have a test of its own here (mse, gan, cinn over
 the autoencoder's latent) -> `compare` of the three, `sample` and `edit` of the GAN, and
-`mix` and `attack` of the cINN.
+`mix` and `attack` of the cINN; and `inspect` of the classifier, from its model file alone.
 Everything is tiny (a few steps, 20x20 images), so the numbers say nothing about quality;
 each test checks one command's outputs: files, shapes, finite values in their ranges, and the
 relations that hold whatever the training (an edit of h is that edit, the MSE decoder has no
@@ -35,6 +35,7 @@ INVERTER_STEPS = {"mse": 10, "gan": 4, "cinn": 10}
 SHIFT_UNIT, SHIFT_AMOUNT, SCALE = 1, 5.0, 2.0
 EDIT_INPUTS, EDIT_SAMPLES, MIX_INPUTS, COMPARE_IMAGES = 4, 2, 3, 16
 SAMPLE_SEEDS, ATTACK_EPSILON, ATTACK_INPUTS = (1, 2), 0.3, 4
+INSPECT_LAYERS, INSPECT_BUDGET = "logits", "2m"  # the calibration asks about 1 min per model on a loaded machine
 
 
 class Pipeline:
@@ -110,6 +111,9 @@ def pipeline(tmp_path_factory) -> Pipeline:
           needs=("train-inverter cinn",))
     p.run("attack", "attack", "--inverter", p.inverter("cinn"), "--epsilon", ATTACK_EPSILON, "--pgd-steps", 2,
           "--num-inputs", ATTACK_INPUTS, "--batch-size", 16, "--out", p.root / "attack", needs=("train-inverter cinn",))
+    p.run("inspect", "inspect", "--model", p.run_dir / "classifier" / "model.keras", "--dataset", "procedural",
+          "--layers", INSPECT_LAYERS, "--kinds", "mse", "--budget", INSPECT_BUDGET, "--out", p.root / "inspect",
+          needs=("train-classifier",))
     return p
 
 
@@ -268,6 +272,20 @@ def test_attack_keeps_to_its_ball_and_decodes_the_attacked_representation(pipeli
     summary = json.loads((out / "attack.json").read_text())
     assert summary["attack_success_rate"] == pytest.approx(np.mean(a["labels_adv"] != a["labels_x"]))
     assert (out / "attack.png").exists()
+
+
+def test_inspect_reports_on_every_chosen_layer_within_its_budget(pipeline):
+    process = pipeline.check("inspect")
+    out = pipeline.root / "inspect"
+    html = (out / "report.html").read_text()
+    for layer in INSPECT_LAYERS.split(","):
+        assert f"Layer {layer}" in html, layer
+        report = json.loads((out / "comparisons" / layer / "compare.json").read_text())
+        assert [row["kind"] for row in report["rows"]] == ["mse"]
+        assert np.isfinite(report["rows"][0]["IM-S"]["mean_l1"]), layer
+        model = out / "inverters" / "mse" / layer / "inverter.keras"
+        assert meta(model)["versions"]["keras_backend"] == "jax", layer
+    assert "report:" in process.stdout
 
 
 def test_no_command_imports_tensorflow(pipeline):
