@@ -1,5 +1,6 @@
 """Recipes: schema validation with one-line errors, overrides, and skipping finished steps."""
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -121,6 +122,36 @@ def test_finished_steps_are_skipped(tmp_path):
     assert [r.status for r in second] == ["skipped", "ran"]
     assert model.stat().st_mtime_ns == stamp
     assert (tmp_path / "ws/recipes/resume.json.meta.json").exists()
+
+
+def test_a_step_whose_settings_changed_runs_again_and_an_unchanged_one_does_not(tmp_path):
+    body = """
+        name: resume
+        dataset: procedural
+        workspace: {ws}
+        steps:
+          clf: {{command: train-classifier, epochs: 1, train_examples: 256, batch_size: 64}}
+          feats: {{command: extract, layers: [fc3], splits: [test], limit: {limit}}}
+    """
+    path = write(tmp_path, body.format(ws=tmp_path / "ws", limit=32))
+    assert [r.status for r in run_recipe(load_recipe(path), source=path)] == ["ran", "ran"]
+    record = tmp_path / "ws/recipes/resume.steps/feats.json"
+    assert json.loads(record.read_text())["settings"]["limit"] == 32
+    assert [r.status for r in run_recipe(load_recipe(path), source=path)] == ["skipped", "skipped"]
+
+    # Its outputs are complete, but not the ones the recipe asks for now: it runs again.
+    path = write(tmp_path, body.format(ws=tmp_path / "ws", limit=48))
+    assert [r.status for r in run_recipe(load_recipe(path), source=path)] == ["skipped", "ran"]
+    manifest = tmp_path / "ws/procedural/conv/features/fc3/test/manifest.json"
+    assert json.loads(manifest.read_text())["num_examples"] == 48
+    assert json.loads(record.read_text())["settings"]["limit"] == 48
+
+    # Outputs with no record (written before records were kept) count as finished.
+    import shutil
+
+    shutil.rmtree(tmp_path / "ws/recipes/resume.steps")
+    path = write(tmp_path, body.format(ws=tmp_path / "ws", limit=40))
+    assert [r.status for r in run_recipe(load_recipe(path), source=path)] == ["skipped", "skipped"]
 
 
 def test_step_errors_name_the_recipe_and_step(tmp_path):

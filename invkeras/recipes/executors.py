@@ -43,7 +43,7 @@ from rich.console import Console
 from invkeras import artifacts
 from invkeras.errors import InvkerasError
 from invkeras.commands import command_class
-from invkeras.recipes.runner import StepResult, step_dependencies, step_outputs
+from invkeras.recipes.runner import StepResult, record_step_settings, step_dependencies, step_finished, step_outputs
 from invkeras.recipes.schema import Recipe, step_model
 from invkeras.workers import (available_cores, exit_with_parent, last_line, start_worker, stop_worker,
                               thread_environment)
@@ -235,7 +235,7 @@ class _Books:
                     self.stopped[name] = cause
                     self._report(StepResult(name, command, "not run", 0.0, f"'{cause}' failed", outputs),
                                  "yellow", f"(waits for '{cause}', which failed)")
-                elif all(artifacts.is_complete(p) for p in outputs):
+                elif step_finished(self.recipe, name, outputs):
                     self.done.add(name)
                     self._report(StepResult(name, command, "skipped", 0.0, "outputs complete", outputs),
                                  "dim", "(outputs complete)")
@@ -262,6 +262,7 @@ class _Books:
             self.bar.remove_task(entry.task)
             command, seconds = self.recipe.steps[name].command, time.time() - entry.started
             if outcome["status"] == "ran":
+                record_step_settings(self.recipe, name)
                 self.done.add(name)
                 self._report(StepResult(name, command, "ran", seconds, outcome["summary"], self._outputs(name),
                                         started=entry.started, log=str(entry.log)),

@@ -2,7 +2,11 @@
 
 A step whose outputs (artefact plus metadata) all exist is skipped on a rerun, and long
 steps resume from their own checkpoints, so `invkeras run` can simply be run again after a
-kill. What a step runs, what it writes and what it reads are its command's
+kill. A step that ran records its settings (`step_settings_record`); when the recipe's settings
+for it have changed since (more steps, other kinds to compare), it runs again, and its command
+decides what that means: a longer training resumes, another trajectory is refused in one line,
+an analysis is redone. Outputs with no record (written before records were kept) count as
+finished. What a step runs, what it writes and what it reads are its command's
 (`invkeras.commands`); `train-inverter` runs whatever kind the step names.
 
 Steps also form a graph (`step_dependencies`), which lets `invkeras.recipes.executors` run
@@ -114,6 +118,45 @@ def step_dependencies(recipe: Recipe) -> dict[str, list[str]]:
     return {name: [w for w in ws if not any(w in before[other] for other in ws)] for name, ws in waits.items()}
 
 
+def step_settings_record(recipe: Recipe, name: str) -> Path:
+    """`<workspace>/recipes/<name>.steps/<step>.json`: the settings a step last ran with."""
+    return Path(recipe.workspace) / "recipes" / f"{recipe.name}.steps" / f"{name}.json"
+
+
+def _settings(recipe: Recipe, name: str) -> Any:
+    """Step `name`'s settings as JSON, with paths inside the workspace written relative to it:
+    a workspace moved or copied elsewhere keeps its records."""
+    workspace = str(recipe.workspace).rstrip("/")
+
+    def relative(value):
+        if isinstance(value, str) and (value == workspace or value.startswith(workspace + "/")):
+            return "<workspace>" + value[len(workspace):]
+        if isinstance(value, dict):
+            return {k: relative(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [relative(v) for v in value]
+        return value
+
+    return relative(json.loads(recipe.steps[name].model_dump_json()))
+
+
+def record_step_settings(recipe: Recipe, name: str) -> None:
+    """After step `name` ran to the end: remember what it ran with."""
+    artifacts.write_json_atomic(step_settings_record(recipe, name), {"settings": _settings(recipe, name)})
+
+
+def step_finished(recipe: Recipe, name: str, outputs: list) -> bool:
+    """Whether step `name` can be skipped: all its outputs complete, and written under the
+    settings the recipe gives it now (or with no record saying otherwise)."""
+    if not all(artifacts.is_complete(p) for p in outputs):
+        return False
+    try:
+        recorded = json.loads(step_settings_record(recipe, name).read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True  # no readable record: the outputs' completeness decides, as it always did
+    return recorded == _settings(recipe, name)
+
+
 def run_record(recipe: Recipe) -> Path:
     """`<workspace>/recipes/<name>.json`: what a run of the recipe did, step by step."""
     return Path(recipe.workspace) / "recipes" / f"{recipe.name}.json"
@@ -184,7 +227,7 @@ def run_recipe(
         results = []
         for name, step in recipe.steps.items():
             outputs = step_outputs(step)
-            if all(artifacts.is_complete(p) for p in outputs):
+            if step_finished(recipe, name, outputs):
                 results.append(StepResult(name, step.command, "skipped", 0.0, "outputs complete",
                                           [str(p) for p in outputs]))
                 continue
@@ -195,6 +238,7 @@ def run_recipe(
                 summary = command_class(step.command).run(step)
             except InvkerasError as exc:
                 raise type(exc)(f"recipe {source or recipe.name}: step '{name}': {exc}") from exc
+            record_step_settings(recipe, name)
             results.append(StepResult(name, step.command, "ran", time.time() - started, summary,
                                       [str(p) for p in outputs], started=started))
     record = run_record(recipe)
