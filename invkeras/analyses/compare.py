@@ -285,21 +285,9 @@ def training_features(config):
 def _capped(batches: Iterator[dict], total: int, limit: int | None) -> Iterator[dict]:
     """The examples of a capped read (`capped_positions` of `total`) from a stream of batches,
     in the stream's order: a sample spread over the whole split, not its first `limit`."""
-    from invkeras.data.registry import capped_positions
+    from invkeras.data.registry import capped_batches, capped_positions
 
-    positions = capped_positions(total, limit)
-    wanted = None if positions is None else np.sort(positions)
-    start = 0
-    for batch in batches:
-        size = len(batch["h"])
-        if wanted is not None:
-            lo, hi = np.searchsorted(wanted, [start, start + size])
-            batch = {k: v[wanted[lo:hi] - start] for k, v in batch.items()}
-        if len(batch["h"]):
-            yield batch
-        start += size
-        if wanted is not None and (len(wanted) == 0 or start > wanted[-1]):
-            return
+    return capped_batches(batches, capped_positions(total, limit))
 
 
 def _with_progress(batches: Iterator[dict], bar, task) -> Iterator[np.ndarray]:

@@ -523,31 +523,20 @@ class FeatureSet:
         """Everything in memory, or with `limit` the capped read of the data module's rule
         (`capped_positions`): the same examples, in the same order, as a capped read of the
         images the features were extracted from."""
-        from invkeras.data.registry import capped_positions
+        from invkeras.data.registry import in_capped_order, capped_batches, capped_positions
 
         positions = capped_positions(self.num_examples, limit)
-        wanted = None if positions is None else np.sort(positions)
         parts: dict[str, list[np.ndarray]] = {}
-        start = 0
-        for batch in self.iter_batches(4096):
-            size = len(batch["x"])
-            if wanted is None:
-                chosen = slice(None)
-            else:  # keep the wanted positions inside this batch; stop after the last
-                lo, hi = np.searchsorted(wanted, [start, start + size])
-                chosen = wanted[lo:hi] - start
+        for batch in capped_batches(self.iter_batches(4096), positions):
             for k, v in batch.items():
-                parts.setdefault(k, []).append(v[chosen])
-            start += size
-            if wanted is not None and (len(wanted) == 0 or start > wanted[-1]):
-                break
+                parts.setdefault(k, []).append(v)
         if not parts:
             raise InvkerasError(f"features {self.path}: no examples")
-        arrays = {k: np.concatenate(v) for k, v in parts.items()}
-        if positions is None:
-            return arrays
-        ranks = np.searchsorted(wanted, positions)  # from ascending order to the shuffle's
-        return {k: v[ranks] for k, v in arrays.items()}
+        keys = list(parts)
+        arrays = [np.concatenate(parts[k]) for k in keys]
+        if positions is not None:  # from the stream's order to the shuffle's
+            arrays = in_capped_order(arrays, positions)
+        return dict(zip(keys, arrays))
 
 
 def open_features(path: str | Path) -> FeatureSet:

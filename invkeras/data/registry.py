@@ -238,10 +238,27 @@ def capped_positions(total: int, limit: int | None) -> np.ndarray | None:
     return np.random.default_rng(CAP_SEED).permutation(total)[:limit]
 
 
-def _reordered(arrays: list[np.ndarray], positions: np.ndarray) -> list[np.ndarray]:
+def in_capped_order(arrays: list[np.ndarray], positions: np.ndarray) -> list[np.ndarray]:
     """Examples collected in ascending position order, put in the order of `positions`."""
     ranks = np.searchsorted(np.sort(positions), positions)
     return [a[ranks] for a in arrays]
+
+
+def capped_batches(batches: Iterator[dict], positions: np.ndarray | None) -> Iterator[dict]:
+    """The rows at `positions` of a stream of dict batches, in the stream's (ascending) order;
+    every row when `positions` is None. Stops reading after the last wanted row."""
+    wanted = None if positions is None else np.sort(positions)
+    start = 0
+    for batch in batches:
+        size = len(next(iter(batch.values())))
+        if wanted is not None:
+            lo, hi = np.searchsorted(wanted, [start, start + size])
+            batch = {k: v[wanted[lo:hi] - start] for k, v in batch.items()}
+        if len(next(iter(batch.values()))):
+            yield batch
+        start += size
+        if wanted is not None and (len(wanted) == 0 or start > wanted[-1]):
+            return
 
 
 def _take(x: np.ndarray, y: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -572,7 +589,7 @@ class _TfdsSource:
         if not xs:
             return np.zeros((0,) + self.image_shape, np.uint8), np.zeros((0,), np.int64)
         x, y = np.concatenate(xs), np.concatenate(ys)
-        return (x, y) if positions is None else tuple(_reordered([x, y], positions))
+        return (x, y) if positions is None else tuple(in_capped_order([x, y], positions))
 
 
 class _AffineStyleSource(_InMemorySource):
