@@ -7,6 +7,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
+from invkeras.backend_setup import prefer_xla_cpu_convolutions  # noqa: E402
+
+# Before JAX starts its CPU client: XLA's own convolutions, not YNNPACK's (backend_setup says why).
+prefer_xla_cpu_convolutions()
+
 from invkeras.errors import InvkerasError  # noqa: E402
 
 __all__ = ["InvkerasError", "__version__"]

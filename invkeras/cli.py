@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import json
 import math
 import os
 import sys
@@ -22,6 +21,7 @@ from pydantic import ValidationError
 from rich.markup import escape
 
 from invkeras import __version__
+from invkeras.backend_setup import configured_backend
 from invkeras.commands.tables import (comparison_table, console, err_console, latent_mi_table,  # noqa: F401
                                       mi_report_table, mi_table)
 from invkeras.errors import InvkerasError
@@ -128,21 +128,6 @@ def check_finite_options(options: dict) -> None:
         for number in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(number, float) and not math.isfinite(number):
                 raise InvkerasError(f"--{name.replace('_', '-')} {number}: must be a finite number")
-
-
-def configured_backend() -> str:
-    """The Keras backend that `import keras` will pick, found without importing keras (which,
-    under TensorFlow, would print TF's start-up lines before we could silence them):
-    KERAS_BACKEND, else the `backend` of Keras's own config file, else tensorflow."""
-    name = os.environ.get("KERAS_BACKEND")
-    if name:
-        return name
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    try:
-        with open(os.path.join(home, "keras.json")) as handle:
-            return str(json.load(handle).get("backend") or "tensorflow")
-    except (OSError, ValueError, AttributeError):
-        return "tensorflow"
 
 
 def _quiet_tensorflow_import() -> None:

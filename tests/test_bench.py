@@ -211,6 +211,10 @@ def test_summary_takes_tfps_faster_recipe_and_reports_an_unmet_target():
     assert summary["share_of_peak"]["train_ours_xla"] == pytest.approx(8.0 / 20.0)
     assert summary["share_of_peak_by_round"]["train_ours_xla"]["by_round"] == pytest.approx([0.5, 0.8, 0.25])
     assert summary["figure_s"] == 31.0 and not summary["figure_target_met"]
+    assert "figure_jax_s" not in summary
+    with_jax = bench.summarize(train, sample, peak, figure, _entry({0: [14.0]}))
+    assert with_jax["figure_jax_s"] == 14.0 and with_jax["figure_jax_target_met"]
+    assert with_jax["figure_s"] == 31.0 and "figure_jax" not in with_jax.get("jax_over_tf", {})
 
 
 class _FakeWorker:
@@ -261,8 +265,9 @@ def test_jax_rows_take_part_only_in_isolated_runs_with_a_jax_python():
     with_jax = bench.BenchSettings.quick(jax_python="/envs/jax/bin/python")
     assert "train_ours_jax" in bench.phase_names("train", with_jax, isolate=True)
     assert "sample_ours_pixel_jax" in bench.phase_names("sample", with_jax, isolate=True)
+    assert bench.phase_names("figure", with_jax, isolate=True) == ["figure", "figure_jax"]
     for settings, isolate in ((with_jax, False), (bench.BenchSettings.quick(), True)):
-        names = bench.phase_names("train", settings, isolate) + bench.phase_names("sample", settings, isolate)
+        names = [name for part in bench.PARTS for name in bench.phase_names(part, settings, isolate)]
         assert not [name for name in names if name.endswith("_jax")]
     assert bench.phase_names("train", bench.BenchSettings(), True)[-1] == "peak"  # the peak runs with every phase
 

@@ -23,3 +23,16 @@ def test_the_compilation_cache_directory_and_off_switch(tmp_path, monkeypatch):
         assert enable_compilation_cache() is None
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_importing_invkeras_keeps_cpu_convolutions_on_xla_own_kernels():
+    """The flag reached this process's XLA before its CPU client started (XLA aborts at start
+    on a flag it does not know, so a run that gets here also shows the pinned jaxlib takes it)."""
+    import os
+
+    import jax
+
+    from invkeras.backend_setup import EIGEN_CONVOLUTIONS
+
+    assert EIGEN_CONVOLUTIONS in os.environ["XLA_FLAGS"]
+    assert jax.devices()[0].platform == "cpu"

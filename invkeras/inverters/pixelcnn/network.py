@@ -688,12 +688,16 @@ class PixelCNNPlusPlus(keras.Model):
     # ul layer is final and is computed once, at the step that needs the params of pixel c:
     # its down-right 2x2 kernels read columns c - 1 and c of rows r - 1 and r, kept in
     # two-row buffers. Position (R, J) of resolution l (R = r >> l, J = c >> l) reads
-    # full-resolution rows <= R * 2**l and columns < J * 2**l, so it is computed once, at
-    # pixel (R * 2**l, J * 2**l): resolution 1 at every 2nd pixel of every 2nd row,
-    # resolution 2 at every 4th of every 4th (Ramachandran et al., 2017). Between those,
-    # a full-resolution position reads its low-resolution input from the upsampling layer's
-    # cache: the stride-2 transposed convolution maps (R, J) to (2R + i, 2J + j) by kernel
-    # tap (i, j). The u stream is still computed one row per resolution per image row
+    # full-resolution rows <= R * 2**l and columns < J * 2**l, so it is final from pixel
+    # (R * 2**l, J * 2**l) on (Ramachandran et al., 2017). On image row R * 2**l it is
+    # computed at every pixel: at the later pixels of that row its inputs and the buffer rows
+    # it reads are unchanged, so it comes out the same. Computing it only where it becomes
+    # final (every 2nd pixel of every 2nd row, every 4th of every 4th) would need a branch per
+    # pixel, and a compiled branch copies every cached buffer it passes on, which costs more
+    # than the extra positions. So the sampler runs one pixel loop per kind of row (levels up
+    # to 2 on every 4th row, up to 1 on the other even rows, 0 on odd rows). A full-resolution
+    # position reads its low-resolution input from the upsampling layer's cache: the stride-2
+    # transposed convolution maps (R, J) to (2R + i, 2J + j) by kernel tap (i, j). The u stream is still computed one row per resolution per image row
     # (`start_row`); the ul stream reads the column it needs from those rows.
 
     def initial_pixel_state(self, batch_size: int) -> dict:
@@ -718,23 +722,14 @@ class PixelCNNPlusPlus(keras.Model):
                 add([f"{self.upsample_ul[level].name}/x"], resolution, rows=1, pad=0)
         return state
 
-    def pixel_params(self, state: dict, x_window, row, col, h_levels, u_rows):
-        """Params of pixel (`row`, `col`) ([B, 1, ...]) given the pixels before it, computing
-        only the positions of the ul stream that became final with the previous pixel.
-        Pixels must be visited in raster order. Returns (params, new state)."""
-        def upto(max_level):
-            def run():
-                pass_ = _PixelPass(self, state, x_window, row, col, h_levels, max_level)
-                return self._ul_stream(pass_, *u_rows)[:, 0], pass_.state
-            return run
-
-        def branch(level):
-            if level == 0:
-                return upto(0)
-            on_grid = ops.logical_and(ops.equal(row % 2**level, 0), ops.equal(col % 2**level, 0))
-            return lambda: ops.cond(on_grid, upto(level), branch(level - 1))
-
-        return branch(NUM_RESOLUTIONS - 1)()
+    def pixel_params(self, state: dict, x_window, row, col, h_levels, u_rows, max_level: int):
+        """Params of pixel (`row`, `col`) ([B, 1, ...]) given the pixels before it. Computes the
+        ul stream's position at this pixel for the levels up to `max_level` and reads the
+        others from their caches. Pixels must be visited in raster order, with `max_level` the
+        highest level l for which row is a multiple of 2**l (`row_levels`). Returns (params,
+        new state)."""
+        pass_ = _PixelPass(self, state, x_window, row, col, h_levels, max_level)
+        return self._ul_stream(pass_, *u_rows)[:, 0], pass_.state
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, "config": self.pixelcnn_config.model_dump(mode="json")}

@@ -9,25 +9,31 @@ batch shape, on both backends.
 
 Three ways to get a pixel's params:
 
-* "pixel" (default): each activation is computed once per image, as in Ramachandran et al.
-  (2017). The u stream (rows above only) is computed one row per resolution per image row
-  (`start_row`); the ul stream one position per resolution per pixel (`pixel_params`), the
-  low resolutions only at the pixels where their position becomes final (every 2nd pixel
-  of every 2nd row, every 4th of every 4th), the positions between reading them from the
-  upsampling layers' caches. About 1.2 forward passes per image (`macs_per_image`).
+* "pixel" (default): activations are computed once per image, or a few times, following
+  Ramachandran et al. (2017). The u stream (rows above only) is computed one row per
+  resolution per image row (`start_row`); the ul stream one position per resolution per pixel
+  (`pixel_params`), the low resolutions only on the rows where their positions become final
+  (every 2nd row, every 4th), the other rows reading them from the upsampling layers' caches.
+  About 1.3 forward passes per image (`macs_per_image`).
 * "cached": only the current row is computed at each of the three resolutions, reading rows
   above from per-layer caches; the ul stream's row is recomputed at every pixel
   (`row_params`), about W / 2 forward passes per image.
 * "full": one full forward pass per pixel; the simple reference.
 
 Randomness is stateless: the same `seed`, `batch_size` and `jit` give identical samples
-(XLA draws different random bits from TensorFlow's own kernels).
+(XLA draws different random bits from TensorFlow's own kernels), however many batches are
+drawn at once.
+
+On a CPU, `sample` draws its batches on one thread per core. A pixel step is a chain of
+small operations, most of which run on one core, so two batches side by side use two cores
+where one batch leaves the second mostly idle.
 """
 
 from __future__ import annotations
 
 import math
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Literal
 
 import keras
@@ -37,13 +43,16 @@ from keras import ops
 from invkeras.inverters.pixelcnn import likelihoods
 from invkeras.distribution import compile_function
 from invkeras.errors import InvkerasError
-from invkeras.inverters.pixelcnn.network import PixelCNNConfig, check_inputs, model_inputs
+from invkeras.workers import available_cores
+from invkeras.inverters.pixelcnn.network import NUM_RESOLUTIONS, PixelCNNConfig, check_inputs, model_inputs
 
 METHODS = ("pixel", "cached", "full")
 DEFAULT_METHOD = "pixel"
 
 # Compiled functions per model, keyed by what fixes their shapes; dropped with the model.
 _COMPILED: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
+# The compiled functions of each model that have run (compiled) at least once.
+_DRAWN: "weakref.WeakKeyDictionary[keras.Model, set]" = weakref.WeakKeyDictionary()
 
 
 def _pixel_loop(model, config: PixelCNNConfig, batch: int, h, seed, method: str, choose: Callable, record: bool):
@@ -86,14 +95,24 @@ def _pixel_loop(model, config: PixelCNNConfig, batch: int, h, seed, method: str,
             image, (u_state, pixel_state), seed, recorded = carry
             u_rows, u_state = model.start_row(u_state, window(image, row), row, h_levels)
 
-            def pixel_step(col, carry):
-                image, pixel_state, seed, recorded = carry
-                params_here, pixel_state = model.pixel_params(pixel_state, window(image, row), row, col, h_levels,
-                                                              u_rows)
-                return take_pixel(row, col, params_here, image, pixel_state, seed, recorded)
+            def pixels(max_level):
+                def run():
+                    def pixel_step(col, carry):
+                        image, pixel_state, seed, recorded = carry
+                        params_here, pixel_state = model.pixel_params(pixel_state, window(image, row), row, col,
+                                                                      h_levels, u_rows, max_level)
+                        return take_pixel(row, col, params_here, image, pixel_state, seed, recorded)
 
-            image, pixel_state, seed, recorded = ops.fori_loop(0, width, pixel_step,
-                                                               (image, pixel_state, seed, recorded))
+                    return ops.fori_loop(0, width, pixel_step, (image, pixel_state, seed, recorded))
+
+                return run
+
+            def levels_from(level):  # the row's loop: levels up to the highest l with row % 2**l == 0
+                if level == 0:
+                    return pixels(0)
+                return lambda: ops.cond(ops.equal(row % 2**level, 0), pixels(level), levels_from(level - 1))
+
+            image, pixel_state, seed, recorded = levels_from(NUM_RESOLUTIONS - 1)()
             return image, (u_state, pixel_state), seed, recorded
 
         state = (model.initial_row_state(batch, ul=False), model.initial_pixel_state(batch))
@@ -152,8 +171,8 @@ def macs_per_image(config: PixelCNNConfig, method: str | None = None) -> float:
     u_rows = [height0 * w for _, w in sizes]
     if method in (None, "full"):
         u_pos, ul_pos, out_pos = area, area, area[0]
-    elif method == "pixel":
-        u_pos, ul_pos, out_pos = u_rows, area, area[0]
+    elif method == "pixel":  # level l on every pixel of every (2**l)-th row
+        u_pos, ul_pos, out_pos = u_rows, [math.ceil(height0 / 2**level) * width0 for level in levels], area[0]
     else:  # cached
         u_pos, ul_pos, out_pos = u_rows, [area[0] * w for _, w in sizes], area[0] * width0
     total = u_pos[0] * u_init + ul_pos[0] * ul_init + out_pos * out
@@ -270,16 +289,18 @@ def sample(
     batch_size: int = 64,
     method: Literal["pixel", "cached", "full"] = DEFAULT_METHOD,
     jit: bool = True,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Draw `num_samples` images per conditioning input: uint8 [N, K, H, W, C].
 
     config defaults to `model.pixelcnn_config`. h: [N, *h_shape], or None for an
     unconditional model (then N = 1). All N*K samples are drawn in batches of `batch_size`;
-    the last batch is padded so every batch reuses one compiled function. Identical `seed`,
-    `batch_size` and `jit` give identical samples.
+    the last batch is padded so every batch reuses one compiled function. `threads` batches
+    are drawn at a time (None: `default_threads()`). Identical `seed`, `batch_size` and `jit`
+    give identical samples, whatever `threads` is.
     """
-    if num_samples < 1 or batch_size < 1:
-        raise InvkerasError("sample: num_samples and batch_size must be >= 1")
+    if num_samples < 1 or batch_size < 1 or (threads is not None and threads < 1):
+        raise InvkerasError("sample: num_samples, batch_size and threads must be >= 1")
     _check_method(method)
     config = _resolve_config(model, config)
     h = _check_h(config, h)
@@ -293,8 +314,8 @@ def sample(
     h_rows = None if h is None else np.repeat(h, num_samples, axis=0)
     num_batches = math.ceil(total / batch_size)
     batch_seeds = likelihoods.split_seed(likelihoods.make_seed(seed), n=max(2, num_batches))
-    outputs = []
-    for index in range(num_batches):
+
+    def draw(index):
         begin = index * batch_size
         count = min(batch_size, total - begin)
         h_batch = None
@@ -303,8 +324,23 @@ def sample(
             if count < batch_size:  # pad with copies of the last row; those samples are dropped
                 h_batch = np.concatenate([h_batch, np.repeat(h_batch[-1:], batch_size - count, axis=0)])
         images = sampler(trainable, non_trainable, h_batch, batch_seeds[index])
-        outputs.append(np.asarray(ops.convert_to_numpy(images))[:count])
+        return np.asarray(ops.convert_to_numpy(images))[:count]
+
+    threads = min(default_threads() if threads is None else threads, num_batches)
+    # The first call compiles: alone, so that no two threads compile the same function.
+    outputs = [] if sampler in _DRAWN.get(model, ()) else [draw(0)]
+    _DRAWN.setdefault(model, set()).add(sampler)
+    with ThreadPoolExecutor(threads) as pool:
+        outputs += pool.map(draw, range(len(outputs), num_batches))
     return np.concatenate(outputs, axis=0).reshape(num_inputs, num_samples, *config.image_shape)
+
+
+def default_threads() -> int:
+    """How many batches `sample` draws at a time: one per core this process may use on a CPU,
+    one on an accelerator (whose own parallelism a batch already fills)."""
+    if any(not device.lower().startswith("cpu") for device in keras.distribution.list_devices()):
+        return 1
+    return available_cores()
 
 
 def teacher_forced_params(model: keras.Model, config: PixelCNNConfig | None, x, h=None, method: str = "cached",

@@ -109,6 +109,27 @@ def test_samples_are_seeded_and_well_formed(rgb_model):
     assert len(np.unique(first)) > 100  # not stuck at a few values
 
 
+def test_batches_drawn_side_by_side_equal_batches_drawn_one_at_a_time(rgb_model):
+    """Each batch has its own seed, so drawing several batches at once on threads changes
+    nothing: seven batches (the last one padded) on one thread and on three are identical,
+    and so is a second threaded call, which no longer compiles first."""
+    config, model = rgb_model
+    h = np.random.default_rng(1).normal(size=(3, 3)).astype("float32")
+    one = sample(model, config, h=h, num_samples=9, seed=11, batch_size=4, threads=1)
+    three = sample(model, config, h=h, num_samples=9, seed=11, batch_size=4, threads=3)
+    again = sample(model, config, h=h, num_samples=9, seed=11, batch_size=4, threads=3)
+    np.testing.assert_array_equal(one, three)
+    np.testing.assert_array_equal(one, again)
+    assert len(np.unique(one.reshape(27, -1), axis=0)) == 27  # every batch drew its own images
+
+
+def test_sampling_uses_a_thread_per_core_on_a_cpu():
+    from invkeras.workers import available_cores
+    from invkeras.inverters.pixelcnn.sampling import default_threads
+
+    assert default_threads() == available_cores()
+
+
 def test_cached_pixel_and_full_samplers_draw_the_same_images(rgb_model):
     """Same seed, same random stream: the cached row steps and the reference (one full
     forward pass per pixel) must pick identical pixels. Without XLA, whose random bits
@@ -184,6 +205,8 @@ def test_bad_arguments_raise_invkeras_error(rgb_model):
         sample(model, config, h=np.zeros((1, 3), "float32"), method="fast")
     with pytest.raises(InvkerasError, match="does not match"):
         sample(model, PixelCNNConfig.from_scale("tiny", (4, 4, 3)), h=np.zeros((1, 3), "float32"))
+    with pytest.raises(InvkerasError, match="threads must be >= 1"):
+        sample(model, config, h=np.zeros((1, 3), "float32"), threads=0)
 
 
 @pytest.mark.parametrize("conditioning,h_shape,overrides", [
