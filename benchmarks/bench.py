@@ -668,15 +668,15 @@ OUR_TRAIN = ("train_ours_xla", "train_ours_no_xla", "train_ours_jax")
 OUR_SAMPLERS = ("sample_ours_pixel", "sample_ours_cached", "sample_ours_full", "sample_ours_pixel_jax")
 # The JAX column against the same code under TensorFlow, each backend as `train-inverter` runs it
 # by default (--jit-compile auto: XLA under JAX, none under TensorFlow) and the same sampler.
-JAX_PEERS = {"train_ours_jax": "train_ours_no_xla", "sample_ours_pixel_jax": "sample_ours_pixel",
-             "figure_jax": "figure"}
+JAX_PEERS = {"train_ours_jax": "train_ours_no_xla", "sample_ours_pixel_jax": "sample_ours_pixel"}
 
 
 def phase_names(part: str, s: BenchSettings, isolate: bool) -> list[str]:
     """The workers of a phase. The JAX rows need their own process (another Python, another
     backend), so they take part only in isolated runs with `jax_python` set."""
     with_jax = s.jax_python is not None and isolate
-    skipped = ({"train_tfp_fit"} if not s.tfp_fit else set()) | (set() if with_jax else set(JAX_PEERS))
+    jax_rows = {name for name, (_, make) in JOBS.items() if make(s).backend == "jax"}
+    skipped = ({"train_tfp_fit"} if not s.tfp_fit else set()) | (set() if with_jax else jax_rows)
     if part == "train":
         return [name for name in (*TFP_TRAIN, *OUR_TRAIN) if name not in skipped] + ["peak"]
     if part == "sample":
@@ -954,8 +954,6 @@ def summarize(train: dict, sample: dict, peak: dict | None = None, figure: dict 
 
     jax_over_tf = {}
     for jax_name, tf_name in JAX_PEERS.items():
-        if jax_name == "figure_jax":
-            continue  # one timed draw per backend, not rounds: reported as two times
         measured = train if jax_name in train else sample
         if jax_name in measured and tf_name in measured:
             tf_times, jax_times = round_medians(measured[tf_name]), round_medians(measured[jax_name])

@@ -4,6 +4,7 @@ convolutions on XLA's own kernels, and the backend it is chosen for."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -20,8 +21,6 @@ def jax_configured(monkeypatch):
 
 def test_under_jax_the_convolution_flag_is_added_to_the_users_flags(jax_configured, monkeypatch):
     assert prefer_xla_cpu_convolutions() is True
-    import os
-
     assert os.environ["XLA_FLAGS"] == EIGEN_CONVOLUTIONS
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     assert prefer_xla_cpu_convolutions() is True
@@ -31,16 +30,12 @@ def test_under_jax_the_convolution_flag_is_added_to_the_users_flags(jax_configur
 
 
 def test_a_users_own_ynnpack_setting_is_kept(jax_configured, monkeypatch):
-    import os
-
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
     assert prefer_xla_cpu_convolutions() is False
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
 
 
 def test_nothing_is_set_under_tensorflow_or_with_an_older_jaxlib(jax_configured, monkeypatch):
-    import os
-
     monkeypatch.setattr(backend_setup, "_jaxlib_version", lambda: (0, 9))
     assert prefer_xla_cpu_convolutions() is False  # an older XLA would abort on an unknown flag
     monkeypatch.setattr(backend_setup, "_jaxlib_version", lambda: None)

@@ -697,8 +697,9 @@ class PixelCNNPlusPlus(keras.Model):
     # than the extra positions. So the sampler runs one pixel loop per kind of row (levels up
     # to 2 on every 4th row, up to 1 on the other even rows, 0 on odd rows). A full-resolution
     # position reads its low-resolution input from the upsampling layer's cache: the stride-2
-    # transposed convolution maps (R, J) to (2R + i, 2J + j) by kernel tap (i, j). The u stream is still computed one row per resolution per image row
-    # (`start_row`); the ul stream reads the column it needs from those rows.
+    # transposed convolution maps (R, J) to (2R + i, 2J + j) by kernel tap (i, j). The u
+    # stream is still computed one row per resolution per image row (`start_row`); the ul
+    # stream reads the column it needs from those rows.
 
     def initial_pixel_state(self, batch_size: int) -> dict:
         """Zero buffers for `pixel_params`: two rows (+ a zero column on the left) per ul
@@ -726,8 +727,8 @@ class PixelCNNPlusPlus(keras.Model):
         """Params of pixel (`row`, `col`) ([B, 1, ...]) given the pixels before it. Computes the
         ul stream's position at this pixel for the levels up to `max_level` and reads the
         others from their caches. Pixels must be visited in raster order, with `max_level` the
-        highest level l for which row is a multiple of 2**l (`row_levels`). Returns (params,
-        new state)."""
+        highest level l for which row is a multiple of 2**l (the sampler's loop for that kind
+        of row). Returns (params, new state)."""
         pass_ = _PixelPass(self, state, x_window, row, col, h_levels, max_level)
         return self._ul_stream(pass_, *u_rows)[:, 0], pass_.state
 
