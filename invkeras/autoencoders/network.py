@@ -63,9 +63,18 @@ class PixelLoss(keras.losses.Loss):
         return {**super().get_config(), "norm": self.norm}
 
 
-class ClassifierLogitMatching(keras.layers.Layer):
-    """Training only: adds weight * mean((c(x_hat) - c(x))^2) over the logits of a frozen
-    classifier c, and passes x_hat through.
+CLASSIFIER_TERMS = ("logits", "kl")
+
+
+class ClassifierMatching(keras.layers.Layer):
+    """Training only: adds weight * d(c(x_hat), c(x)) for a frozen classifier c, and passes
+    x_hat through. `term` picks d:
+
+    - "logits": the mean squared error between the logits;
+    - "kl": KL(softmax c(x) || softmax c(x_hat)), the distillation loss of Hinton et al. (2015)
+      at temperature 1, averaged over the batch. It asks the reconstruction for the same class
+      probabilities, not the same logits: a shift of all logits, which no decision depends on,
+      costs nothing, and a confidently kept class costs little.
 
     A pixel loss spends the latent on what costs the most pixels, such as a photograph's smooth
     background, and may drop the small edges a classifier reads; this perceptual term, with the
@@ -74,14 +83,22 @@ class ClassifierLogitMatching(keras.layers.Layer):
     dropout) and receives no gradient step: its weights are frozen by the caller. Only the
     training model holds this layer; it is never saved."""
 
-    def __init__(self, classifier, weight: float, **kwargs):
+    def __init__(self, classifier, weight: float, term: str = "logits", **kwargs):
         super().__init__(**kwargs)
-        self.classifier, self.weight = classifier, float(weight)
+        if term not in CLASSIFIER_TERMS:
+            raise InvkerasError(f"classifier term {term!r}: choose one of {', '.join(CLASSIFIER_TERMS)}")
+        self.classifier, self.weight, self.term = classifier, float(weight), term
 
     def call(self, inputs):
         x, x_hat = inputs
         target = ops.stop_gradient(self.classifier(x, training=False))
-        self.add_loss(self.weight * ops.mean(ops.square(self.classifier(x_hat, training=False) - target)))
+        logits = self.classifier(x_hat, training=False)
+        if self.term == "logits":
+            distance = ops.mean(ops.square(logits - target))
+        else:
+            log_p, log_q = ops.log_softmax(target, axis=-1), ops.log_softmax(logits, axis=-1)
+            distance = ops.mean(ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1))
+        self.add_loss(self.weight * distance)
         return x_hat
 
 
@@ -127,13 +144,13 @@ def build_autoencoder(image_shape, latent_dim: int, filters: int = 32, *, noise:
     return keras.Model(x, decoder(z), name="autoencoder")
 
 
-def with_classifier_term(autoencoder, classifier, weight: float):
+def with_classifier_term(autoencoder, classifier, weight: float, term: str = "logits"):
     """The model to train when the loss has a classifier term: x -> autoencoder -> x_hat, plus
-    `ClassifierLogitMatching`. It shares the autoencoder's layers, so training it trains the
+    `ClassifierMatching`. It shares the autoencoder's layers, so training it trains the
     autoencoder, which is what is saved; the classifier is frozen here."""
     classifier.trainable = False
     x = keras.Input(autoencoder.input_shape[1:], name="x")
-    x_hat = ClassifierLogitMatching(classifier, weight, name="classifier_term")([x, autoencoder(x)])
+    x_hat = ClassifierMatching(classifier, weight, term, name="classifier_term")([x, autoencoder(x)])
     return keras.Model(x, x_hat, name="autoencoder_with_classifier_term")
 
 

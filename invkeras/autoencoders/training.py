@@ -27,6 +27,7 @@ from invkeras.errors import InvkerasError, NonFiniteLossError
 
 MODEL_FILE = "autoencoder.keras"
 GRID_FILE = "reconstructions.png"
+GRID_ROWS = 8
 NON_TRAJECTORY_FIELDS = ("max_steps", "patience", "out", "workspace", "eval_examples", "classifier", "name")
 
 
@@ -50,9 +51,12 @@ class AutoencoderConfig(BaseModel):
     train_examples: Optional[int] = Field(None, gt=0)
     eval_examples: Optional[int] = Field(None, gt=0, description="cap on validation/test images evaluated")
     classifier: Optional[str] = Field(None, description="classifier .keras or run dir: its accuracy on reconstructions")
-    classifier_weight: float = Field(0.0, ge=0, description="weight of a perceptual term: the squared error between "
-                                     "the classifier's logits on the reconstruction and on the original (needs "
-                                     "classifier); 0 trains on pixels alone")
+    classifier_weight: float = Field(0.0, ge=0, description="weight of a perceptual term comparing the classifier's "
+                                     "outputs on the reconstruction and on the original (needs classifier); 0 trains "
+                                     "on pixels alone")
+    classifier_term: Literal["logits", "kl"] = Field(
+        "logits", description="the perceptual term: logits, the squared error of the logits; kl, the KL divergence "
+        "of the class probabilities (distillation)")
     seed: int = 0
     workspace: str = str(artifacts.DEFAULT_WORKSPACE)
     name: Optional[str] = Field(None, description="folder name under runs/<dataset>/autoencoders/ (default latent<d>)")
@@ -65,10 +69,11 @@ class AutoencoderConfig(BaseModel):
         return self
 
     def non_trajectory_fields(self) -> tuple[str, ...]:
-        """With a classifier term, the classifier shapes training, so a resume under another is refused."""
+        """With a classifier term, the classifier shapes training, so a resume under another is refused;
+        without one, the term's kind changes nothing."""
         if self.classifier_weight > 0:
             return tuple(f for f in NON_TRAJECTORY_FIELDS if f != "classifier")
-        return NON_TRAJECTORY_FIELDS
+        return NON_TRAJECTORY_FIELDS + ("classifier_term",)
 
     def resolved_latent_dim(self, image_shape) -> int:
         from invkeras.autoencoders.network import default_latent_dim
@@ -148,6 +153,7 @@ def train_autoencoder(config: AutoencoderConfig, *, hooks=(), progress: bool = T
 
     from invkeras.autoencoders.network import build_autoencoder
     from invkeras.data import load_arrays
+    from invkeras.data.registry import capped_positions
     from invkeras.reports.grids import save_grid, to_uint8
     from invkeras.training import BACKUP_DIR, Backup, CompiledModelTrainee, Schedule, train, trajectory_settings
 
@@ -182,7 +188,7 @@ def train_autoencoder(config: AutoencoderConfig, *, hooks=(), progress: bool = T
     if config.classifier_weight > 0:
         from invkeras.autoencoders.network import with_classifier_term
 
-        trained = with_classifier_term(model, classifier, config.classifier_weight)
+        trained = with_classifier_term(model, classifier, config.classifier_weight, config.classifier_term)
     trained.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=PixelLoss(config.loss),
                     jit_compile=training_jit())  # off under TF, on under JAX
     mean_image = x.astype(np.float64).mean(axis=0)
@@ -213,8 +219,11 @@ def train_autoencoder(config: AutoencoderConfig, *, hooks=(), progress: bool = T
     if not math.isfinite(results["validation"]["l1_per_pixel"]):
         raise NonFiniteLossError("train-autoencoder: validation L1 is not finite")
 
-    shown = test_x if len(test_x) else val_x
-    pairs = to_uint8(reconstruct(model, shown[:8]))
+    shown_split, shown = ("test", test_x) if len(test_x) else ("validation", val_x)
+    positions = capped_positions(len(shown), GRID_ROWS)  # a fair sample: a split may be sorted by class
+    positions = np.arange(min(len(shown), GRID_ROWS)) if positions is None else positions
+    shown = shown[positions]
+    pairs = to_uint8(reconstruct(model, shown))
     grid = save_grid(out.parent / GRID_FILE, [[shown[i], pairs[i]] for i in range(len(pairs))])
     seconds = time.time() - started
     data = {"dataset": config.dataset, "image_shape": list(image_shape), "train_examples": len(x),
@@ -223,7 +232,8 @@ def train_autoencoder(config: AutoencoderConfig, *, hooks=(), progress: bool = T
         model.save(tmp)
     artifacts.write_metadata(grid, kind="autoencoder-reconstructions", config=config, seed=config.seed, data=data,
                              autoencoder=str(out),
-                             results={"rows": len(pairs), "columns": ["original", "reconstruction"]})
+                             results={"rows": len(pairs), "columns": ["original", "reconstruction"],
+                                      "split": shown_split, "positions": positions.tolist()})
     artifacts.write_metadata(
         out, kind="autoencoder", config=config, seed=config.seed, data=data, latent_dim=latent_dim,
         image_shape=list(image_shape), history=outcome.history,

@@ -67,6 +67,9 @@ class ClassifierConfig(BaseModel):
                                       "resumed runs; the best epoch so far is kept when it is reached")
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(3e-4, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: decay the learning rate to zero along half a cosine over `epochs` "
+        "(Loshchilov & Hutter 2017), so `epochs` then shapes the trajectory; constant: keep it")
     patience: int = Field(3, ge=0, description="early-stopping patience in epochs (on val_accuracy)")
     dropout: bool = True
     dropout_rate: float = Field(DEFAULT_DROPOUT_RATE, ge=0, lt=1)
@@ -111,7 +114,17 @@ class ClassifierConfig(BaseModel):
         return None if self.epsilon is None else Attack(self.epsilon, self.pgd_steps, self.pgd_step_size, "pgd")
 
     def non_trajectory_fields(self) -> tuple[str, ...]:
-        return NON_TRAJECTORY_FIELDS + (ATTACK_FIELDS if self.adversarial == "none" else ())
+        fields = NON_TRAJECTORY_FIELDS + (ATTACK_FIELDS if self.adversarial == "none" else ())
+        # Under a cosine schedule the epoch count sets every step's learning rate.
+        return tuple(f for f in fields if f != "epochs") if self.lr_schedule == "cosine" else fields
+
+    def learning_rate_at(self, total_steps: int):
+        """Adam's learning rate: a number, or a schedule over `total_steps` optimiser steps."""
+        import keras
+
+        if self.lr_schedule == "constant":
+            return self.learning_rate
+        return keras.optimizers.schedules.CosineDecay(self.learning_rate, decay_steps=total_steps)
 
     @field_validator("arch")
     @classmethod
@@ -250,11 +263,12 @@ def _train_classifier(config: ClassifierConfig, strategy, hooks: Sequence[Traini
     check_batch_split(strategy, config.batch_size,  # training keeps each pass's last batch; evaluate too
                       remainders={"train": len(x), "validation": len(val_x), "test": len(test_x)})
 
+    steps_per_epoch = config.steps_per_epoch or math.ceil(len(x) / config.batch_size)
     model = build_classifier(
         config.arch, info.image_shape, info.num_classes, dropout_rate=config.effective_dropout_rate()
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(config.learning_rate_at(config.epochs * steps_per_epoch)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
@@ -274,7 +288,6 @@ def _train_classifier(config: ClassifierConfig, strategy, hooks: Sequence[Traini
     trainee = trainee_class(model, inputs=lambda batch: batch["x"].astype("float32"),
                             targets=lambda batch: batch["y"], validate=validate, **options)
 
-    steps_per_epoch = config.steps_per_epoch or math.ceil(len(x) / config.batch_size)
     schedule = Schedule(max_steps=config.epochs * steps_per_epoch, steps_per_checkpoint=steps_per_epoch,
                         patience=config.patience, batch_size=config.batch_size, seed=config.seed,
                         monitor="val_accuracy", mode="max", drop_remainder=False, max_time=config.max_time)

@@ -38,6 +38,8 @@ def cli_train_classifier(
         None, help="Make an epoch N steps of the repeated training set (validation every N steps)."),
     batch_size: int = typer.Option(128),
     learning_rate: float = typer.Option(3e-4, help="Adam learning rate."),
+    lr_schedule: str = typer.Option("constant", help="constant | cosine: decay the learning rate to zero over "
+                                                     "--epochs along half a cosine."),
     patience: int = typer.Option(3, help="Early-stopping patience in epochs."),
     save_at: str = typer.Option("", help="Comma-separated global steps at which to save checkpoints, e.g. 0,100,1000."),
     train_examples: Optional[int] = typer.Option(None, help="Train on N examples only, a fixed sample."),
@@ -71,6 +73,7 @@ def cli_train_classifier(
         steps_per_epoch=steps_per_epoch,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        lr_schedule=lr_schedule,
         patience=patience,
         save_at=parse_steps(save_at),
         train_examples=train_examples,
@@ -288,8 +291,11 @@ def cli_train_autoencoder(
     eval_examples: Optional[int] = typer.Option(None, help="Cap on validation/test images evaluated."),
     classifier: Optional[str] = typer.Option(None, help="Classifier .keras or run dir: its accuracy on reconstructions."),
     classifier_weight: Optional[float] = typer.Option(
-        None, help="Weight of a perceptual term: squared error of the classifier's logits on reconstruction and "
-                   "original (needs --classifier) [default: 0]."),
+        None, help="Weight of a perceptual term comparing the classifier's outputs on reconstruction and original "
+                   "(needs --classifier) [default: 0]."),
+    classifier_term: Optional[str] = typer.Option(
+        None, help="The perceptual term: logits (squared error of the logits) | kl (KL divergence of the class "
+                   "probabilities) [default: logits]."),
     seed: Optional[int] = typer.Option(None),
     data_dir: Optional[str] = typer.Option(None, help=DATA_DIR_HELP),
     workspace: Optional[str] = typer.Option(None, help="Root of runs/<dataset>/autoencoders/<name> [default: runs]."),

@@ -47,6 +47,28 @@ def test_cli_trains_an_autoencoder_that_beats_the_mean_image(trained):
     assert not (out / "backup").exists()
 
 
+def test_the_reconstruction_grid_shows_a_fair_sample_of_the_test_split_not_its_first_images(trained):
+    """A split may be sorted by class (the whole-CIFAR-10 archive's test split is): the grid's
+    originals are the first 8 of the split's fixed shuffle, with their positions in the metadata."""
+    from PIL import Image
+
+    from invkeras.data import load_arrays
+    from invkeras.data.registry import capped_positions
+    from invkeras.reports.grids import tile_rows
+
+    out, _ = trained
+    meta = artifacts.read_metadata(out / "reconstructions.png")
+    positions = capped_positions(128, 8)
+    assert meta["results"]["split"] == "test" and meta["results"]["positions"] == positions.tolist()
+    assert positions.tolist() != list(range(8))
+    x, _ = load_arrays("procedural", "test", limit=128)
+    expected = tile_rows([[image, image] for image in x[positions]])
+    shown = np.asarray(Image.open(out / "reconstructions.png").convert("RGB"))
+    column = 2 * (2 + 20)  # (pad + width) x scale: the originals' column
+    assert shown.shape == expected.shape
+    np.testing.assert_array_equal(shown[:, :column], expected[:, :column])
+
+
 def test_it_loads_back_and_reproduces_its_held_out_l1(trained):
     out, _ = trained
     from invkeras.data import load_arrays
@@ -124,7 +146,19 @@ def test_a_recipe_has_autoencoder_and_cinn_steps(tmp_path):
         load_recipe(recipe)
 
 
-def test_the_classifier_term_is_the_mean_squared_logit_error_and_trains_the_autoencoder_alone(tiny_classifier):
+def _kl_of_softmaxes(target_logits, logits):
+    """Mean over rows of KL(softmax target || softmax logits), in float64."""
+    def log_softmax(a):
+        a = a.astype(np.float64) - a.max(axis=-1, keepdims=True)
+        return a - np.log(np.exp(a).sum(axis=-1, keepdims=True))
+
+    log_p, log_q = log_softmax(target_logits), log_softmax(logits)
+    return np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1))
+
+
+@pytest.mark.parametrize("term", ["logits", "kl"])
+def test_the_classifier_term_is_the_logit_error_or_the_kl_of_the_class_probabilities_and_trains_the_autoencoder_alone(
+        tiny_classifier, term):
     import keras
 
     from invkeras.autoencoders.network import build_autoencoder, with_classifier_term
@@ -133,10 +167,16 @@ def test_the_classifier_term_is_the_mean_squared_logit_error_and_trains_the_auto
 
     classifier = load_model(str(tiny_classifier / "procedural" / "conv"))
     autoencoder = build_autoencoder((20, 20, 1), 8, 4, noise=0.0, kl_weight=0.0)
-    trained = with_classifier_term(autoencoder, classifier, weight=0.25)
+    trained = with_classifier_term(autoencoder, classifier, weight=0.25, term=term)
     x = load_arrays("procedural", "train", limit=32)[0].astype("float32")
     x_hat = keras.ops.convert_to_numpy(autoencoder(x))
-    expected = 0.25 * np.mean((classifier.predict(x_hat, verbose=0) - classifier.predict(x, verbose=0)) ** 2)
+    on_x_hat, on_x = classifier.predict(x_hat, verbose=0), classifier.predict(x, verbose=0)
+    if term == "logits":
+        expected = 0.25 * np.mean((on_x_hat - on_x) ** 2)
+    else:
+        expected = 0.25 * _kl_of_softmaxes(on_x, on_x_hat)
+        # A shift of every logit changes no probability: the KL term ignores it.
+        assert _kl_of_softmaxes(on_x, on_x + 3.0) == pytest.approx(0.0, abs=1e-12)
     trained(x)  # the term is this call's loss
     assert len(trained.losses) == 1 and expected > 0
     assert float(keras.ops.convert_to_numpy(trained.losses[0])) == pytest.approx(expected, rel=1e-4)
@@ -162,3 +202,5 @@ def test_a_run_with_the_classifier_term_saves_the_autoencoder_alone(tiny_classif
     assert "classifier" not in config.non_trajectory_fields()  # another classifier is another run
     with pytest.raises(ValueError, match="classifier_weight 0.1 needs a classifier"):
         AutoencoderConfig(**TINY, classifier_weight=0.1)
+    with pytest.raises(ValueError, match="Input should be 'logits' or 'kl'"):
+        AutoencoderConfig(**TINY, classifier=classifier, classifier_weight=0.1, classifier_term="mse")

@@ -145,6 +145,40 @@ def test_backup_from_a_different_configuration_is_refused_in_one_line(tmp_path):
     assert result.resumed_from_epoch == 1 and result.epochs == 3
 
 
+class LearningRateRecorder(TrainingHook):
+    """Adam's learning rate for each optimiser step, read as that step ends (the rate it used)."""
+
+    def __init__(self):
+        self.rates = {}
+
+    def on_step_end(self, step, logs):
+        optimizer = self.trainee.model.optimizer
+        self.rates[step] = float(optimizer.learning_rate)  # already advanced to the next step's rate
+
+
+def test_a_cosine_schedule_decays_the_rate_to_zero_over_the_epochs_and_makes_epochs_part_of_the_run(tmp_path):
+    """The rate after step k is lr (1 + cos(pi k / T)) / 2 with T = epochs x steps per epoch, so
+    the last step ends at zero; changing `epochs` then changes every step's rate, and a resume
+    under other epochs is refused rather than continued on another curve."""
+    epochs, rate = 3, 1e-3
+    total = epochs * STEPS_PER_EPOCH
+    recorder = LearningRateRecorder()
+    config = _config(tmp_path, epochs=epochs, patience=epochs, learning_rate=rate, lr_schedule="cosine")
+    train_classifier(config, hooks=[recorder], progress=False)
+    steps = np.array(sorted(recorder.rates))
+    np.testing.assert_array_equal(steps, np.arange(1, total + 1))
+    expected = rate * 0.5 * (1 + np.cos(np.pi * steps / total))
+    np.testing.assert_allclose([recorder.rates[s] for s in steps], expected, rtol=1e-5, atol=1e-9)
+    assert recorder.rates[total] < 1e-9
+
+    other = _config(tmp_path / "other", epochs=2, lr_schedule="cosine")
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(other, hooks=[Interrupt(0, STEPS_PER_EPOCH)], progress=False)
+    with pytest.raises(InvkerasError, match="epochs 2 -> 3"):
+        train_classifier(_config(tmp_path / "other", epochs=3, lr_schedule="cosine"), progress=False)
+    assert "epochs" in ClassifierConfig().non_trajectory_fields()  # a constant rate: more epochs resume
+
+
 def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(tmp_path):
     config = _config(tmp_path, save_at=[3, 6])
     expected = r"loss became nan at step 5\b.*last good checkpoint: .*step-000003\.keras"
@@ -174,6 +208,7 @@ def test_divergent_learning_rate_raises_non_finite_loss(tmp_path):
         ({"out": "model.h5"}, "must end in .keras"),
         ({"epoch": 3}, "Extra inputs are not permitted"),
         ({"augment": "flip"}, "Input should be 'none' or 'flip-shift'"),
+        ({"lr_schedule": "linear"}, "Input should be 'constant' or 'cosine'"),
     ],
 )
 def test_config_validation(tmp_path, overrides, message):
