@@ -68,13 +68,16 @@ class SampleConfig(BaseModel):
     batch_size: int = Field(64, gt=0, description="images sampled in parallel")
     method: Optional[str] = Field(None, description="a kind's sampling option (pixelcnn: pixel | cached | full); "
                                                     "passed to the kind only when set")
+    temperature: Optional[float] = Field(None, gt=0, description="a kind's sampling temperature (pixelcnn, cinn; "
+                                         "below 1 a sharpened model, 1 the model); passed only when set")
     out: Optional[str] = Field(None, description="output directory (default: the inverter's)")
     misclassified: bool = Field(False, description="inputs: held-out images the classifier gets wrong (written to "
                                                    "samples_misclassified.png / .npz)")
 
     def sample_options(self) -> dict:
         """The kind options given: only those set, so a kind without them is not refused."""
-        return {} if self.method is None else {"method": self.method}
+        options = {"method": self.method, "temperature": self.temperature}
+        return {name: value for name, value in options.items() if value is not None}
 
     def output_name(self, name: str) -> str:
         return output_name(name, self.misclassified)

@@ -56,6 +56,9 @@ def cli_sample(
     seed: Optional[int] = typer.Option(None, help="Same seed, same samples [default: 0]."),
     batch_size: Optional[int] = typer.Option(None, help="Images sampled in parallel [default: 64]."),
     method: Optional[str] = typer.Option(None, help="A kind's sampler (pixelcnn: pixel | cached | full)."),
+    temperature: Optional[float] = typer.Option(
+        None, help="pixelcnn, cinn: draw from the model sharpened by T < 1 (pixelcnn: mixture logits / T, scales "
+                   "x T; cinn: the latent's N(0, T^2 I)) [default: 1, the model]."),
     out: Optional[str] = typer.Option(None, help="Output directory (default: the inverter's)."),
     misclassified: bool = typer.Option(
         False, "--misclassified", help="Inputs: held-out images the classifier gets wrong (samples_misclassified.png)."),

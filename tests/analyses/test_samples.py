@@ -68,6 +68,9 @@ def test_any_kind_samples_and_kind_options_only_when_set(tiny_inverters, tmp_pat
     with pytest.raises(InvkerasError, match="no sampling option method") as error:
         draw_inversions(SampleConfig(inverter=mse, num_inputs=2, num_samples=3, method="cached", out=str(tmp_path)))
     assert "\n" not in str(error.value)
+    with pytest.raises(InvkerasError, match="no sampling option temperature"):
+        draw_inversions(SampleConfig(inverter=mse, num_inputs=2, num_samples=3, temperature=0.7, out=str(tmp_path)))
+    assert SampleConfig(inverter=mse, temperature=0.7).sample_options() == {"temperature": 0.7}
 
 
 def test_grid_rows_put_reconstruction_second():

@@ -284,14 +284,14 @@ class PixelCNNInverter(Inverter):
                         network=net_config, results={"per_image_nll_token": token, "fingerprints": prints})
 
     def sample(self, h, num_samples: int = 1, *, seed: int = 0, batch_size: int = 64, method: str = "pixel",
-               **options):
+               temperature: float = 1.0, **options):
         from invkeras.inverters.pixelcnn.sampling import sample
 
         if options:
             raise InvkerasError(f"sample: kind pixelcnn has no sampling option {', '.join(sorted(options))}")
         h = self.check_h(h, "sample") if self.conditional else None
         return sample(self.model, self.network_config, h, num_samples=num_samples, seed=seed, batch_size=batch_size,
-                      method=method)
+                      method=method, temperature=temperature)
 
     def log_prob(self, x, h=None, *, batch_size: int = 64):
         arrays = {"x": np.asarray(x), "h": self.check_h(h, "log_prob") if self.conditional else None}

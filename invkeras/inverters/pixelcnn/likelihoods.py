@@ -232,19 +232,26 @@ def pixel_probabilities(params, x=None, likelihood: str = "categorical", num_cha
     return ops.exp(_mixture_pixel_log_probabilities(params, x, num_channels))
 
 
-def sample_from_params(params, seed, likelihood: str, num_channels: int):
+def sample_from_params(params, seed, likelihood: str, num_channels: int, temperature: float = 1.0):
     """Draw every sub-pixel from its conditional given params; int32 values 0..255, [B, H, W, C].
 
     The mixture draws one component per pixel, then the channels in order, each from a
     logistic whose mean is coupled to the already drawn (discretised) lower channels, and
     rounds to the nearest value: exactly the discretised likelihood above, edges included.
     `seed` comes from `make_seed` / `split_seed`.
+
+    `temperature` T below 1 draws from a sharpened model, not the model: the component (or
+    categorical) logits are divided by T and the logistic scales multiplied by T, which thins
+    the mixture's tails, where a rarely chosen component or a wide logistic puts a value far
+    from its neighbours'. T = 1 is the model itself.
     """
     check_likelihood(likelihood)
     tfd = _tfd()
     if likelihood == "categorical":
-        return ops.cast(tfd.Categorical(logits=params).sample(seed=seed), "int32")
+        return ops.cast(tfd.Categorical(logits=params / temperature).sample(seed=seed), "int32")
     logits, means, log_scales, coeffs = _split_mixture_params(params, num_channels)
+    if temperature != 1.0:
+        logits, log_scales = logits / temperature, log_scales + math.log(temperature)
     component_seed, *channel_seeds = split_seed(seed, n=1 + num_channels)
     component = tfd.Categorical(logits=logits).sample(seed=component_seed)
     chosen = ops.one_hot(component, logits.shape[-1], dtype="float32")  # [.., K]

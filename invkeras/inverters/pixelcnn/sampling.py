@@ -184,10 +184,11 @@ def macs_per_image(config: PixelCNNConfig, method: str | None = None) -> float:
     return float(total * (area[0] if method == "full" else 1))
 
 
-def _compiled(model, config: PixelCNNConfig, batch_size: int, method: str, jit: bool, kind: str):
-    """One compiled function per (model, config, batch size, method, jit, kind)."""
+def _compiled(model, config: PixelCNNConfig, batch_size: int, method: str, jit: bool, kind: str,
+              temperature: float = 1.0):
+    """One compiled function per (model, config, batch size, method, jit, kind, temperature)."""
     per_model = _COMPILED.setdefault(model, {})
-    key = (config.model_dump_json(), batch_size, method, jit, kind)
+    key = (config.model_dump_json(), batch_size, method, jit, kind, temperature)
     if key in per_model:
         return per_model[key]
     model_ref = weakref.ref(model)  # the cache must not keep the model alive
@@ -207,7 +208,8 @@ def _compiled(model, config: PixelCNNConfig, batch_size: int, method: str, jit: 
 
         def fn(model, h, seed):
             def draw(params_here, step_seed, pixel):
-                return likelihoods.sample_from_params(params_here, step_seed, config.likelihood, config.num_channels)
+                return likelihoods.sample_from_params(params_here, step_seed, config.likelihood, config.num_channels,
+                                                      temperature)
 
             image, _ = _pixel_loop(model, config, batch_size, h, seed, method, draw, record=False)
             return ops.cast(image, "uint8")
@@ -290,6 +292,7 @@ def sample(
     method: Literal["pixel", "cached", "full"] = DEFAULT_METHOD,
     jit: bool = True,
     threads: int | None = None,
+    temperature: float = 1.0,
 ) -> np.ndarray:
     """Draw `num_samples` images per conditioning input: uint8 [N, K, H, W, C].
 
@@ -297,17 +300,20 @@ def sample(
     unconditional model (then N = 1). All N*K samples are drawn in batches of `batch_size`;
     the last batch is padded so every batch reuses one compiled function. `threads` batches
     are drawn at a time (None: `default_threads()`). Identical `seed`, `batch_size` and `jit`
-    give identical samples, whatever `threads` is.
+    give identical samples, whatever `threads` is. `temperature` below 1 draws from the
+    sharpened mixture of `likelihoods.sample_from_params` (1: the model itself).
     """
     if num_samples < 1 or batch_size < 1 or (threads is not None and threads < 1):
         raise InvkerasError("sample: num_samples, batch_size and threads must be >= 1")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise InvkerasError(f"sample: temperature must be a positive number, got {temperature}")
     _check_method(method)
     config = _resolve_config(model, config)
     h = _check_h(config, h)
     num_inputs = 1 if h is None else h.shape[0]
     total = num_inputs * num_samples
     batch_size = min(batch_size, total)
-    sampler = _compiled(model, config, batch_size, method, jit, "sample")
+    sampler = _compiled(model, config, batch_size, method, jit, "sample", float(temperature))
     trainable, non_trainable = _weights(model)
 
     # Sample s of input n sits at row n * K + s.

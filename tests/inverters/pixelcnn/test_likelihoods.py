@@ -199,6 +199,30 @@ def test_sampling_is_seeded():
     assert (a == b).all() and (a != c).any()
 
 
+@pytest.mark.parametrize("likelihood,channels", [("categorical", 1), ("logistic_mixture", 3)])
+def test_a_temperature_draws_exactly_from_the_sharpened_params(likelihood, channels):
+    """At temperature T the draws are, seed for seed, those of the model whose component (or
+    categorical) logits are divided by T and whose log-scales are raised by log T; at T = 1 they
+    are the model's own."""
+    rng = np.random.default_rng(3)
+    seed = likelihoods.make_seed(9)
+    if likelihood == "categorical":
+        params = rng.normal(0, 2, (64, 3, 3, channels, 256)).astype("float32")
+        sharpened = params / 0.7
+    else:
+        params = mixture_params(rng, (64, 3, 3), channels)
+        sharpened = params.copy()
+        sharpened[..., :K] /= 0.7
+        sharpened[..., K + channels * K : K + 2 * channels * K] += math.log(0.7)
+    tempered = np.asarray(likelihoods.sample_from_params(params, seed, likelihood, channels, temperature=0.7))
+    by_hand = np.asarray(likelihoods.sample_from_params(sharpened, seed, likelihood, channels))
+    model = np.asarray(likelihoods.sample_from_params(params, seed, likelihood, channels))
+    np.testing.assert_array_equal(tempered, by_hand)
+    np.testing.assert_array_equal(np.asarray(likelihoods.sample_from_params(params, seed, likelihood, channels, 1.0)),
+                                  model)
+    assert (tempered != model).any()
+
+
 def test_keras_loss_is_the_mean_image_nll():
     import keras
 

@@ -207,6 +207,19 @@ def test_bad_arguments_raise_invkeras_error(rgb_model):
         sample(model, PixelCNNConfig.from_scale("tiny", (4, 4, 3)), h=np.zeros((1, 3), "float32"))
     with pytest.raises(InvkerasError, match="threads must be >= 1"):
         sample(model, config, h=np.zeros((1, 3), "float32"), threads=0)
+    for temperature in (0.0, -1.0, float("nan")):
+        with pytest.raises(InvkerasError, match="temperature must be a positive number"):
+            sample(model, config, h=np.zeros((1, 3), "float32"), temperature=temperature)
+
+
+def test_a_temperature_of_one_draws_the_models_own_samples_and_a_lower_one_others(rgb_model):
+    config, model = rgb_model
+    h = np.random.default_rng(2).normal(size=(2, 3)).astype("float32")
+    own = sample(model, config, h=h, num_samples=8, seed=5, batch_size=BATCH)
+    np.testing.assert_array_equal(sample(model, config, h=h, num_samples=8, seed=5, batch_size=BATCH,
+                                         temperature=1.0), own)
+    sharpened = sample(model, config, h=h, num_samples=8, seed=5, batch_size=BATCH, temperature=0.5)
+    assert sharpened.shape == own.shape and (sharpened != own).mean() > 0.2
 
 
 @pytest.mark.parametrize("conditioning,h_shape,overrides", [
