@@ -146,6 +146,18 @@ def test_a_step_whose_settings_changed_runs_again_and_an_unchanged_one_does_not(
     assert json.loads(manifest.read_text())["num_examples"] == 48
     assert json.loads(record.read_text())["settings"]["limit"] == 48
 
+    # A record from before a setting existed: that setting at its default matches what ran, so
+    # the step is skipped; set to anything else, the step runs again.
+    clf_record = tmp_path / "ws/recipes/resume.steps/clf.json"
+    older = json.loads(clf_record.read_text())
+    assert older["settings"].pop("lr_schedule") == "constant"
+    clf_record.write_text(json.dumps(older))
+    assert [r.status for r in run_recipe(load_recipe(path), source=path)] == ["skipped", "skipped"]
+    clf_record.write_text(json.dumps(older))
+    cosine = write(tmp_path, body.format(ws=tmp_path / "ws", limit=48).replace("batch_size: 64}",
+                                                                               "batch_size: 64, lr_schedule: cosine}"))
+    assert [r.status for r in run_recipe(load_recipe(cosine), source=cosine)][0] == "ran"
+
     # Outputs with no record (written before records were kept) count as finished.
     import shutil
 

@@ -154,7 +154,24 @@ def step_finished(recipe: Recipe, name: str, outputs: list) -> bool:
         recorded = json.loads(step_settings_record(recipe, name).read_text())["settings"]
     except (OSError, ValueError, KeyError, TypeError):
         return True  # no readable record: the outputs' completeness decides, as it always did
-    return recorded == _settings(recipe, name)
+    now = _settings(recipe, name)
+    if not isinstance(recorded, dict) or not isinstance(now, dict):
+        return recorded == now
+    # A setting the record lacks was added to invkeras after the step ran: left at its default,
+    # it asks for what the step did, so an upgrade does not redo finished work.
+    defaults = _json_defaults(recipe.steps[name])
+    added = [key for key in now if key not in recorded]
+    return (all(key in defaults and now[key] == defaults[key] for key in added)
+            and {key: value for key, value in now.items() if key in recorded} == recorded)
+
+
+def _json_defaults(step: BaseModel) -> dict:
+    """Each of a step's settings that has a default, as that default reads in JSON."""
+    defaults = {}
+    for key, field in type(step).model_fields.items():
+        if not field.is_required():
+            defaults[key] = json.loads(json.dumps(field.get_default(call_default_factory=True), default=str))
+    return defaults
 
 
 def run_record(recipe: Recipe) -> Path:
