@@ -242,3 +242,20 @@ def test_a_kind_without_its_own_latent_keeps_the_plain_grid(cinn, tmp_path):
 def test_attack_help_has_examples():
     result = CliRunner().invoke(app, ["attack", "--help"])
     assert result.exit_code == 0 and "Examples" in result.output and "invkeras attack" in result.output
+
+
+def test_sample_with_a_temperature_draws_the_cinns_own_tempered_samples(cinn, tmp_path):
+    """`invkeras sample --temperature T` on a cinn gives, array for array, the library's
+    `sample(..., temperature=T)`: latents from N(0, T^2 I) for the same inputs and seed."""
+    common = ["sample", "--inverter", str(cinn["fc3"]), "--num-inputs", "2", "--num-samples", "3", "--seed", "4"]
+    runner = CliRunner()
+    tempered = runner.invoke(app, [*common, "--temperature", "0.25", "--out", str(tmp_path / "tempered")])
+    plain = runner.invoke(app, [*common, "--out", str(tmp_path / "plain")])
+    assert tempered.exit_code == 0 and plain.exit_code == 0, tempered.output + plain.output
+    with np.load(tmp_path / "tempered" / "samples.npz") as a, np.load(tmp_path / "plain" / "samples.npz") as b:
+        samples, untempered, x, h = a["samples"], b["samples"], a["x"], a["h"]
+    inverter = load_inverter(cinn["fc3"])
+    np.testing.assert_array_equal(samples, inverter.sample(h, 3, seed=4, batch_size=64, temperature=0.25))
+    np.testing.assert_array_equal(untempered, inverter.sample(h, 3, seed=4, batch_size=64))
+    assert not np.array_equal(samples, untempered)
+    assert artifacts.read_metadata(tmp_path / "tempered" / "samples.png")["config"]["temperature"] == 0.25
