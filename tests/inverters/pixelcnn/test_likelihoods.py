@@ -190,6 +190,20 @@ def test_sample_from_params_follows_pixel_probabilities(likelihood, channels, ex
         assert scipy.stats.kstest(u[..., c].ravel(), "uniform").pvalue > 1e-3
 
 
+def test_a_categorical_draw_follows_the_softmax_and_never_takes_an_impossible_category():
+    """The inverse-CDF draw: frequencies match softmax(logits), a rare category (0.1%) included,
+    and a category of probability 0, first, inner or last, is never drawn."""
+    probs = np.array([0.0, 0.2, 0.0, 0.001, 0.499, 0.3, 0.0])
+    with np.errstate(divide="ignore"):
+        logits = np.log(probs).astype("float32") + 3.0  # a shift the softmax ignores
+    n = 200_000
+    values = np.asarray(likelihoods.draw_categorical(np.repeat(logits[None], n, axis=0), likelihoods.make_seed(3)))
+    assert values.shape == (n,) and set(np.unique(values)) <= {1, 3, 4, 5}
+    assert chi_square_pvalue(values, np.pad(probs, (0, 256 - len(probs)))) > 1e-3
+    other = np.asarray(likelihoods.draw_categorical(np.repeat(logits[None], n, axis=0), likelihoods.make_seed(4)))
+    assert (values != other).any()
+
+
 def test_sampling_is_seeded():
     rng = np.random.default_rng(0)
     params = mixture_params(rng, (8, 3, 3), 3)
