@@ -266,7 +266,7 @@ def sample_from_params(params, seed, likelihood: str, num_channels: int, tempera
     check_likelihood(likelihood)
     tfd = _tfd()
     if likelihood == "categorical":
-        return draw_categorical(params / temperature, seed)
+        return draw_categorical(params if temperature == 1.0 else params / temperature, seed)
     logits, means, log_scales, coeffs = _split_mixture_params(params, num_channels)
     if temperature != 1.0:
         logits, log_scales = logits / temperature, log_scales + math.log(temperature)
