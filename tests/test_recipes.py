@@ -166,6 +166,46 @@ def test_a_step_whose_settings_changed_runs_again_and_an_unchanged_one_does_not(
     assert [r.status for r in run_recipe(load_recipe(path), source=path)] == ["skipped", "skipped"]
 
 
+def test_a_step_runs_again_once_a_step_it_reads_from_has_run_again(tmp_path):
+    from invkeras.data.features import file_digest
+
+    body = """
+        name: chain
+        dataset: procedural
+        workspace: {ws}
+        steps:
+          clf: {{command: train-classifier, epochs: {epochs}, train_examples: 256, batch_size: 64}}
+          feats: {{command: extract, layers: [fc3], splits: [test], limit: 32}}
+    """
+    path = write(tmp_path, body.format(ws=tmp_path / "ws", epochs=1))
+    assert [r.status for r in run_recipe(load_recipe(path), source=path)] == ["ran", "ran"]
+    records = tmp_path / "ws/recipes/chain.steps"
+    clf, feats = (json.loads((records / f"{name}.json").read_text()) for name in ("clf", "feats"))
+    assert feats["after"] == {"clf": clf["run"]}
+
+    # The classifier trains again; the features' own settings did not change, but they were
+    # extracted from the old classifier, so they are extracted again, from the new one.
+    path = write(tmp_path, body.format(ws=tmp_path / "ws", epochs=2))
+    assert [r.status for r in run_recipe(load_recipe(path), source=path)] == ["ran", "ran"]
+    manifest = json.loads((tmp_path / "ws/procedural/conv/features/fc3/test/manifest.json").read_text())
+    assert manifest["model_sha256"] == file_digest(tmp_path / "ws/procedural/conv/classifier/model.keras")
+    assert [r.status for r in run_recipe(load_recipe(path), source=path)] == ["skipped", "skipped"]
+
+    # A run killed after the classifier ran again and before the features did: the next run
+    # redoes the features.
+    clf = json.loads((records / "clf.json").read_text())
+    clf["run"] = "a later run"
+    (records / "clf.json").write_text(json.dumps(clf))
+    assert [r.status for r in run_recipe(load_recipe(path), source=path)] == ["skipped", "ran"]
+    assert json.loads((records / "feats.json").read_text())["after"] == {"clf": "a later run"}
+
+    # A record from before the marks were kept says nothing about what it read: skipped.
+    older = json.loads((records / "feats.json").read_text())
+    del older["after"], older["run"]
+    (records / "feats.json").write_text(json.dumps(older))
+    assert [r.status for r in run_recipe(load_recipe(path), source=path)] == ["skipped", "skipped"]
+
+
 def test_step_errors_name_the_recipe_and_step(tmp_path):
     path = write(tmp_path, f"""
         name: broken

@@ -25,6 +25,7 @@ split (`remove_stale_temporaries`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -142,6 +143,7 @@ def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[st
                             f"{config.dataset} --arch {config.arch}`, or give --model")
     model_path = resolve_model_path(config.model_path())
     model = load_model(model_path)
+    model_digest = file_digest(model_path)
     extractor = layer_output_model(model, config.layers)
     info = dataset_info(config.dataset, data_dir=config.data_dir, seed=config.seed)
     expected = tuple(int(d) for d in model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
@@ -159,7 +161,7 @@ def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[st
         total = info.split_sizes[split] if config.limit is None else min(config.limit, info.split_sizes[split])
         todo = [
             layer for layer in config.layers
-            if not _complete_for(config.split_dir(layer, split) / MANIFEST, model_path, total)
+            if not _complete_for(config.split_dir(layer, split) / MANIFEST, model_path, model_digest, total)
         ]
         for layer in set(config.layers) - set(todo):
             results[layer][split] = config.split_dir(layer, split) / MANIFEST
@@ -178,6 +180,7 @@ def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[st
             progress=progress,
             provenance={
                 "model": str(model_path),
+                "model_sha256": model_digest,
                 "dataset": config.dataset,
                 "split": split,
                 "seed": config.seed,
@@ -190,9 +193,22 @@ def extract_features(config: ExtractConfig, *, progress: bool = True) -> dict[st
     return results
 
 
-def _complete_for(manifest_path: Path, model_path: Path, num_examples: int) -> bool:
-    """A finished extraction is reused only if it came from this very model file and holds
-    exactly the examples asked for (a `--limit` run must not stand in for a whole split)."""
+def file_digest(path: Path) -> str:
+    """SHA-256 of a model file (or of every file under a model directory, in sorted order)."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _complete_for(manifest_path: Path, model_path: Path, model_digest: str, num_examples: int) -> bool:
+    """A finished extraction is reused only if it came from this very model (path and bytes: a
+    classifier retrained in place makes it stale) and holds exactly the examples asked for (a
+    `--limit` run must not stand in for a whole split)."""
     if not artifacts.is_complete(manifest_path):
         return False
     try:
@@ -200,7 +216,8 @@ def _complete_for(manifest_path: Path, model_path: Path, num_examples: int) -> b
     except InvkerasError:  # a damaged cache is extracted again (and replaced)
         return False
     recorded = manifest.get("model")
-    same_model = recorded is not None and Path(recorded).resolve() == Path(model_path).resolve()
+    same_model = (recorded is not None and Path(recorded).resolve() == Path(model_path).resolve()
+                  and manifest.get("model_sha256") == model_digest)
     return same_model and manifest.get("num_examples") == num_examples
 
 
@@ -370,6 +387,7 @@ class _ShardWriter:
             "split": provenance["split"],
             "dataset": provenance["dataset"],
             "model": provenance["model"],
+            "model_sha256": provenance.get("model_sha256"),  # None: not from a model file
             "num_examples": sum(s["num_examples"] for s in self.shards),
             "x_shape": list(self.x_shape or ()),
             "x_dtype": "uint8",

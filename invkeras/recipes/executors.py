@@ -235,7 +235,7 @@ class _Books:
                     self.stopped[name] = cause
                     self._report(StepResult(name, command, "not run", 0.0, f"'{cause}' failed", outputs),
                                  "yellow", f"(waits for '{cause}', which failed)")
-                elif step_finished(self.recipe, name, outputs):
+                elif step_finished(self.recipe, name, outputs, self.waits[name]):
                     self.done.add(name)
                     self._report(StepResult(name, command, "skipped", 0.0, "outputs complete", outputs),
                                  "dim", "(outputs complete)")
@@ -262,7 +262,7 @@ class _Books:
             self.bar.remove_task(entry.task)
             command, seconds = self.recipe.steps[name].command, time.time() - entry.started
             if outcome["status"] == "ran":
-                record_step_settings(self.recipe, name)
+                record_step_settings(self.recipe, name, self.waits[name])
                 self.done.add(name)
                 self._report(StepResult(name, command, "ran", seconds, outcome["summary"], self._outputs(name),
                                         started=entry.started, log=str(entry.log)),

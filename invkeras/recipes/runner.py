@@ -5,8 +5,10 @@ steps resume from their own checkpoints, so `invkeras run` can simply be run aga
 kill. A step that ran records its settings (`step_settings_record`); when the recipe's settings
 for it have changed since (more steps, other kinds to compare), it runs again, and its command
 decides what that means: a longer training resumes, another trajectory is refused in one line,
-an analysis is redone. Outputs with no record (written before records were kept) count as
-finished. What a step runs, what it writes and what it reads are its command's
+an analysis is redone. The record also names which run of each step it depends on it read
+from, so a step runs again once one of those has run again (a retrained inverter's samples are
+redrawn, never left beside the new model). Outputs with no record (written before records were
+kept) count as finished. What a step runs, what it writes and what it reads are its command's
 (`invkeras.commands`); `train-inverter` runs whatever kind the step names.
 
 Steps also form a graph (`step_dependencies`), which lets `invkeras.recipes.executors` run
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -140,21 +143,48 @@ def _settings(recipe: Recipe, name: str) -> Any:
     return relative(json.loads(recipe.steps[name].model_dump_json()))
 
 
-def record_step_settings(recipe: Recipe, name: str) -> None:
-    """After step `name` ran to the end: remember what it ran with."""
-    artifacts.write_json_atomic(step_settings_record(recipe, name), {"settings": _settings(recipe, name)})
+def _read_record(recipe: Recipe, name: str) -> dict | None:
+    try:
+        record = json.loads(step_settings_record(recipe, name).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
-def step_finished(recipe: Recipe, name: str, outputs: list) -> bool:
-    """Whether step `name` can be skipped: all its outputs complete, and written under the
-    settings the recipe gives it now (or with no record saying otherwise)."""
+def _run_mark(recipe: Recipe, name: str) -> str | None:
+    """Which run of step `name` wrote its outputs: a mark drawn afresh each time it runs (None
+    for outputs whose record predates the marks, or that have no record)."""
+    record = _read_record(recipe, name) or {}
+    mark = record.get("run")
+    return mark if isinstance(mark, str) else None
+
+
+def record_step_settings(recipe: Recipe, name: str, waits: list[str]) -> None:
+    """After step `name` ran to the end: remember what it ran with, a fresh mark for this run,
+    and the marks of the steps it waits for (`step_dependencies`), as they were when it read them."""
+    artifacts.write_json_atomic(step_settings_record(recipe, name), {
+        "settings": _settings(recipe, name),
+        "run": uuid.uuid4().hex,
+        "after": {dependency: _run_mark(recipe, dependency) for dependency in waits},
+    })
+
+
+def step_finished(recipe: Recipe, name: str, outputs: list, waits: list[str] = ()) -> bool:
+    """Whether step `name` can be skipped: all its outputs complete, written under the settings
+    the recipe gives it now (or with no record saying otherwise), and after the runs of the steps
+    it waits for (`waits`) whose outputs are on disk now.
+
+    Only direct dependencies are compared: a step whose dependency ran again runs again itself,
+    with a fresh mark, so a change travels down the whole chain."""
     if not all(artifacts.is_complete(p) for p in outputs):
         return False
-    try:
-        recorded = json.loads(step_settings_record(recipe, name).read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
+    record = _read_record(recipe, name)
+    if record is None or "settings" not in record:
         return True  # no readable record: the outputs' completeness decides, as it always did
-    now = _settings(recipe, name)
+    after = record.get("after")
+    if isinstance(after, dict) and any(after.get(w) != _run_mark(recipe, w) for w in waits):
+        return False  # something it read was written again since
+    recorded, now = record["settings"], _settings(recipe, name)
     if not isinstance(recorded, dict) or not isinstance(now, dict):
         return recorded == now
     # A setting the record lacks was added to invkeras after the step ran: left at its default,
@@ -242,9 +272,10 @@ def run_recipe(
         results = executor.run(recipe, source=source)
     else:
         results = []
+        waits = step_dependencies(recipe)
         for name, step in recipe.steps.items():
             outputs = step_outputs(step)
-            if step_finished(recipe, name, outputs):
+            if step_finished(recipe, name, outputs, waits[name]):
                 results.append(StepResult(name, step.command, "skipped", 0.0, "outputs complete",
                                           [str(p) for p in outputs]))
                 continue
@@ -255,7 +286,7 @@ def run_recipe(
                 summary = command_class(step.command).run(step)
             except InvkerasError as exc:
                 raise type(exc)(f"recipe {source or recipe.name}: step '{name}': {exc}") from exc
-            record_step_settings(recipe, name)
+            record_step_settings(recipe, name, waits[name])
             results.append(StepResult(name, step.command, "ran", time.time() - started, summary,
                                       [str(p) for p in outputs], started=started))
     record = run_record(recipe)

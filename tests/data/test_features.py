@@ -151,6 +151,15 @@ def test_features_of_different_models_never_mix(tiny_classifier):
     again = extract_features(shared.model_copy(update={"model": str(checkpoint)}), progress=False)["fc3"]["test"]
     assert json.loads(again.read_text())["model"] == str(checkpoint)
 
+    # Same path, other weights (a classifier retrained in place): extracted again, from them.
+    before = json.loads(again.read_text())["model_sha256"], open_features(again.parent).load_all()["h"]
+    model = keras.saving.load_model(checkpoint, compile=False)
+    model.set_weights([w + 0.5 for w in model.get_weights()])
+    model.save(checkpoint)
+    moved = extract_features(shared.model_copy(update={"model": str(checkpoint)}), progress=False)["fc3"]["test"]
+    assert json.loads(moved.read_text())["model_sha256"] not in (None, before[0])
+    assert not np.allclose(open_features(moved.parent).load_all()["h"], before[1])
+
 
 def test_a_limited_extraction_never_stands_in_for_the_whole_split(tiny_classifier, tmp_path):
     config = ExtractConfig(dataset="procedural", layers=["fc3"], splits=["validation"], workspace=str(tiny_classifier),

@@ -7,6 +7,7 @@ worker costs is mostly its TensorFlow import, so the recipe has four steps and n
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -279,6 +280,21 @@ def test_a_killed_parallel_run_resumes_without_redoing_finished_steps(killed_the
     # A third run finds everything done.
     again = run_recipe(load_recipe(run["path"]), source=run["path"], executor=LocalExecutor(2))
     assert [r.status for r in again] == ["skipped"] * 4
+
+
+@pytest.mark.slow
+def test_a_parallel_run_redoes_the_steps_after_one_that_ran_again(killed_then_resumed, tmp_path):
+    """A copy of the finished workspace is finished too; once the features are marked as
+    extracted again (a run killed just after), both decoders train again, and nothing else."""
+    ws = tmp_path / "ws"
+    shutil.copytree(killed_then_resumed["ws"], ws)
+    path = write(tmp_path / "tiny.yaml", RECIPE.format(ws=ws, features=ws / "procedural/conv/features"))
+    assert [r.status for r in run_recipe(load_recipe(path), source=path, executor=LocalExecutor(2))] == ["skipped"] * 4
+    record = ws / "recipes/tiny-parallel.steps/feats.json"
+    older = json.loads(record.read_text()) if record.exists() else {}  # none if killed just after it
+    record.write_text(json.dumps({**older, "run": "a later run"}))
+    results = {r.name: r.status for r in run_recipe(load_recipe(path), source=path, executor=LocalExecutor(2))}
+    assert results == {"clf": "skipped", "feats": "skipped", "dec_fc3": "ran", "dec_logits": "ran"}
 
 
 @pytest.mark.slow
