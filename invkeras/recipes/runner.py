@@ -5,8 +5,8 @@ steps resume from their own checkpoints, so `invkeras run` can simply be run aga
 kill. A step that ran records its settings (`step_settings_record`); when the recipe's settings
 for it have changed since (more steps, other kinds to compare), it runs again, and its command
 decides what that means: a longer training resumes, another trajectory is refused in one line,
-an analysis is redone. The record also names which run of each step it depends on it read
-from, so a step runs again once one of those has run again (a retrained inverter's samples are
+an analysis is redone. The record also names the run of each step it read from, so a step
+runs again once one of those has run again (a retrained inverter's samples are
 redrawn, never left beside the new model). Outputs with no record (written before records were
 kept) count as finished. What a step runs, what it writes and what it reads are its command's
 (`invkeras.commands`); `train-inverter` runs whatever kind the step names.
@@ -169,7 +169,7 @@ def record_step_settings(recipe: Recipe, name: str, waits: list[str]) -> None:
     })
 
 
-def step_finished(recipe: Recipe, name: str, outputs: list, waits: list[str] = ()) -> bool:
+def step_finished(recipe: Recipe, name: str, outputs: list, waits: list[str]) -> bool:
     """Whether step `name` can be skipped: all its outputs complete, written under the settings
     the recipe gives it now (or with no record saying otherwise), and after the runs of the steps
     it waits for (`waits`) whose outputs are on disk now.
